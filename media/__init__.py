@@ -1,0 +1,1 @@
+"""Ad-video rendering: templates, narration, render plans and the ffmpeg runner."""

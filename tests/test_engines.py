@@ -1,0 +1,89 @@
+"""The real embedded engines, each on real audio (fast enough to run on every commit)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import jiwer
+import numpy as np
+import pytest
+
+from voice.asr import WhisperTranscriber, is_hallucination
+from voice.audio import resample
+from voice.config import Settings
+from voice.factory import build_chat_chain
+from voice.tts import EspeakSynthesizer, PiperSynthesizer
+from voice.vad import FRAME_SAMPLES, SileroVad
+from workers.doctor import CLIP_TEXT, bundled_clip
+
+pytestmark = pytest.mark.models
+
+
+def _wer(ref: str, hyp: str) -> float:
+    norm = jiwer.Compose(
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
+    )
+    return float(jiwer.wer(ref, hyp, reference_transform=norm, hypothesis_transform=norm))
+
+
+def _probs(vad: SileroVad, audio: np.ndarray) -> np.ndarray:
+    stream = vad.fork()
+    n = len(audio) // FRAME_SAMPLES
+    return np.array(
+        [
+            stream.speech_probability(audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+            for i in range(n)
+        ]
+    )
+
+
+def test_vad_finds_speech_and_not_silence(vad: SileroVad) -> None:
+    assert np.mean(_probs(vad, bundled_clip()) > 0.5) > 0.5
+    rng = np.random.default_rng(0)
+    noise = (rng.standard_normal(16_000) * 0.003).astype(np.float32)
+    assert np.max(_probs(vad, noise)) < 0.5
+
+
+def test_whisper_transcribes_the_clip(asr_tiny: WhisperTranscriber) -> None:
+    result = asr_tiny.transcribe(bundled_clip())
+    assert _wer(CLIP_TEXT, result.text) < 0.25, result.text
+    assert result.no_speech_prob < 0.3 and result.avg_logprob > -1.0
+
+
+def test_whisper_on_silence_is_caught_by_the_guard(asr_tiny: WhisperTranscriber) -> None:
+    result = asr_tiny.transcribe(np.zeros(16_000, dtype=np.float32))
+    assert is_hallucination(result.text) or result.no_speech_prob > 0.5
+
+
+def test_piper_speech_is_intelligible(
+    piper: PiperSynthesizer, asr_tiny: WhisperTranscriber
+) -> None:
+    text = "Your package will arrive on Friday afternoon."
+    chunks = list(piper.synthesize(text))
+    audio = np.concatenate(chunks)
+    assert 1.5 < len(audio) / piper.sample_rate < 5
+    heard = asr_tiny.transcribe(resample(audio, piper.sample_rate, 16_000)).text
+    assert _wer(text, heard) < 0.2, heard
+
+
+def test_espeak_fallback_speaks() -> None:
+    tts = EspeakSynthesizer()
+    audio = np.concatenate(list(tts.synthesize("Sorry, I did not catch that.")))
+    assert len(audio) / tts.sample_rate > 1.0 and np.abs(audio).max() > 0.1
+
+
+def test_gguf_chat_streams_an_answer(settings: Settings) -> None:
+    chat = build_chat_chain(settings)[0]
+
+    async def collect() -> list[str]:
+        messages = [{"role": "user", "content": "Say hello."}]
+        return [p async for p in chat.stream(messages, max_tokens=16, temperature=0.0)]  # type: ignore[arg-type]
+
+    pieces = asyncio.run(collect())
+    assert len(pieces) > 1 and "".join(pieces).strip()

@@ -1,0 +1,266 @@
+"""The one typed settings object, built once at start-up and passed down.
+
+Sources, strongest first: keyword overrides, ``CASTWORK_*`` environment variables (nested
+with ``__``, e.g. ``CASTWORK_ASR__MODEL=base``), a TOML file (``--config``, ``CASTWORK_CONFIG``
+or ``./castwork.toml``), then the defaults below. Components never read the environment.
+
+Model fields take either a built-in name (see :mod:`voice.models`) or a local path; a path
+that does not exist is refused here, so a typo fails at start-up, not in the first turn.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from voice.errors import ConfigError
+from voice.models import BUILTIN_ASR, BUILTIN_LLM, BUILTIN_TTS, BUILTIN_VAD
+
+ENV_PREFIX = "CASTWORK_"
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+Millis = Annotated[int, Field(ge=0, le=10_000)]
+
+
+def _model_ref(value: str, builtins: tuple[str, ...]) -> str:
+    """A model reference is a built-in name or an existing local path."""
+    if value in builtins:
+        return value
+    if not Path(value).expanduser().exists():
+        raise ValueError(
+            f"{value!r} is neither a built-in model ({', '.join(builtins)}) nor an existing path"
+        )
+    return str(Path(value).expanduser())
+
+
+class _Section(BaseModel):
+    # A misspelt key in TOML or env must fail, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AsrSettings(_Section):
+    model: str = "tiny.en"
+    fallback_model: str | None = "base"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    beam_size: Annotated[int, Field(ge=1, le=10)] = 1
+    cpu_threads: Annotated[int, Field(ge=0, le=256)] = 2
+    language: str | None = "en"
+    # Hallucination guard: a segment this likely to be silence, or this unsure, is dropped.
+    no_speech_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
+    min_avg_logprob: Annotated[float, Field(le=0)] = -1.0
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        return _model_ref(v, BUILTIN_ASR)
+
+    @field_validator("fallback_model")
+    @classmethod
+    def _check_fallback(cls, v: str | None) -> str | None:
+        return None if v in (None, "", "none") else _model_ref(v, BUILTIN_ASR)
+
+
+class LlmBackend(_Section):
+    """One entry of the LLM fallback chain."""
+
+    kind: Literal["gguf", "openai"] = "gguf"
+    name: str = ""
+    # gguf: a built-in name or a .gguf path; openai: the model name the server expects.
+    model: str = "smollm2-135m"
+    url: HttpUrl | None = None
+    api_key: SecretStr | None = None
+    n_threads: Annotated[int, Field(ge=1, le=256)] = 2
+    context_tokens: Annotated[int, Field(ge=256, le=131_072)] = 2048
+
+    @model_validator(mode="after")
+    def _check(self) -> LlmBackend:
+        if self.kind == "gguf":
+            _model_ref(self.model, BUILTIN_LLM)
+        elif self.url is None:
+            raise ValueError("an 'openai' backend needs a url (e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.kind}:{Path(self.model).name}"
+
+
+class LlmSettings(_Section):
+    backends: Annotated[list[LlmBackend], Field(min_length=1)] = [LlmBackend()]
+    first_token_timeout_s: Seconds = 2.5
+    total_timeout_s: Seconds = 20.0
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 96
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.3
+    instructions: str = (
+        "You are Castwork, a friendly voice assistant. Answer in one or two short, "
+        "plain sentences that sound natural when spoken."
+    )
+
+
+class TtsSettings(_Section):
+    engine: Literal["piper", "espeak"] = "piper"
+    voice: str = "joe"
+    fallback: Literal["espeak", "none"] = "espeak"
+    espeak_voice: str = "en-us"
+    length_scale: Annotated[float, Field(gt=0.25, le=4)] = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> TtsSettings:
+        if self.engine == "piper":
+            _model_ref(self.voice, BUILTIN_TTS)
+        return self
+
+
+class VadSettings(_Section):
+    model: str = "silero"
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    prefix_padding_ms: Millis = 300
+    silence_duration_ms: Annotated[int, Field(ge=100, le=10_000)] = 500
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        return _model_ref(v, BUILTIN_VAD)
+
+
+class VoiceServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65_535)] = 8765
+    # Required from clients unless the server binds only to loopback.
+    api_keys: list[SecretStr] = []
+    max_sessions: Annotated[int, Field(ge=1, le=10_000)] = 8
+    max_sessions_per_key: Annotated[int, Field(ge=1, le=10_000)] = 4
+    session_max_s: Seconds = 1800.0
+    idle_timeout_s: Seconds = 120.0
+    max_message_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+
+
+class BrokerSettings(_Section):
+    # None: `castwork serve` starts (or reuses) a local Redis on 127.0.0.1:6379.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
+            raise ValueError(f"{v!r} is not a redis:// or amqp:// URL")
+        return v
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = False
+    # Per-turn JSON lines; default <data_dir>/logs/turns.jsonl.
+    turn_log: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Everything Castwork can be told, in one typed object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path.home() / ".cache" / "castwork"
+    asr: AsrSettings = AsrSettings()
+    llm: LlmSettings = LlmSettings()
+    tts: TtsSettings = TtsSettings()
+    vad: VadSettings = VadSettings()
+    voice: VoiceServerSettings = VoiceServerSettings()
+    broker: BrokerSettings = BrokerSettings()
+    log: LogSettings = LogSettings()
+
+    @property
+    def model_cache(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def turn_log_path(self) -> Path:
+        return self.log.turn_log or self.data_dir / "logs" / "turns.jsonl"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def _config_path(config_file: str | Path | None) -> Path | None:
+    if config_file is not None:
+        return Path(config_file)
+    if env := os.environ.get(f"{ENV_PREFIX}CONFIG"):
+        return Path(env)
+    local = Path("castwork.toml")
+    return local if local.is_file() else None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
+    """Build the settings or raise :class:`ConfigError` naming the first bad setting."""
+    path = _config_path(config_file)
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"{ENV_PREFIX}CONFIG", f"no such config file: {path}")
+        try:
+            tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{ENV_PREFIX}CONFIG", f"{path} is not valid TOML: {exc}") from None
+
+    # A subclass carries the file path: pydantic-settings reads toml_file from the class.
+    loaded = type(
+        "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
+    )
+    try:
+        settings: Settings = loaded(**overrides)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    return settings
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """Turn pydantic's report into one line that names the setting as a user writes it."""
+    err = exc.errors()[0]
+    dotted, env_parts = "", []
+    for part in err["loc"]:
+        if isinstance(part, int):
+            dotted += f"[{part}]"
+        elif "[" not in part:  # pydantic's internal tags, e.g. function-after[...]
+            dotted += f".{part}" if dotted else part
+            if not any("[" in p for p in dotted.split(".")[:-1]) and "[" not in dotted:
+                env_parts.append(part.upper())
+    dotted = dotted or "settings"
+    env = ENV_PREFIX + "__".join(env_parts)
+    if err["type"] == "extra_forbidden":
+        message = "unknown setting (misspelt?)"
+    else:
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err.get("input") is not None and err["type"] != "value_error":
+            message += f" (got {err['input']!r})"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return ConfigError(f"{dotted} [{env}]", message + more)

@@ -1,0 +1,64 @@
+"""Build engines from settings: the one place that maps configuration to backends."""
+
+from __future__ import annotations
+
+from voice.asr import WhisperTranscriber
+from voice.config import LlmBackend, Settings
+from voice.engines import ChatModel, Synthesizer
+from voice.llm import LlamaCppChat, OpenAIChat
+from voice.models import resolve_asr, resolve_llm, resolve_tts, resolve_vad
+from voice.tts import EspeakSynthesizer, PiperSynthesizer
+from voice.vad import SileroVad
+
+
+def build_vad(settings: Settings) -> SileroVad:
+    return SileroVad(resolve_vad(settings.vad.model).path)
+
+
+def build_asr(settings: Settings, ref: str | None = None) -> WhisperTranscriber:
+    ref = ref or settings.asr.model
+    model = resolve_asr(ref, settings.model_cache)
+    a = settings.asr
+    return WhisperTranscriber(
+        model.path,
+        name=f"whisper:{ref}",
+        device=a.device,
+        compute_type=a.compute_type,
+        cpu_threads=a.cpu_threads,
+        beam_size=a.beam_size,
+        language=a.language,
+    )
+
+
+def build_chat(backend: LlmBackend, *, timeout_s: float = 30) -> ChatModel:
+    if backend.kind == "gguf":
+        model = resolve_llm(backend.model)
+        return LlamaCppChat(
+            model.path,
+            name=backend.label,
+            n_threads=backend.n_threads,
+            context_tokens=backend.context_tokens,
+        )
+    assert backend.url is not None  # checked by LlmBackend
+    key = backend.api_key.get_secret_value() if backend.api_key else None
+    return OpenAIChat(
+        str(backend.url), model=backend.model, name=backend.label, api_key=key, timeout_s=timeout_s
+    )
+
+
+def build_chat_chain(settings: Settings) -> list[ChatModel]:
+    return [build_chat(b, timeout_s=settings.llm.total_timeout_s) for b in settings.llm.backends]
+
+
+def build_tts(settings: Settings) -> Synthesizer:
+    t = settings.tts
+    if t.engine == "espeak":
+        return EspeakSynthesizer(voice=t.espeak_voice)
+    model = resolve_tts(t.voice)
+    return PiperSynthesizer(model.path, name=f"piper:{t.voice}", length_scale=t.length_scale)
+
+
+def build_fallback_tts(settings: Settings) -> Synthesizer | None:
+    if settings.tts.fallback == "none":
+        return None
+    return EspeakSynthesizer(voice=settings.tts.espeak_voice)

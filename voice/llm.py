@@ -1,0 +1,127 @@
+"""Chat backends: a local GGUF model via llama.cpp, and any OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+
+from voice.engines import Message
+from voice.errors import EngineError, ModelError
+
+_DONE = object()
+
+
+class LlamaCppChat:
+    """A GGUF model in this process. Generation runs in a worker thread, one at a time."""
+
+    def __init__(
+        self, model_path: Path, *, name: str, n_threads: int = 2, context_tokens: int = 2048
+    ) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ModelError(
+                "llama-cpp-python is not installed; run ./setup.sh (or: pip install llama-cpp-python)",
+                model=name,
+            ) from exc
+        try:
+            self._llama = Llama(
+                model_path=str(model_path), n_ctx=context_tokens, n_threads=n_threads, verbose=False
+            )
+        except Exception as exc:  # llama.cpp raises ValueError on a bad file
+            raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc
+        self.name = name
+        self._lock = threading.Lock()
+
+    def _generate(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int,
+        temperature: float,
+        stop: threading.Event,
+    ) -> Iterator[str]:
+        with self._lock:
+            chunks: Any = self._llama.create_chat_completion(
+                messages=list(messages),  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+            )
+            for chunk in chunks:
+                if stop.is_set():  # barge-in or timeout: stop spending the cores
+                    return
+                if text := chunk["choices"][0]["delta"].get("content"):
+                    yield text
+
+    async def stream(
+        self, messages: Sequence[Message], *, max_tokens: int, temperature: float
+    ) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for piece in self._generate(messages, max_tokens, temperature, stop):
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except Exception as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        worker = loop.run_in_executor(None, produce)
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, Exception):
+                    raise EngineError(
+                        f"llama.cpp failed: {item}", stage="llm", model=self.name
+                    ) from item
+                assert isinstance(item, str)
+                yield item
+        finally:
+            stop.set()
+            # Do not wait for the thread: it notices `stop` at its next token.
+            worker.add_done_callback(lambda f: f.exception())
+
+
+class OpenAIChat:
+    """Any server that speaks OpenAI chat completions with streaming (vLLM, llama.cpp server...)."""
+
+    def __init__(
+        self, url: str, *, model: str, name: str, api_key: str | None = None, timeout_s: float = 30
+    ) -> None:
+        from openai import AsyncOpenAI
+
+        self.name = name
+        self._model = model
+        self._client = AsyncOpenAI(
+            base_url=url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0
+        )
+
+    async def stream(
+        self, messages: Sequence[Message], *, max_tokens: int, temperature: float
+    ) -> AsyncIterator[str]:
+        import openai
+
+        try:
+            response = await self._client.chat.completions.create(
+                model=self._model,
+                messages=cast("list[ChatCompletionMessageParam]", list(messages)),
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+            )
+            async for chunk in response:
+                if chunk.choices and (text := chunk.choices[0].delta.content):
+                    yield text
+        except openai.OpenAIError as exc:
+            raise EngineError(f"{self.name} failed: {exc}", stage="llm", model=self.name) from exc
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,95 @@
+"""The `castwork` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from voice.config import Settings, load_settings
+from voice.errors import CastworkError, ConfigError
+from voice.logs import configure_logging
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.doctor import report, run_checks
+
+    only = set(args.only.split(",")) if args.only else None
+    results = run_checks(settings, only=only)
+    print(report(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    # SecretStr fields print as '**********'.
+    print(json.dumps(json.loads(settings.model_dump_json()), indent=2))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    """List the models the settings resolve to; assembles split weights on first use."""
+    from voice.models import ResolvedModel, resolve_asr, resolve_llm, resolve_tts, resolve_vad
+
+    refs: list[tuple[str, str, Callable[[str], ResolvedModel]]] = [
+        ("asr", settings.asr.model, lambda r: resolve_asr(r, settings.model_cache))
+    ]
+    if settings.asr.fallback_model:
+        refs.append(
+            (
+                "asr fallback",
+                settings.asr.fallback_model,
+                lambda r: resolve_asr(r, settings.model_cache),
+            )
+        )
+    refs += [("llm", b.model, resolve_llm) for b in settings.llm.backends if b.kind == "gguf"]
+    if settings.tts.engine == "piper":
+        refs.append(("tts", settings.tts.voice, resolve_tts))
+    refs.append(("vad", settings.vad.model, resolve_vad))
+    for role, ref, resolve in refs:
+        m = resolve(ref)
+        print(f"{role:<13} {m.ref:<14} {m.source:<40} {m.licence:<11} {m.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="castwork", description=__doc__)
+    parser.add_argument(
+        "--config", help="TOML settings file (default: $CASTWORK_CONFIG or ./castwork.toml)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("doctor", help="load every configured engine once and smoke-test it")
+    p.add_argument("--only", help="comma-separated subset: vad,asr,llm,tts,ffmpeg,broker")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("models", help="resolve the configured models and print where they are")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"castwork: bad {exc}", file=sys.stderr)
+        return 2
+    configure_logging(level=settings.log.level, json_lines=settings.log.json_lines)
+    func: Command = args.func
+    try:
+        return func(args, settings)
+    except CastworkError as exc:
+        print(f"castwork: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
