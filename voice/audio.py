@@ -137,3 +137,25 @@ def wav_bytes(samples: Float32Array, rate: int) -> bytes:
         w.setframerate(rate)
         w.writeframes(float_to_int16(samples).astype("<i2").tobytes())
     return buf.getvalue()
+
+
+def concat(chunks: list[Float32Array]) -> Float32Array:
+    return (
+        np.concatenate(chunks).astype(np.float32, copy=False)
+        if chunks
+        else np.zeros(0, dtype=np.float32)
+    )
+
+
+class FrameSplitter:
+    """Cuts a stream of samples into fixed frames, carrying the remainder to the next push."""
+
+    def __init__(self, frame: int) -> None:
+        self.frame = frame
+        self._rest = np.zeros(0, dtype=np.float32)
+
+    def push(self, samples: Float32Array) -> list[Float32Array]:
+        data = np.concatenate([self._rest, samples]) if self._rest.size else samples
+        n = len(data) // self.frame
+        self._rest = data[n * self.frame :].copy()
+        return [data[i * self.frame : (i + 1) * self.frame] for i in range(n)]

@@ -50,6 +50,10 @@ class VoiceActivity(Protocol):
 
     def reset(self) -> None: ...
 
+    def fork(self) -> VoiceActivity:
+        """A fresh stream (own state) sharing the loaded model."""
+        ...
+
 
 class Transcriber(Protocol):
     name: str

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from voice.asr import WhisperTranscriber
+from voice.audio import concat
 from voice.config import LlmBackend, Settings
 from voice.engines import ChatModel, Synthesizer
+from voice.errors import EngineError
 from voice.llm import LlamaCppChat, OpenAIChat
 from voice.models import resolve_asr, resolve_llm, resolve_tts, resolve_vad
 from voice.tts import EspeakSynthesizer, PiperSynthesizer
+from voice.turns import APOLOGY, Engines, TurnPolicy
 from voice.vad import SileroVad
 
 
@@ -62,3 +65,39 @@ def build_fallback_tts(settings: Settings) -> Synthesizer | None:
     if settings.tts.fallback == "none":
         return None
     return EspeakSynthesizer(voice=settings.tts.espeak_voice)
+
+
+def load_engines(settings: Settings) -> Engines:
+    """Load every engine a voice server needs, once, and pre-synthesise the apology clip."""
+    tts = build_tts(settings)
+    fallback = build_fallback_tts(settings)
+    apology = None
+    for engine in (tts, fallback):
+        if engine is None:
+            continue
+        try:
+            apology = (concat(list(engine.synthesize(APOLOGY))), engine.sample_rate)
+            break
+        except EngineError:
+            continue
+    asr_fallback = (
+        build_asr(settings, settings.asr.fallback_model) if settings.asr.fallback_model else None
+    )
+    return Engines(
+        asr=build_asr(settings),
+        chat=build_chat_chain(settings),
+        tts=tts,
+        asr_fallback=asr_fallback,
+        tts_fallback=fallback,
+        apology=apology,
+    )
+
+
+def turn_policy(settings: Settings) -> TurnPolicy:
+    llm = settings.llm
+    return TurnPolicy(
+        first_token_timeout_s=llm.first_token_timeout_s,
+        total_timeout_s=llm.total_timeout_s,
+        max_tokens=llm.max_tokens,
+        temperature=llm.temperature,
+    )

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from voice.latency import REGISTRY, STAGES, TurnLog, TurnRecord, metrics_text
+
+
+def _record(turn_id: str = "t1", outcome: str = "spoken") -> TurnRecord:
+    record = TurnRecord(
+        session_id="s1",
+        turn_id=turn_id,
+        models={"asr": "whisper:tiny.en", "llm": "gguf:smollm2-135m", "tts": "piper:joe"},
+    )
+    marks = (10.0, 11.0, 11.5, 11.45, 11.7, 11.8, 11.95, 11.96, 13.0)
+    for name, at in zip(STAGES, marks, strict=True):
+        record.mark(name, at)
+    record.add_recovery("asr_retry")
+    record.outcome = outcome
+    record.extra["audio_ms_sent"] = 1040
+    return record
+
+
+def test_durations_from_marks() -> None:
+    durations = _record().durations()
+    assert durations == pytest.approx(
+        {
+            "endpointing": 500.0,
+            "asr": 0.0,  # speculative ASR finished 50 ms before the endpoint: clamped
+            "llm_first_token": 200.0,  # from the later of endpoint and asr_final
+            "first_piece": 100.0,
+            "tts_first_audio": 150.0,
+            "send": 10.0,
+            "voice_to_voice": 960.0,
+        }
+    )
+
+
+def test_durations_only_for_marks_that_exist() -> None:
+    record = TurnRecord(session_id="s", turn_id="t")
+    record.mark("speech_end", 1.0)
+    record.mark("endpoint", 1.25)
+    record.mark("asr_final", 1.5)
+    assert record.durations() == pytest.approx({"endpointing": 250.0, "asr": 250.0})
+    assert TurnRecord(session_id="s", turn_id="t").durations() == {}
+
+
+def test_first_mark_wins() -> None:
+    record = TurnRecord(session_id="s", turn_id="t")
+    record.mark("tts_first_audio", 5.0)
+    record.mark("tts_first_audio", 9.0)
+    record.mark("speech_end")  # now, from the monotonic clock
+    assert record.marks["tts_first_audio"] == 5.0
+    assert record.marks["speech_end"] > 0
+
+
+def test_json_line_written_and_parseable(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "turns.jsonl"
+    log = TurnLog(path)
+    log.write(_record("t1"))
+    log.write(_record("t2", outcome="cancelled"))
+    log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["turn_id"] for line in lines] == ["t1", "t2"]
+    first = lines[0]
+    assert set(first) == {
+        "ts",
+        "session_id",
+        "turn_id",
+        "outcome",
+        "recovery",
+        "models",
+        "durations_ms",
+        "marks_ms",
+        "extra",
+    }
+    assert first["outcome"] == "spoken" and first["recovery"] == ["asr_retry"]
+    assert first["durations_ms"]["voice_to_voice"] == 960.0
+    assert first["marks_ms"]["speech_start"] == 0.0
+    assert first["marks_ms"]["first_audio_sent"] == 1960.0
+    assert first["extra"] == {"audio_ms_sent": 1040}
+    assert first["models"]["tts"] == "piper:joe"
+
+
+def test_rotation_keeps_at_most_backups(tmp_path: Path) -> None:
+    path = tmp_path / "turns.jsonl"
+    log = TurnLog(path, max_bytes=2000, backups=3)
+    for i in range(50):
+        log.write(_record(f"t{i}"))
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["turns.jsonl", "turns.jsonl.1", "turns.jsonl.2", "turns.jsonl.3"]
+    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+    # Newest in the live file, older ones shifted up, every line whole.
+    newest = [json.loads(line)["turn_id"] for line in path.read_text().splitlines()]
+    older = [
+        json.loads(x)["turn_id"] for x in (tmp_path / "turns.jsonl.1").read_text().splitlines()
+    ]
+    assert newest[-1] == "t49"
+    assert int(older[-1][1:]) + 1 == int(newest[0][1:])
+
+
+def test_reopening_appends(tmp_path: Path) -> None:
+    path = tmp_path / "turns.jsonl"
+    for turn in ("a", "b"):
+        log = TurnLog(path)
+        log.write(_record(turn))
+        log.close()
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_metrics_after_writes() -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = sample("castwork_voice_to_voice_seconds_count", outcome="text_only")
+    retries = sample("castwork_turn_recovery_total", code="asr_retry")
+    TurnLog(None).write(_record("m1", outcome="text_only"))
+    assert sample("castwork_voice_to_voice_seconds_count", outcome="text_only") == before + 1
+    assert sample("castwork_turn_recovery_total", code="asr_retry") == retries + 1
+    text = metrics_text().decode()
+    assert 'castwork_turn_stage_seconds_bucket{le="0.2",stage="llm_first_token"}' in text
+    assert 'castwork_turn_stage_seconds_sum{stage="voice_to_voice"}' in text
+    assert 'castwork_turns_total{outcome="text_only"}' in text
+    assert "castwork_sessions_active 0.0" in text
+
+
+def test_parent_is_a_file_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "not_a_dir").write_text("x")
+    log = TurnLog(tmp_path / "not_a_dir" / "turns.jsonl")
+    with caplog.at_level(logging.WARNING, logger="voice.latency"):
+        log.write(_record("t1"))
+        log.write(_record("t2"))
+    log.close()
+    assert len([r for r in caplog.records if "not written" in r.getMessage()]) == 1
+
+
+@pytest.mark.skipif(not os.access("/dev/full", os.W_OK), reason="no /dev/full")
+def test_full_disk_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
+    log = TurnLog(Path("/dev/full"))  # every write fails with ENOSPC
+    with caplog.at_level(logging.WARNING, logger="voice.latency"):
+        for i in range(3):
+            log.write(_record(f"t{i}"))
+    log.close()
+    warnings = [r for r in caplog.records if "No space left" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_directory_does_not_raise(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        log = TurnLog(tmp_path / "turns.jsonl")
+        log.write(_record())
+        log.close()
+    finally:
+        tmp_path.chmod(0o700)
+    assert not (tmp_path / "turns.jsonl").exists()
+
+
+def test_recovers_on_a_fresh_line_after_a_failed_write(tmp_path: Path) -> None:
+    path = tmp_path / "turns.jsonl"
+    path.write_text('{"half a line')  # what a write cut short by a full disk leaves
+    log = TurnLog(path)
+    log._failed = True
+    log.write(_record("t1"))
+    log.close()
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"half a line' and json.loads(lines[1])["turn_id"] == "t1"

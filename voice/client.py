@@ -1,0 +1,122 @@
+"""A small Realtime client: streams audio like a microphone and collects what comes back.
+
+Used by ``castwork talk``, ``bench/voice_latency.py`` and the tests. It speaks the same
+protocol as any OpenAI Realtime client, so it also works against other servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+
+from voice import audio as pcm
+
+CHUNK_MS = 40
+
+
+@dataclass
+class Received:
+    event: dict[str, Any]
+    at: float  # time.monotonic() on arrival
+
+
+@dataclass
+class RealtimeClient:
+    ws: ClientConnection
+    events: list[Received] = field(default_factory=list)
+    input_format: str = "audio/pcm"
+    output_format: str = "audio/pcm"
+
+    @classmethod
+    async def open(cls, url: str, *, api_key: str | None = None) -> RealtimeClient:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        ws = await connect(url, additional_headers=headers, max_size=None)
+        client = cls(ws)
+        client._reader = asyncio.create_task(client._read())
+        await client.wait_for("session.created")
+        return client
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.events.append(Received(json.loads(raw), time.monotonic()))
+                self._arrived.set()
+        finally:
+            self._arrived.set()
+
+    def __post_init__(self) -> None:
+        self._arrived = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(event))
+
+    async def close(self) -> None:
+        await self.ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def wait_for(
+        self, type_: str, *, after: int = 0, timeout: float = 30.0, **match: Any
+    ) -> dict[str, Any]:
+        """The first event of ``type_`` (matching ``match`` fields) at index >= ``after``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for r in self.events[after:]:
+                if r.event.get("type") == type_ and all(
+                    r.event.get(k) == v for k, v in match.items()
+                ):
+                    return r.event
+            if self._reader is not None and self._reader.done():
+                raise ConnectionError(f"connection closed before {type_}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"no {type_} within {timeout} s; got {[r.event['type'] for r in self.events]}"
+                )
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                continue
+
+    async def stream(self, samples: pcm.Float32Array, rate: int, *, realtime: bool = True) -> float:
+        """Send audio in 40 ms chunks, paced like a microphone when ``realtime``.
+
+        Returns the monotonic time at which the last chunk was sent."""
+        data = pcm.encode(samples, rate, self.input_format)
+        step = int(pcm.bytes_per_ms(self.input_format) * CHUNK_MS) // 2 * 2
+        start = time.monotonic()
+        sent_at = start
+        for i, offset in enumerate(range(0, len(data), step)):
+            if realtime:
+                await asyncio.sleep(max(0.0, start + i * CHUNK_MS / 1000 - time.monotonic()))
+            chunk = data[offset : offset + step]
+            await self.send(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()}
+            )
+            sent_at = time.monotonic()
+        return sent_at
+
+    def types(self, after: int = 0) -> list[str]:
+        return [r.event["type"] for r in self.events[after:]]
+
+    def reply_audio(self, response_id: str | None = None) -> pcm.Float32Array:
+        """The assistant audio received (for one response, or all), decoded to 16 kHz float32."""
+        parts = [
+            base64.b64decode(r.event["delta"])
+            for r in self.events
+            if r.event["type"] == "response.output_audio.delta"
+            and (response_id is None or r.event["response_id"] == response_id)
+        ]
+        data = b"".join(parts)
+        if not data:
+            return np.zeros(0, dtype=np.float32)
+        return pcm.decode(data, self.output_format)  # 16 kHz internal rate

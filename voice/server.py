@@ -1,0 +1,351 @@
+"""The WebSocket shell around :class:`voice.session.VoiceSession`.
+
+One :class:`Connection` per client: it parses events, decodes audio, runs VAD, carries out
+the core's actions (ASR and responses as tasks, events into a bounded outgoing queue) and
+frees everything when the client goes. The server adds auth, limits and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import ipaddress
+import json
+import logging
+import time
+from collections import Counter
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from voice import audio as pcm
+from voice import latency, protocol
+from voice.config import Settings
+from voice.engines import VoiceActivity
+from voice.errors import ConfigError, ProtocolError
+from voice.latency import TurnLog, TurnRecord
+from voice.logs import bound
+from voice.session import (
+    Action,
+    CancelResponse,
+    FinishTurn,
+    ReleaseResponse,
+    Send,
+    SessionConfig,
+    StartResponse,
+    Transcribe,
+    VoiceSession,
+)
+from voice.turns import Engines, ResponseRunner, TurnPolicy, transcribe
+from voice.vad import FRAME_SAMPLES
+
+log = logging.getLogger(__name__)
+PATH = "/v1/realtime"
+_SEND_TIMEOUT_S = 10.0  # a client that reads nothing for this long is dropped
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class VoiceServer:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Engines,
+        vad: VoiceActivity,
+        *,
+        policy: TurnPolicy,
+        turn_log: TurnLog,
+    ) -> None:
+        v = settings.voice
+        self.keys = {k.get_secret_value() for k in v.api_keys}
+        if not self.keys and not is_loopback(v.host):
+            raise ConfigError(
+                "voice.api_keys [CASTWORK_VOICE__API_KEYS]", f"required when binding to {v.host}"
+            )
+        self.settings, self.engines, self.vad, self.policy, self.turn_log = (
+            settings,
+            engines,
+            vad,
+            policy,
+            turn_log,
+        )
+        self.sessions: Counter[str] = Counter()
+        self.asr_busy = 0  # decodes in flight across sessions; partials wait for an idle ASR
+
+    async def start(self, host: str | None = None, port: int | None = None) -> Server:
+        v = self.settings.voice
+        return await serve(
+            self._handle,
+            host if host is not None else v.host,
+            port if port is not None else v.port,
+            process_request=self._process_request,
+            max_size=v.max_message_bytes,
+            max_queue=32,
+            ping_interval=20,
+        )
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/metrics":
+            return Response(
+                HTTPStatus.OK,
+                "OK",
+                Headers({"Content-Type": "text/plain; version=0.0.4"}),
+                latency.metrics_text(),
+            )
+        if path == "/healthz":
+            return conn.respond(HTTPStatus.OK, "ok\n")
+        if path != PATH:
+            return conn.respond(HTTPStatus.NOT_FOUND, f"the Realtime endpoint is {PATH}\n")
+        if self.keys:
+            auth = request.headers.get("Authorization", "")
+            if auth.removeprefix("Bearer ").strip() not in self.keys:
+                return conn.respond(
+                    HTTPStatus.UNAUTHORIZED,
+                    "missing or unknown API key (Authorization: Bearer ...)\n",
+                )
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        key = ws.request.headers.get("Authorization", "anonymous") if ws.request else "anonymous"
+        v = self.settings.voice
+        refusal = None
+        if sum(self.sessions.values()) >= v.max_sessions:
+            refusal = f"server at capacity ({v.max_sessions} sessions); try again later"
+        elif self.sessions[key] >= v.max_sessions_per_key:
+            refusal = f"this key already has {v.max_sessions_per_key} sessions open"
+        if refusal:
+            err = protocol.error_event(ProtocolError(refusal, code="session_limit_reached"))
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps(err))
+                await ws.close(1013, "at capacity")
+            return
+        self.sessions[key] += 1
+        latency.SESSIONS_ACTIVE.inc()
+        try:
+            await Connection(self, ws).run()
+        finally:
+            self.sessions[key] -= 1
+            latency.SESSIONS_ACTIVE.dec()
+
+
+class Connection:
+    def __init__(self, server: VoiceServer, ws: ServerConnection) -> None:
+        self.server, self.ws = server, ws
+        s = server.settings
+        td = protocol.TurnDetection(
+            threshold=s.vad.threshold,
+            prefix_padding_ms=s.vad.prefix_padding_ms,
+            silence_duration_ms=s.vad.silence_duration_ms,
+        )
+        config = SessionConfig(
+            instructions=s.llm.instructions,
+            voice=s.tts.voice,
+            turn_detection=td,
+            no_speech_threshold=s.asr.no_speech_threshold,
+            min_avg_logprob=s.asr.min_avg_logprob,
+        )
+        self.core = VoiceSession(protocol.new_id("sess"), config)
+        self.vad = server.vad.fork()
+        self.frames = pcm.FrameSplitter(FRAME_SAMPLES)
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
+        self.runners: dict[str, ResponseRunner] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.open_turns: dict[str, TurnRecord] = {}
+
+    async def run(self) -> None:
+        with bound(session_id=self.core.id):
+            log.info("session opened")
+            writer = asyncio.create_task(self._writer())
+            try:
+                await self._do(self.core.start())
+                async with asyncio.timeout(self.server.settings.voice.session_max_s):
+                    await self._reader()
+            except TimeoutError:
+                await self._send(
+                    protocol.error_event(
+                        ProtocolError(
+                            "session reached its maximum duration", code="session_expired"
+                        )
+                    )
+                )
+            except ConnectionClosed:
+                pass
+            finally:
+                await self._teardown(writer)
+
+    async def _reader(self) -> None:
+        idle = self.server.settings.voice.idle_timeout_s
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.ws.recv(), idle)
+            except TimeoutError:
+                await self._send(
+                    protocol.error_event(
+                        ProtocolError(f"no message for {idle:.0f} s", code="idle_timeout")
+                    )
+                )
+                return
+            try:
+                ev = protocol.parse_client_event(raw)
+                if isinstance(ev, protocol.InputAudioBufferAppend):
+                    actions = await self._append(ev)
+                else:
+                    actions = self.core.on_client_event(ev, time.monotonic())
+            except ProtocolError as exc:
+                actions = [Send(protocol.error_event(exc))]
+            await self._do(actions)
+
+    async def _append(self, ev: protocol.InputAudioBufferAppend) -> list[Action]:
+        try:
+            data = base64.b64decode(ev.audio, validate=True)
+            samples = pcm.decode(data, self.core.config.input_format)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(
+                f"input_audio_buffer.append: bad audio: {exc}",
+                code="invalid_audio",
+                event_id=ev.event_id,
+            ) from None
+        frames = self.frames.push(samples)
+        probs: list[float] = []
+        if frames and self.core.config.turn_detection is not None:
+            # 0.2 ms a frame: cheap, but a model call all the same, so off the event loop.
+            probs = await asyncio.to_thread(
+                lambda: [self.vad.speech_probability(f) for f in frames]
+            )
+        else:
+            probs = [0.0] * len(frames)
+        return self.core.on_audio(samples, probs, time.monotonic())
+
+    # --- actions --------------------------------------------------------------------------------
+
+    async def _do(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(action.event)
+            elif isinstance(action, Transcribe):
+                self._spawn(self._transcribe(action))
+            elif isinstance(action, StartResponse):
+                self._start_response(action)
+            elif isinstance(action, ReleaseResponse):
+                if runner := self.runners.get(action.response_id):
+                    runner.release()
+            elif isinstance(action, CancelResponse):
+                if runner := self.runners.get(action.response_id):
+                    runner.turn.extra["cancelled_at"] = time.monotonic()
+                    runner.cancel(action.reason)
+            elif isinstance(action, FinishTurn):
+                self._finish_turn(action.turn)
+
+    async def _transcribe(self, action: Transcribe) -> None:
+        if action.purpose == "partial" and self.server.asr_busy:
+            await self._do(self.core.on_transcript(action.request_id, None, time.monotonic()))
+            return
+        if action.turn is not None:
+            self.open_turns[action.turn.turn_id] = action.turn
+        self.server.asr_busy += 1
+        try:
+            result, retried = await transcribe(self.server.engines, action.audio)
+        finally:
+            self.server.asr_busy -= 1
+        await self._do(
+            self.core.on_transcript(action.request_id, result, time.monotonic(), retried=retried)
+        )
+
+    def _start_response(self, action: StartResponse) -> None:
+        cfg = self.core.config
+        runner = ResponseRunner(
+            action,
+            self.server.engines,
+            self.server.policy,
+            self._send,
+            output_format=cfg.output_format,
+            voice=cfg.voice,
+        )
+        self.runners[action.response_id] = runner
+        self.open_turns[action.turn.turn_id] = action.turn
+        self._spawn(self._run_response(runner))
+
+    async def _run_response(self, runner: ResponseRunner) -> None:
+        try:
+            await runner.run()
+        except Exception:
+            log.exception("response %s failed", runner.start.response_id)
+            runner.status = "failed"
+        finally:
+            self.runners.pop(runner.start.response_id, None)
+        turn = runner.turn
+        if runner.released.is_set():
+            if runner.status == "completed":
+                turn.outcome = "spoken" if "audio" in runner.start.modalities else "text_only"
+            else:
+                turn.outcome = runner.status
+            cancelled_at = turn.extra.pop("cancelled_at", None)
+            if isinstance(cancelled_at, float):
+                turn.extra["cancel_to_done_ms"] = round((time.monotonic() - cancelled_at) * 1000, 1)
+            turn.extra["audio_sent_ms"] = round(
+                runner.segments[-1][2] if runner.segments else 0.0, 1
+            )
+            self._finish_turn(turn)
+        await self._do(
+            self.core.on_response_done(
+                runner.start.response_id, runner.status, runner.spoken_segments(), time.monotonic()
+            )
+        )
+
+    def _finish_turn(self, turn: TurnRecord) -> None:
+        self.open_turns.pop(turn.turn_id, None)
+        self.server.turn_log.write(turn)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- output -----------------------------------------------------------------------------
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(self.outbox.put(event), _SEND_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("client is not reading; closing")
+            await self.ws.close(1008, "client not reading")
+
+    async def _writer(self) -> None:
+        while (event := await self.outbox.get()) is not None:
+            await self.ws.send(json.dumps(event))
+
+    async def _teardown(self, writer: asyncio.Task[None]) -> None:
+        for runner in list(self.runners.values()):
+            runner.cancel("client_cancelled")
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if (speaking := self.core.open_turn) is not None:
+            self.open_turns.setdefault(speaking.turn_id, speaking)
+        for turn in list(self.open_turns.values()):
+            if turn.outcome == "in_progress":
+                turn.add_recovery("abandoned")
+                turn.outcome = "abandoned"
+                self._finish_turn(turn)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.outbox.put_nowait(None)
+        try:
+            async with asyncio.timeout(1.0):
+                await writer
+        except (TimeoutError, ConnectionClosed):
+            writer.cancel()
+        log.info("session closed")

@@ -1,0 +1,755 @@
+"""The I/O-free core of one voice session: events in, actions out. It never awaits.
+
+The shell (:mod:`voice.server`) feeds it client events, audio with its VAD probabilities,
+transcripts and response results, each with the monotonic time ``now``; it returns actions
+(send an event, transcribe audio, start/release/cancel a response, finish a turn record).
+
+Turn detection (server VAD)::
+
+    idle ──2 speech frames──▶ speaking ──pause ≥ speculative_ms──▶ (speculative ASR, and a
+      ▲                        ▲   │                                held response prefetched)
+      │                        └───┘ speech again: speculative work is dropped
+      └──────── pause ≥ silence_duration_ms: endpoint, commit, transcript → response released
+
+So when the endpoint is confirmed the transcript, and often the first audio, already exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from voice import protocol as p
+from voice.asr import is_hallucination
+from voice.audio import INTERNAL_RATE, Float32Array
+from voice.engines import Message, Transcript
+from voice.errors import ProtocolError
+from voice.latency import TurnRecord
+from voice.vad import FRAME_SAMPLES
+
+FRAME_MS = FRAME_SAMPLES * 1000 // INTERNAL_RATE  # 32
+SORRY_DIDNT_CATCH = "Sorry, I didn't catch that. Could you say it again?"
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    request_id: str
+    audio: Float32Array = field(repr=False)
+    purpose: Literal["partial", "speculative", "final"]
+    turn: TurnRecord | None
+
+
+@dataclass(frozen=True)
+class StartResponse:
+    response_id: str
+    item_id: str
+    messages: list[Message]
+    turn: TurnRecord
+    modalities: list[str]
+    max_output_tokens: int | None
+    # Spoken as is, without the LLM (recovery: "sorry, I didn't catch that").
+    canned_text: str | None = None
+    # Prefetched during the pause: generate, but send nothing until ReleaseResponse.
+    held: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseResponse:
+    response_id: str
+
+
+@dataclass(frozen=True)
+class CancelResponse:
+    response_id: str
+    reason: Literal["turn_detected", "client_cancelled", "superseded", "no_speech"]
+
+
+@dataclass(frozen=True)
+class FinishTurn:
+    turn: TurnRecord
+
+
+Action = Send | Transcribe | StartResponse | ReleaseResponse | CancelResponse | FinishTurn
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionConfig:
+    instructions: str
+    voice: str
+    input_format: str = "audio/pcm"
+    output_format: str = "audio/pcm"
+    turn_detection: p.TurnDetection | None = field(default_factory=p.TurnDetection)
+    modalities: list[str] = field(default_factory=lambda: ["audio"])
+    max_output_tokens: int | Literal["inf"] = "inf"
+    speed: float = 1.0
+    # Castwork knobs (not in the OpenAI protocol): when speculative decoding starts in a pause,
+    # and how often partial transcripts are attempted while the user speaks.
+    speculative_after_ms: int = 160
+    partial_every_ms: int = 1200
+    # The hallucination guard's thresholds (settings.asr).
+    no_speech_threshold: float = 0.6
+    min_avg_logprob: float = -1.0
+
+    def session_object(self, session_id: str, model: str) -> dict[str, Any]:
+        def fmt(kind: str) -> dict[str, Any]:
+            return {"type": kind, "rate": 24_000} if kind == "audio/pcm" else {"type": kind}
+
+        td = self.turn_detection
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": session_id,
+            "model": model,
+            "instructions": self.instructions,
+            "output_modalities": self.modalities,
+            "max_output_tokens": self.max_output_tokens,
+            "audio": {
+                "input": {
+                    "format": fmt(self.input_format),
+                    "transcription": {"model": "whisper"},
+                    "noise_reduction": None,
+                    "turn_detection": td.model_dump(exclude_none=True) if td else None,
+                },
+                "output": {
+                    "format": fmt(self.output_format),
+                    "voice": self.voice,
+                    "speed": self.speed,
+                },
+            },
+        }
+
+
+@dataclass
+class Item:
+    id: str
+    role: Literal["user", "assistant", "system"]
+    text: str
+    audio: bool = False
+    status: str = "completed"
+    # Assistant audio: (text piece, start ms, end ms) of what was sent, for truncation.
+    segments: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Response:
+    id: str
+    item_id: str
+    turn: TurnRecord
+    held: bool
+    transcript_request: str | None = None  # the speculative decode it was prefetched from
+
+
+class VoiceSession:
+    def __init__(self, session_id: str, config: SessionConfig, *, model: str = "castwork") -> None:
+        self.id = session_id
+        self.config = config
+        self.model = model
+        self.items: dict[str, Item] = {}
+        self._buffer: list[Float32Array] = []
+        self._buffer_start_ms = 0.0  # global audio time of the buffer's first sample
+        self._audio_ms = 0.0  # global audio time received so far
+        self._frames = 0  # VAD frames seen (global)
+        # VAD / turn state
+        self._speaking = False
+        self._run = 0
+        self._speech_start_ms = 0.0
+        self._last_speech_ms = 0.0
+        self._last_speech_at = 0.0
+        self._silence_ms = 0
+        self._item_id: str | None = None
+        self._turn: TurnRecord | None = None
+        self._last_partial_ms = 0.0
+        self._partial_text = ""
+        # ASR requests in flight: request id -> (purpose, item id, turn)
+        self._requests: dict[str, tuple[str, str | None, TurnRecord | None]] = {}
+        self._speculative: str | None = None  # request id of this pause's decode
+        self._spec_result: Transcript | None = None
+        self._spec_retried = False
+        self._awaiting_final: dict[str, str] = {}  # request id -> item id, post-endpoint
+        self._response: _Response | None = None
+        self._response_requested: p.ResponseParams | None = None
+        self._answerable_turn: TurnRecord | None = None
+
+    # --- entry points ------------------------------------------------------------------------
+
+    def start(self) -> list[Action]:
+        return [
+            Send(
+                p.event("session.created", session=self.config.session_object(self.id, self.model))
+            )
+        ]
+
+    def on_client_event(self, ev: p.ClientEvent, now: float) -> list[Action]:
+        handler = getattr(self, "_on_" + ev.type.replace(".", "_"))
+        actions: list[Action] = handler(ev, now)
+        return actions
+
+    def on_audio(self, samples: Float32Array, probs: list[float], now: float) -> list[Action]:
+        """Audio appended by the client, with the VAD probability of each 32 ms frame it completed."""
+        self._buffer.append(samples)
+        self._audio_ms += len(samples) * 1000 / INTERNAL_RATE
+        out: list[Action] = []
+        td = self.config.turn_detection
+        for prob in probs:
+            self._frames += 1
+            if td is not None:
+                out += self._vad_frame(prob, self._frames * FRAME_MS, td, now)
+        return out
+
+    def on_transcript(
+        self, request_id: str, result: Transcript | None, now: float, *, retried: bool = False
+    ) -> list[Action]:
+        """A decode finished. ``result`` None: every ASR model failed for this request.
+        ``retried``: the primary model failed and the fallback model was asked."""
+        purpose, item_id, turn = self._requests.pop(request_id, ("stale", None, None))
+        if purpose == "partial":
+            return self._partial(result, item_id)
+        if purpose == "speculative":
+            if request_id != self._speculative:
+                return []  # speech resumed: this decode is stale
+            self._spec_result, self._spec_retried = result, retried
+            return self._prefetch(request_id, result, now)
+        if item_id is None or turn is None:
+            return []
+        self._awaiting_final.pop(request_id, None)
+        if retried:
+            turn.add_recovery("asr_retry")
+        return self._final(item_id, turn, result, now)
+
+    def on_response_done(
+        self, response_id: str, status: str, segments: list[tuple[str, float, float]], now: float
+    ) -> list[Action]:
+        """The runner finished (completed, cancelled or failed): record what was sent."""
+        resp = self._response
+        if resp is None or resp.id != response_id:
+            return []
+        self._response = None
+        if not resp.held or segments:
+            text = " ".join(s[0] for s in segments).strip()
+            self.items[resp.item_id] = Item(
+                resp.item_id,
+                "assistant",
+                text,
+                audio=True,
+                status="completed" if status == "completed" else "incomplete",
+                segments=segments,
+            )
+        return self._maybe_start_requested(now)
+
+    # --- client events --------------------------------------------------------------------
+
+    def _on_session_update(self, ev: p.SessionUpdate, now: float) -> list[Action]:
+        s, c = ev.session, self.config
+        if s.instructions is not None:
+            c.instructions = s.instructions
+        if s.output_modalities:
+            c.modalities = list(s.output_modalities)
+        if s.max_output_tokens is not None:
+            c.max_output_tokens = s.max_output_tokens
+        if s.audio and s.audio.input:
+            inp = s.audio.input
+            if inp.format:
+                c.input_format = inp.format.type
+            if "turn_detection" in inp.model_fields_set:
+                c.turn_detection = inp.turn_detection
+                if inp.turn_detection is None:
+                    self._speaking = False
+        if s.audio and s.audio.output:
+            out = s.audio.output
+            if out.format:
+                c.output_format = out.format.type
+            if out.voice:
+                c.voice = out.voice
+            if out.speed:
+                c.speed = out.speed
+        return [Send(p.event("session.updated", session=c.session_object(self.id, self.model)))]
+
+    def _on_input_audio_buffer_append(
+        self, ev: p.InputAudioBufferAppend, now: float
+    ) -> list[Action]:
+        raise AssertionError("the shell decodes audio and calls on_audio")  # pragma: no cover
+
+    def _on_input_audio_buffer_commit(
+        self, ev: p.InputAudioBufferCommit, now: float
+    ) -> list[Action]:
+        if self._buffered_ms() < 100:
+            return [
+                Send(
+                    p.error_event(
+                        ProtocolError(
+                            f"buffer too small: expected at least 100ms of audio, got {self._buffered_ms():.0f}ms",
+                            code="input_audio_buffer_commit_empty",
+                        ),
+                        event_id=ev.event_id,
+                    )
+                )
+            ]
+        turn = self._turn or self._new_turn(now)
+        item_id = self._item_id or p.new_id("item")
+        turn.mark("speech_end", now)
+        turn.mark("endpoint", now)
+        self._speaking = False
+        return self._commit(item_id, turn, now, self._buffer_start_ms)
+
+    def _on_input_audio_buffer_clear(self, ev: p.InputAudioBufferClear, now: float) -> list[Action]:
+        self._drop_buffer()
+        self._speaking = False
+        self._speculative = None
+        return [Send(p.event("input_audio_buffer.cleared"))]
+
+    def _on_conversation_item_create(
+        self, ev: p.ConversationItemCreate, now: float
+    ) -> list[Action]:
+        item = ev.item
+        item_id = item.id or p.new_id("item")
+        if item_id in self.items:
+            return [
+                Send(
+                    p.error_event(
+                        ProtocolError(f"item {item_id} already exists", code="item_exists"),
+                        event_id=ev.event_id,
+                    )
+                )
+            ]
+        text = " ".join((c.text or c.transcript or "") for c in item.content).strip()
+        self.items[item_id] = Item(item_id, item.role, text)
+        shown = (
+            p.system_item(item_id, text)
+            if item.role == "system"
+            else p.user_item(item_id, text=text)
+            if item.role == "user"
+            else p.assistant_item(item_id, transcript=text, audio=False, status="completed")
+        )
+        previous = self._previous_id(item_id)
+        return [
+            Send(p.event("conversation.item.added", previous_item_id=previous, item=shown)),
+            Send(p.event("conversation.item.done", previous_item_id=previous, item=shown)),
+        ]
+
+    def _on_conversation_item_truncate(
+        self, ev: p.ConversationItemTruncate, now: float
+    ) -> list[Action]:
+        item = self.items.get(ev.item_id)
+        if item is None or item.role != "assistant":
+            return [
+                Send(
+                    p.error_event(
+                        ProtocolError(f"no assistant item {ev.item_id}", code="item_not_found"),
+                        event_id=ev.event_id,
+                    )
+                )
+            ]
+        item.text = spoken_text(item.segments, ev.audio_end_ms) if item.segments else item.text
+        item.segments = [s for s in item.segments if s[1] < ev.audio_end_ms]
+        item.status = "incomplete"
+        return [
+            Send(
+                p.event(
+                    "conversation.item.truncated",
+                    item_id=ev.item_id,
+                    content_index=ev.content_index,
+                    audio_end_ms=ev.audio_end_ms,
+                )
+            )
+        ]
+
+    def _on_conversation_item_delete(
+        self, ev: p.ConversationItemDelete, now: float
+    ) -> list[Action]:
+        if self.items.pop(ev.item_id, None) is None:
+            return [
+                Send(
+                    p.error_event(
+                        ProtocolError(f"no item {ev.item_id}", code="item_not_found"),
+                        event_id=ev.event_id,
+                    )
+                )
+            ]
+        return [Send(p.event("conversation.item.deleted", item_id=ev.item_id))]
+
+    def _on_response_create(self, ev: p.ResponseCreate, now: float) -> list[Action]:
+        if self._response is not None and not self._response.held:
+            return [
+                Send(
+                    p.error_event(
+                        ProtocolError(
+                            "conversation already has an active response",
+                            code="conversation_already_has_active_response",
+                        ),
+                        event_id=ev.event_id,
+                    )
+                )
+            ]
+        self._response_requested = ev.response or p.ResponseParams()
+        return self._maybe_start_requested(now)
+
+    def _on_response_cancel(self, ev: p.ResponseCancel, now: float) -> list[Action]:
+        resp = self._response
+        if resp is None or (ev.response_id and ev.response_id != resp.id):
+            return [
+                Send(
+                    p.error_event(
+                        ProtocolError(
+                            "no active response to cancel", code="response_cancel_not_active"
+                        ),
+                        event_id=ev.event_id,
+                    )
+                )
+            ]
+        return [CancelResponse(resp.id, "client_cancelled")]
+
+    def _on_output_audio_buffer_clear(
+        self, ev: p.OutputAudioBufferClear, now: float
+    ) -> list[Action]:
+        resp = self._response
+        if resp is None or resp.held:
+            return []
+        return [
+            CancelResponse(resp.id, "client_cancelled"),
+            Send(p.event("output_audio_buffer.cleared", response_id=resp.id)),
+        ]
+
+    # --- turn detection ----------------------------------------------------------------------
+
+    def _vad_frame(
+        self, prob: float, frame_end_ms: float, td: p.TurnDetection, now: float
+    ) -> list[Action]:
+        speech = prob >= td.threshold
+        if not self._speaking:
+            self._run = self._run + 1 if speech else 0
+            return self._speech_started(frame_end_ms, td, now) if self._run >= 2 else []
+        if speech:
+            self._last_speech_ms, self._last_speech_at, self._silence_ms = frame_end_ms, now, 0
+            out = self._drop_speculative()
+            if (
+                frame_end_ms - self._last_partial_ms >= self.config.partial_every_ms
+                and not self._requests
+            ):
+                self._last_partial_ms = frame_end_ms
+                out.append(
+                    self._transcribe(
+                        "partial", self._item_id, self._turn, self._speech_start_ms, frame_end_ms
+                    )
+                )
+            return out
+        self._silence_ms += FRAME_MS
+        if self._silence_ms >= td.silence_duration_ms:
+            return self._endpoint(td, now)
+        if self._silence_ms >= self.config.speculative_after_ms and self._speculative is None:
+            action = self._transcribe(
+                "speculative", self._item_id, self._turn, self._speech_start_ms, frame_end_ms
+            )
+            self._speculative, self._spec_result = action.request_id, None
+            return [action]
+        return []
+
+    def _speech_started(self, frame_end_ms: float, td: p.TurnDetection, now: float) -> list[Action]:
+        out: list[Action] = []
+        self._speaking, self._silence_ms = True, 0
+        onset = frame_end_ms - self._run * FRAME_MS
+        self._speech_start_ms = max(self._buffer_start_ms, onset - td.prefix_padding_ms)
+        self._last_speech_ms, self._last_speech_at = frame_end_ms, now
+        self._last_partial_ms, self._partial_text = frame_end_ms, ""
+        resp = self._response
+        if resp is not None and not resp.held and td.interrupt_response:
+            resp.turn.add_recovery("barge_in")
+            out.append(CancelResponse(resp.id, "turn_detected"))
+        out += self._drop_speculative()
+        self._item_id = p.new_id("item")
+        self._turn = self._new_turn(now)
+        self._turn.mark("speech_start", now)
+        out.append(
+            Send(
+                p.event(
+                    "input_audio_buffer.speech_started",
+                    audio_start_ms=int(self._speech_start_ms),
+                    item_id=self._item_id,
+                )
+            )
+        )
+        return out
+
+    def _endpoint(self, td: p.TurnDetection, now: float) -> list[Action]:
+        self._speaking, self._run = False, 0
+        assert self._item_id is not None and self._turn is not None
+        item_id, turn = self._item_id, self._turn
+        turn.mark("speech_end", self._last_speech_at)
+        turn.mark("endpoint", now)
+        end_ms = int(min(self._audio_ms, self._last_speech_ms + FRAME_MS))
+        out: list[Action] = [
+            Send(p.event("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id))
+        ]
+        return out + self._commit(item_id, turn, now, self._speech_start_ms)
+
+    def _commit(self, item_id: str, turn: TurnRecord, now: float, start_ms: float) -> list[Action]:
+        audio = self._slice(start_ms, self._audio_ms)
+        previous = self._previous_id(item_id)
+        self.items[item_id] = Item(item_id, "user", "", audio=True, status="in_progress")
+        self._drop_buffer()
+        self._item_id, self._turn = None, None
+        out: list[Action] = [
+            Send(
+                p.event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
+            ),
+            Send(
+                p.event(
+                    "conversation.item.added",
+                    previous_item_id=previous,
+                    item=p.user_item(item_id, audio=True, status="in_progress"),
+                )
+            ),
+        ]
+        spec, self._speculative = self._speculative, None
+        if spec is not None and self._spec_result is not None:
+            if self._spec_retried:
+                turn.add_recovery("asr_retry")
+            return out + self._final(item_id, turn, self._spec_result, now)
+        if spec is not None and spec in self._requests:
+            # The speculative decode covers this audio (the rest is silence): wait for it.
+            self._requests[spec] = ("final", item_id, turn)
+            self._awaiting_final[spec] = item_id
+            return out
+        action = self._transcribe(
+            "final", item_id, turn, 0, len(audio) * 1000 / INTERNAL_RATE, audio=audio
+        )
+        self._awaiting_final[action.request_id] = item_id
+        return [*out, action]
+
+    # --- transcripts and responses -------------------------------------------------------------
+
+    def _partial(self, result: Transcript | None, item_id: str | None) -> list[Action]:
+        if result is None or item_id != self._item_id or not result.text:
+            return []
+        text = result.text.strip()
+        if not text.startswith(self._partial_text) or text == self._partial_text:
+            return []  # Whisper revised earlier words: deltas can only append
+        delta, self._partial_text = text[len(self._partial_text) :], text
+        return [
+            Send(
+                p.event(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=item_id,
+                    content_index=0,
+                    delta=delta,
+                )
+            )
+        ]
+
+    def _prefetch(self, request_id: str, result: Transcript | None, now: float) -> list[Action]:
+        td = self.config.turn_detection
+        c = self.config
+        if result is None or td is None or not td.create_response:
+            return []
+        if not usable(result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob):
+            return []
+        if self._response is not None or self._item_id is None or self._turn is None:
+            return []
+        return [
+            self._start_response(
+                self._turn, now, held=True, user_text=result.text, from_request=request_id
+            )
+        ]
+
+    def _final(
+        self, item_id: str, turn: TurnRecord, result: Transcript | None, now: float
+    ) -> list[Action]:
+        turn.mark("asr_final", now)
+        item = self.items.get(item_id)
+        held = self._response if self._response is not None and self._response.held else None
+        out: list[Action] = []
+        if result is None:  # ASR failed even on the fallback model
+            turn.add_recovery("asr_failed")
+            if held:
+                out.append(CancelResponse(held.id, "superseded"))
+                self._response = None
+            if item:
+                item.status = "incomplete"
+            return [*out, self._start_response(turn, now, canned=SORRY_DIDNT_CATCH)]
+        c = self.config
+        text = (
+            result.text.strip()
+            if usable(result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob)
+            else ""
+        )
+        if item:
+            item.text, item.status = text, "completed"
+        if result.model:
+            turn.models["asr"] = result.model
+        out += [
+            Send(
+                p.event(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item_id,
+                    content_index=0,
+                    transcript=text,
+                    usage={"type": "duration", "seconds": 0},
+                )
+            ),
+            Send(
+                p.event(
+                    "conversation.item.done",
+                    previous_item_id=self._previous_id(item_id),
+                    item=p.user_item(item_id, audio=True, transcript=text),
+                )
+            ),
+        ]
+        if not text:
+            turn.add_recovery("no_speech")
+            turn.outcome = "no_speech"
+            if held:
+                out.append(CancelResponse(held.id, "no_speech"))
+                self._response = None
+            return [*out, FinishTurn(turn)]
+        td = self.config.turn_detection
+        if held is not None:
+            held.held = False
+            return [*out, ReleaseResponse(held.id)]
+        if td is not None and td.create_response and self._response is None:
+            return [*out, self._start_response(turn, now)]
+        self._answerable_turn = turn  # a later response.create answers this turn
+        return out + self._maybe_start_requested(now)
+
+    def _maybe_start_requested(self, now: float) -> list[Action]:
+        params = self._response_requested
+        if params is None or self._awaiting_final or self._response is not None:
+            return []  # a transcript the response needs is still being decoded
+        self._response_requested = None
+        turn, self._answerable_turn = self._answerable_turn or self._new_turn(now), None
+        turn.mark("endpoint", now)
+        return [self._start_response(turn, now, params=params)]
+
+    def _start_response(
+        self,
+        turn: TurnRecord,
+        now: float,
+        *,
+        held: bool = False,
+        canned: str | None = None,
+        user_text: str | None = None,
+        from_request: str | None = None,
+        params: p.ResponseParams | None = None,
+    ) -> StartResponse:
+        instructions = (
+            params.instructions if params and params.instructions else self.config.instructions
+        )
+        messages: list[Message] = [{"role": "system", "content": instructions}]
+        for item in self.items.values():
+            if item.text and item.status != "in_progress":
+                messages.append({"role": item.role, "content": item.text})
+        if user_text:
+            messages.append({"role": "user", "content": user_text.strip()})
+        limit = (
+            params.max_output_tokens if params and params.max_output_tokens else None
+        ) or self.config.max_output_tokens
+        resp = _Response(p.new_id("resp"), p.new_id("item"), turn, held, from_request)
+        self._response = resp
+        return StartResponse(
+            resp.id,
+            resp.item_id,
+            messages,
+            turn,
+            modalities=list(params.output_modalities)
+            if params and params.output_modalities
+            else self.config.modalities,
+            max_output_tokens=None if limit == "inf" else int(limit),
+            canned_text=canned,
+            held=held,
+        )
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _new_turn(self, now: float) -> TurnRecord:
+        return TurnRecord(session_id=self.id, turn_id=p.new_id("turn"))
+
+    def _transcribe(
+        self,
+        purpose: Literal["partial", "speculative", "final"],
+        item_id: str | None,
+        turn: TurnRecord | None,
+        start_ms: float,
+        end_ms: float,
+        *,
+        audio: Float32Array | None = None,
+    ) -> Transcribe:
+        request_id = p.new_id("asr")
+        self._requests[request_id] = (purpose, item_id, turn)
+        return Transcribe(
+            request_id, self._slice(start_ms, end_ms) if audio is None else audio, purpose, turn
+        )
+
+    def _drop_speculative(self) -> list[Action]:
+        out: list[Action] = []
+        if self._speculative is not None:
+            self._requests.pop(self._speculative, None)
+            resp = self._response
+            if resp is not None and resp.held and resp.transcript_request == self._speculative:
+                out.append(CancelResponse(resp.id, "superseded"))
+                self._response = None
+        self._speculative, self._spec_result = None, None
+        return out
+
+    def _slice(self, start_ms: float, end_ms: float) -> Float32Array:
+        if not self._buffer:
+            return np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(self._buffer)
+        a = int(max(0.0, start_ms - self._buffer_start_ms) * INTERNAL_RATE / 1000)
+        b = int(max(0.0, end_ms - self._buffer_start_ms) * INTERNAL_RATE / 1000)
+        return audio[a:b]
+
+    def _drop_buffer(self) -> None:
+        self._buffer.clear()
+        self._buffer_start_ms = self._audio_ms
+
+    def _buffered_ms(self) -> float:
+        return self._audio_ms - self._buffer_start_ms
+
+    def _previous_id(self, item_id: str) -> str | None:
+        ids = list(self.items)
+        if item_id in ids:
+            i = ids.index(item_id)
+            return ids[i - 1] if i > 0 else None
+        return ids[-1] if ids else None
+
+    @property
+    def open_turn(self) -> TurnRecord | None:
+        """The turn the user is speaking in, if any (for a disconnect to log as abandoned)."""
+        return self._turn
+
+    @property
+    def response_active(self) -> bool:
+        return self._response is not None and not self._response.held
+
+
+def usable(result: Transcript, *, no_speech: float = 0.6, min_logprob: float = -1.0) -> bool:
+    """The hallucination guard: silence, noise and subtitle phrases never reach the LLM."""
+    if is_hallucination(result.text):
+        return False
+    return not (result.no_speech_prob > no_speech and result.avg_logprob < min_logprob)
+
+
+def spoken_text(segments: list[tuple[str, float, float]], played_ms: float) -> str:
+    """The text of the audio actually played: whole pieces, then a share of the cut one's words."""
+    words: list[str] = []
+    for text, start, end in segments:
+        if played_ms >= end:
+            words += text.split()
+        elif played_ms > start:
+            piece = text.split()
+            words += piece[: int(len(piece) * (played_ms - start) / max(end - start, 1e-6))]
+            break
+        else:
+            break
+    return " ".join(words)
