@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -38,6 +39,8 @@ class LlamaCppChat:
             raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc
         self.name = name
         self._lock = threading.Lock()
+        # Free the model before interpreter teardown, when llama.cpp's own __del__ would fail.
+        atexit.register(self._llama.close)
 
     def _generate(
         self,

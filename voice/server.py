@@ -188,28 +188,42 @@ class Connection:
                 await self._teardown(writer)
 
     async def _reader(self) -> None:
+        """Receive in one task and process in this one, so that each message keeps the time it
+        arrived even when processing lags (VAD and decodes compete for the cores)."""
+        inbox: asyncio.Queue[tuple[str | bytes, float] | None] = asyncio.Queue(maxsize=64)
+        receiver = asyncio.create_task(self._receive(inbox))
+        try:
+            while (got := await inbox.get()) is not None:
+                raw, arrived = got
+                try:
+                    ev = protocol.parse_client_event(raw)
+                    if isinstance(ev, protocol.InputAudioBufferAppend):
+                        actions = await self._append(ev, arrived)
+                    else:
+                        actions = self.core.on_client_event(ev, arrived)
+                except ProtocolError as exc:
+                    actions = [Send(protocol.error_event(exc))]
+                await self._do(actions)
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+
+    async def _receive(self, inbox: asyncio.Queue[tuple[str | bytes, float] | None]) -> None:
         idle = self.server.settings.voice.idle_timeout_s
         while True:
             try:
                 raw = await asyncio.wait_for(self.ws.recv(), idle)
             except TimeoutError:
-                await self._send(
-                    protocol.error_event(
-                        ProtocolError(f"no message for {idle:.0f} s", code="idle_timeout")
-                    )
-                )
-                return
-            try:
-                ev = protocol.parse_client_event(raw)
-                if isinstance(ev, protocol.InputAudioBufferAppend):
-                    actions = await self._append(ev)
-                else:
-                    actions = self.core.on_client_event(ev, time.monotonic())
-            except ProtocolError as exc:
-                actions = [Send(protocol.error_event(exc))]
-            await self._do(actions)
+                error = ProtocolError(f"no message for {idle:.0f} s", code="idle_timeout")
+                await self._send(protocol.error_event(error))
+                break
+            except ConnectionClosed:
+                break
+            # A bounded inbox: a client sending faster than we process waits (TCP backpressure).
+            await inbox.put((raw, time.monotonic()))
+        await inbox.put(None)  # not in a finally: when cancelled, nobody is reading any more
 
-    async def _append(self, ev: protocol.InputAudioBufferAppend) -> list[Action]:
+    async def _append(self, ev: protocol.InputAudioBufferAppend, arrived: float) -> list[Action]:
         try:
             data = base64.b64decode(ev.audio, validate=True)
             samples = pcm.decode(data, self.core.config.input_format)
@@ -228,7 +242,7 @@ class Connection:
             )
         else:
             probs = [0.0] * len(frames)
-        return self.core.on_audio(samples, probs, time.monotonic())
+        return self.core.on_audio(samples, probs, arrived)
 
     # --- actions --------------------------------------------------------------------------------
 
@@ -349,3 +363,36 @@ class Connection:
         except (TimeoutError, ConnectionClosed):
             writer.cancel()
         log.info("session closed")
+
+
+async def serve_forever(
+    settings: Settings, *, host: str | None = None, port: int | None = None
+) -> None:
+    """Load the engines, serve until SIGINT/SIGTERM, then close sessions cleanly."""
+    import signal
+
+    from voice.factory import build_vad, load_engines, turn_policy
+
+    t0 = time.perf_counter()
+    engines = await asyncio.to_thread(load_engines, settings)
+    vad = build_vad(settings)
+    log.info(
+        "engines loaded in %.1f s: asr=%s llm=%s tts=%s",
+        time.perf_counter() - t0,
+        engines.asr.name,
+        ",".join(c.name for c in engines.chat),
+        engines.tts.name,
+    )
+    turn_log = TurnLog(settings.turn_log_path)
+    server = VoiceServer(settings, engines, vad, policy=turn_policy(settings), turn_log=turn_log)
+    srv = await server.start(host, port)
+    bound_to = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in srv.sockets)
+    log.info("voice server on ws://%s%s (turn log %s)", bound_to, PATH, settings.turn_log_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    srv.close()
+    await srv.wait_closed()
+    turn_log.close()

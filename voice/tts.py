@@ -24,11 +24,25 @@ def clean_text(text: str) -> str:
 class PiperSynthesizer:
     """A loaded Piper voice. ``synthesize`` blocks: iterate it in a worker thread."""
 
-    def __init__(self, model_path: Path, *, name: str = "piper", length_scale: float = 1.0) -> None:
+    def __init__(
+        self, model_path: Path, *, name: str = "piper", length_scale: float = 1.0, threads: int = 2
+    ) -> None:
+        import json
+
+        import onnxruntime
         from piper import PiperVoice, SynthesisConfig
+        from piper.config import PiperConfig
 
         try:
-            self._voice = PiperVoice.load(str(model_path), config_path=f"{model_path}.json")
+            opts = onnxruntime.SessionOptions()
+            opts.intra_op_num_threads = threads
+            # Idle pool threads would otherwise spin and steal the cores Whisper and the LLM need.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            config = PiperConfig.from_dict(json.loads(Path(f"{model_path}.json").read_text()))
+            session = onnxruntime.InferenceSession(
+                str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+            self._voice = PiperVoice(config=config, session=session)
         except Exception as exc:
             raise ModelError(f"cannot load Piper voice {model_path}: {exc}", model=name) from exc
         self._config = SynthesisConfig(length_scale=length_scale)

@@ -191,7 +191,7 @@ class ResponseRunner:
         except StopAsyncIteration:
             pass
         except (EngineError, TimeoutError) as exc:
-            log.warning("LLM %s: %s", chat.name, exc or "timed out")
+            log.warning("LLM %s failed: %s", chat.name, str(exc) or type(exc).__name__)
             if not produced:
                 return False
             self.turn.add_recovery("llm_cut_short")  # keep what was already said

@@ -19,6 +19,7 @@ def _session(path: Path) -> onnxruntime.InferenceSession:
     # One frame is tiny: threads cost more than they give, and sessions run side by side.
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return onnxruntime.InferenceSession(
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]

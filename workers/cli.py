@@ -54,6 +54,34 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_voice(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from voice.server import serve_forever
+
+    asyncio.run(serve_forever(settings, host=args.host, port=args.port))
+    return 0
+
+
+def cmd_talk(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from voice.talk import talk
+
+    wav = Path(args.wav)
+    if not wav.is_file():
+        print(f"castwork: no such file: {wav}", file=sys.stderr)
+        return 2
+    url = args.url or f"ws://127.0.0.1:{settings.voice.port}/v1/realtime"
+    out = Path(args.out) if args.out else wav.with_suffix(".reply.wav")
+    try:
+        return asyncio.run(talk(wav, url=url, api_key=args.api_key, out=out))
+    except (OSError, ValueError) as exc:
+        print(f"castwork: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="castwork", description=__doc__)
     parser.add_argument(
@@ -64,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="load every configured engine once and smoke-test it")
     p.add_argument("--only", help="comma-separated subset: vad,asr,llm,tts,ffmpeg,broker")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("voice", help="serve the OpenAI-Realtime-compatible voice WebSocket")
+    p.add_argument("--host", help="bind address (default: settings voice.host)")
+    p.add_argument("--port", type=int, help="port (default: settings voice.port)")
+    p.set_defaults(func=cmd_voice)
+
+    p = sub.add_parser(
+        "talk", help="stream a WAV to a voice server like a microphone; save and time the reply"
+    )
+    p.add_argument("wav", help="16-bit PCM WAV file")
+    p.add_argument("--url", help="ws://HOST:PORT/v1/realtime (default: the local server)")
+    p.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
+    p.add_argument("--out", help="where to save the reply audio (default: FILE.reply.wav)")
+    p.set_defaults(func=cmd_talk)
 
     p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
     p.set_defaults(func=cmd_config)

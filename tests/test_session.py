@@ -1,0 +1,908 @@
+"""The I/O-free session core, driven purely by its inputs: no sockets, threads or models.
+
+Audio is fed one 32 ms VAD frame at a time with a fake clock; ASR results and response ends
+are fed back by request/response id. Every ``Send`` event is checked against the ``openai``
+package's own server event models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
+
+from voice import protocol
+from voice.audio import Float32Array
+from voice.engines import Transcript
+from voice.session import (
+    SORRY_DIDNT_CATCH,
+    Action,
+    CancelResponse,
+    FinishTurn,
+    ReleaseResponse,
+    Send,
+    SessionConfig,
+    StartResponse,
+    Transcribe,
+    VoiceSession,
+    spoken_text,
+    usable,
+)
+from voice.testing import silence, tone
+from voice.vad import FRAME_SAMPLES
+
+SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
+SPEECH_P, SILENCE_P = 0.95, 0.02
+FRAME_S = 0.032
+HEARD = Transcript("what time is it", no_speech_prob=0.01, avg_logprob=-0.2, model="fake-asr")
+
+
+class Driver:
+    """Feeds a :class:`VoiceSession` and keeps every action; validates each ``Send`` event."""
+
+    def __init__(self, session: VoiceSession | None = None, **config: Any) -> None:
+        self.session = session or VoiceSession(
+            "sess_test", SessionConfig(instructions="Be helpful.", voice="joe", **config)
+        )
+        self.now = 1000.0
+        self.sent: list[dict[str, Any]] = []
+        self.actions: list[Action] = []
+        self._rest: Float32Array = np.zeros(0, dtype=np.float32)
+        self.take(self.session.start())
+
+    def take(self, actions: list[Action]) -> list[Action]:
+        for action in actions:
+            if isinstance(action, Send):
+                SERVER_EVENT.validate_python(action.event)
+                self.sent.append(action.event)
+        self.actions += actions
+        return actions
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def audio(self, samples: Float32Array) -> list[Action]:
+        """One ``on_audio`` call per completed 512-sample frame; the clock moves 32 ms a frame."""
+        data = np.concatenate([self._rest, samples])
+        n = len(data) // FRAME_SAMPLES
+        self._rest = data[n * FRAME_SAMPLES :]
+        out: list[Action] = []
+        for i in range(n):
+            frame = data[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+            loud = float(np.sqrt(np.mean(frame**2))) > 0.05
+            self.now += FRAME_S
+            out += self.take(
+                self.session.on_audio(frame, [SPEECH_P if loud else SILENCE_P], self.now)
+            )
+        return out
+
+    def speak(self, ms: float) -> list[Action]:
+        return self.audio(tone(ms))
+
+    def pause(self, ms: float) -> list[Action]:
+        return self.audio(silence(ms))
+
+    def client(self, **event: Any) -> list[Action]:
+        ev = protocol.parse_client_event(json.dumps(event))
+        return self.take(self.session.on_client_event(ev, self.now))
+
+    def transcript(
+        self, request_id: str, result: Transcript | None, *, retried: bool = False
+    ) -> list[Action]:
+        return self.take(self.session.on_transcript(request_id, result, self.now, retried=retried))
+
+    def done(
+        self,
+        response_id: str,
+        status: str = "completed",
+        segments: Sequence[tuple[str, float, float]] = (),
+    ) -> list[Action]:
+        return self.take(
+            self.session.on_response_done(response_id, status, list(segments), self.now)
+        )
+
+    # --- scripted turns ---------------------------------------------------------------------
+
+    def answered_turn(self, result: Transcript = HEARD) -> StartResponse:
+        """Speak, pause to the endpoint, deliver the transcript: the (non-held) response."""
+        self.speak(320)
+        (spec,) = transcribes(self.pause(512))
+        (start,) = starts(self.transcript(spec.request_id, result))
+        assert not start.held
+        return start
+
+
+def sends(actions: list[Action]) -> list[dict[str, Any]]:
+    return [a.event for a in actions if isinstance(a, Send)]
+
+
+def types(actions: list[Action]) -> list[str]:
+    return [e["type"] for e in sends(actions)]
+
+
+def transcribes(actions: list[Action]) -> list[Transcribe]:
+    return [a for a in actions if isinstance(a, Transcribe)]
+
+
+def starts(actions: list[Action]) -> list[StartResponse]:
+    return [a for a in actions if isinstance(a, StartResponse)]
+
+
+def of_type(actions: list[Action], kind: type) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def errors(actions: list[Action]) -> list[dict[str, Any]]:
+    return [e["error"] for e in sends(actions) if e["type"] == "error"]
+
+
+def manual(d: Driver) -> None:
+    (ev,) = sends(
+        d.client(type="session.update", session={"audio": {"input": {"turn_detection": None}}})
+    )
+    assert ev["type"] == "session.updated"
+    assert ev["session"]["audio"]["input"]["turn_detection"] is None
+
+
+# --- start -----------------------------------------------------------------------------------
+
+
+def test_start_sends_session_created() -> None:
+    d = Driver()
+    (created,) = d.sent
+    assert created["type"] == "session.created"
+    session = created["session"]
+    assert session["id"] == "sess_test" and session["instructions"] == "Be helpful."
+    td = session["audio"]["input"]["turn_detection"]
+    assert td["type"] == "server_vad" and td["silence_duration_ms"] == 500
+
+
+# --- speech start and endpoint -----------------------------------------------------------------
+
+
+def test_one_speech_frame_does_not_start_speech() -> None:
+    d = Driver()
+    assert d.pause(320) == []
+    assert d.speak(32) == []  # a click
+    assert d.pause(64) == []
+    assert d.speak(32) == []
+    actions = d.speak(32)
+    assert types(actions) == ["input_audio_buffer.speech_started"]
+
+
+def test_speech_started_reaches_back_by_the_prefix_padding() -> None:
+    d = Driver()
+    d.pause(640)  # 20 frames of silence
+    actions = d.speak(64)  # frames 21 and 22: speech from 640 ms
+    (started,) = sends(actions)
+    assert started["type"] == "input_audio_buffer.speech_started"
+    assert started["audio_start_ms"] == 640 - 300
+    assert started["item_id"].startswith("item_")
+    assert d.session.open_turn is not None
+
+
+def test_speech_started_is_never_before_zero() -> None:
+    d = Driver()
+    d.pause(96)
+    (started,) = sends(d.speak(64))
+    assert started["audio_start_ms"] == 0
+    d2 = Driver()
+    (started,) = sends(d2.speak(64))
+    assert started["audio_start_ms"] == 0
+
+
+def test_prefix_padding_is_configurable() -> None:
+    d = Driver()
+    d.client(
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"prefix_padding_ms": 100}}}},
+    )
+    d.pause(640)
+    (started,) = sends(d.speak(64))
+    assert started["audio_start_ms"] == 540
+
+
+def test_endpoint_after_the_silence_duration() -> None:
+    d = Driver()
+    d.pause(320)
+    (started,) = sends(d.speak(640))
+    item_id = started["item_id"]
+    quiet = d.pause(480)  # 15 silent frames: not yet
+    assert "input_audio_buffer.speech_stopped" not in types(quiet)
+    actions = d.pause(32)  # the 16th: 512 ms ≥ 500 ms
+    assert types(actions) == [
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+    ]
+    stopped, committed, added = sends(actions)
+    assert stopped["item_id"] == committed["item_id"] == added["item"]["id"] == item_id
+    assert stopped["audio_end_ms"] == 320 + 640 + 32  # last speech frame's end, plus a frame
+    assert committed["previous_item_id"] is None
+    assert added["item"]["role"] == "user" and added["item"]["status"] == "in_progress"
+    assert d.session.items[item_id].status == "in_progress"
+    assert d.session.open_turn is None
+    turn = of_type(d.actions, Transcribe)[0].turn
+    assert turn is not None and {"speech_start", "speech_end", "endpoint"} <= set(turn.marks)
+    assert turn.marks["endpoint"] - turn.marks["speech_end"] == pytest.approx(0.512)
+
+
+def test_silence_duration_is_configurable() -> None:
+    d = Driver()
+    (updated,) = sends(
+        d.client(
+            type="session.update",
+            session={"audio": {"input": {"turn_detection": {"silence_duration_ms": 200}}}},
+        )
+    )
+    td = updated["session"]["audio"]["input"]["turn_detection"]
+    assert td["silence_duration_ms"] == 200
+    d.speak(320)
+    assert "input_audio_buffer.speech_stopped" not in types(d.pause(192))  # 6 frames
+    assert types(d.pause(32))[0] == "input_audio_buffer.speech_stopped"  # 7: 224 ms
+
+
+def test_threshold_decides_what_is_speech() -> None:
+    d = Driver()
+    d.client(
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"threshold": 0.99}}}},
+    )
+    assert d.speak(640) == []  # 0.95 is below the threshold now
+
+
+# --- speculative decoding ----------------------------------------------------------------------
+
+
+def test_speculative_transcribe_once_the_pause_reaches_160_ms() -> None:
+    d = Driver()
+    d.speak(320)
+    assert transcribes(d.pause(128)) == []  # 4 frames
+    (spec,) = transcribes(d.pause(32))  # the 5th: 160 ms
+    assert spec.purpose == "speculative" and spec.turn is d.session.open_turn
+    assert len(spec.audio) > 0
+    assert transcribes(d.pause(96)) == []  # asked once per pause
+
+
+def test_speculative_result_prefetches_a_held_response_released_at_the_endpoint() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    (held,) = d.transcript(spec.request_id, HEARD)
+    assert isinstance(held, StartResponse) and held.held
+    assert held.canned_text is None
+    assert held.messages[0] == {"role": "system", "content": "Be helpful."}
+    assert held.messages[-1] == {"role": "user", "content": "what time is it"}
+    assert not d.session.response_active  # held: the client knows nothing of it yet
+    actions = d.pause(352)  # 16 silent frames in all
+    assert transcribes(actions) == []  # no second decode
+    assert of_type(actions, ReleaseResponse) == [ReleaseResponse(held.response_id)]
+    assert starts(actions) == []
+    assert types(actions) == [
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.done",
+    ]
+    completed = sends(actions)[3]
+    assert completed["transcript"] == "what time is it"
+    assert d.session.response_active
+    assert held.turn.models["asr"] == "fake-asr"
+    item_id = completed["item_id"]
+    assert d.session.items[item_id].text == "what time is it"
+    assert d.session.items[item_id].status == "completed"
+
+
+def test_speculative_retry_is_recorded_on_the_turn() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    (held,) = starts(d.transcript(spec.request_id, HEARD, retried=True))
+    d.pause(352)
+    assert held.turn.recovery == ["asr_retry"]
+
+
+def test_failed_speculative_decode_is_redone_at_the_endpoint() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    assert d.transcript(spec.request_id, None) == []
+    (final,) = transcribes(d.pause(352))
+    assert final.purpose == "final"
+    (start,) = starts(d.transcript(final.request_id, HEARD))
+    assert not start.held and start.canned_text is None
+
+
+def test_speech_resuming_drops_the_speculative_decode_in_flight() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    actions = d.speak(64)
+    assert sends(actions) == []  # still the same utterance: no second speech_started
+    assert d.transcript(spec.request_id, HEARD) == []  # stale
+    (spec2,) = transcribes(d.pause(160))
+    assert spec2.request_id != spec.request_id
+    (held,) = starts(d.transcript(spec2.request_id, HEARD))
+    assert held.held
+
+
+def test_speech_resuming_cancels_the_held_response() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    (held,) = starts(d.transcript(spec.request_id, HEARD))
+    actions = d.speak(32)
+    assert actions == [CancelResponse(held.response_id, "superseded")]
+    assert d.transcript(spec.request_id, HEARD) == []  # a late duplicate changes nothing
+    # The next pause prefetches again; the endpoint releases the new one.
+    (spec2,) = transcribes(d.pause(160))
+    (held2,) = starts(d.transcript(spec2.request_id, Transcript("what time is it now")))
+    actions = d.pause(352)
+    assert of_type(actions, ReleaseResponse) == [ReleaseResponse(held2.response_id)]
+    assert held2.messages[-1]["content"] == "what time is it now"
+
+
+def test_endpoint_while_the_speculative_decode_is_in_flight() -> None:
+    d = Driver()
+    d.speak(320)
+    actions = d.pause(512)  # the speculative decode is asked for, then the endpoint comes
+    (spec,) = transcribes(actions)
+    assert spec.purpose == "speculative"
+    assert types(actions)[-3:] == [
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+    ]
+    actions = d.transcript(spec.request_id, HEARD)  # now treated as the final transcript
+    assert types(actions) == [
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.done",
+    ]
+    (start,) = starts(actions)
+    assert not start.held and start.canned_text is None
+    assert start.messages[-1] == {"role": "user", "content": "what time is it"}
+    assert d.session.response_active
+    assert "asr_final" in start.turn.marks
+
+
+def test_partial_transcripts_while_speaking() -> None:
+    d = Driver()
+    d.speak(64)
+    assert transcribes(d.speak(1152)) == []
+    (partial,) = transcribes(d.speak(64))
+    assert partial.purpose == "partial"
+    (delta,) = sends(d.transcript(partial.request_id, Transcript("what time")))
+    assert delta["type"] == "conversation.item.input_audio_transcription.delta"
+    assert delta["delta"] == "what time"
+    (partial2,) = transcribes(d.speak(1216))
+    (delta2,) = sends(d.transcript(partial2.request_id, Transcript("what time is it")))
+    assert delta2["delta"] == " is it"
+    (partial3,) = transcribes(d.speak(1216))
+    assert d.transcript(partial3.request_id, Transcript("what tim is it")) == []  # revised
+
+
+# --- hallucinations and ASR failures ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        Transcript("Thank you.", no_speech_prob=0.1, avg_logprob=-0.3),
+        Transcript(""),
+        Transcript("  ...  "),
+        Transcript("book a table", no_speech_prob=0.9, avg_logprob=-1.5),
+    ],
+    ids=["subtitle-phrase", "empty", "dots", "no-speech-prob"],
+)
+def test_unusable_transcript_finishes_the_turn_as_no_speech(result: Transcript) -> None:
+    assert not usable(result)
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(512))
+    actions = d.transcript(spec.request_id, result)
+    assert starts(actions) == []
+    (finish,) = of_type(actions, FinishTurn)
+    assert finish.turn.outcome == "no_speech" and "no_speech" in finish.turn.recovery
+    completed = sends(actions)[0]
+    assert completed["type"] == "conversation.item.input_audio_transcription.completed"
+    assert completed["transcript"] == ""
+    assert not d.session.response_active
+
+
+def test_unusable_speculative_result_prefetches_nothing() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    assert d.transcript(spec.request_id, Transcript("Thank you.")) == []
+    actions = d.pause(352)
+    assert starts(actions) == [] and transcribes(actions) == []
+    (finish,) = of_type(actions, FinishTurn)
+    assert finish.turn.outcome == "no_speech"
+
+
+def test_usable_thresholds_are_configurable() -> None:
+    doubtful = Transcript("book a table", no_speech_prob=0.5, avg_logprob=-1.5)
+    assert usable(doubtful)
+    assert not usable(doubtful, no_speech=0.4)
+    assert usable(doubtful, no_speech=0.4, min_logprob=-2.0)
+    d = Driver(no_speech_threshold=0.4)
+    d.speak(320)
+    (spec,) = transcribes(d.pause(512))
+    assert of_type(d.transcript(spec.request_id, doubtful), FinishTurn)
+
+
+def test_asr_failure_speaks_the_canned_apology() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(512))
+    actions = d.transcript(spec.request_id, None)
+    assert sends(actions) == []  # nothing transcribed to report
+    (start,) = starts(actions)
+    assert start.canned_text == SORRY_DIDNT_CATCH and "didn't catch that" in start.canned_text
+    assert not start.held
+    assert start.turn.recovery == ["asr_failed"]
+    assert d.session.response_active
+    (item,) = d.session.items.values()
+    assert item.status == "incomplete"
+
+
+def test_asr_failure_after_a_retry_records_both() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    d.transcript(spec.request_id, None, retried=True)  # speculative: primary and fallback failed
+    (final,) = transcribes(d.pause(352))
+    (start,) = starts(d.transcript(final.request_id, None, retried=True))
+    assert start.canned_text == SORRY_DIDNT_CATCH
+    assert start.turn.recovery == ["asr_retry", "asr_failed"]
+
+
+def test_asr_retry_that_succeeds_is_recorded() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(512))
+    (start,) = starts(d.transcript(spec.request_id, HEARD, retried=True))
+    assert start.canned_text is None and start.turn.recovery == ["asr_retry"]
+
+
+# --- barge-in ------------------------------------------------------------------------------------
+
+
+def test_barge_in_cancels_the_active_response() -> None:
+    d = Driver()
+    start = d.answered_turn()
+    actions = d.speak(64)
+    assert actions[0] == CancelResponse(start.response_id, "turn_detected")
+    assert types(actions) == ["input_audio_buffer.speech_started"]
+    assert "barge_in" in start.turn.recovery
+    new_turn = d.session.open_turn
+    assert new_turn is not None and new_turn is not start.turn
+    assert "barge_in" not in new_turn.recovery
+
+
+def test_barge_in_cancels_a_released_response() -> None:
+    d = Driver()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    (held,) = starts(d.transcript(spec.request_id, HEARD))
+    d.pause(352)  # released
+    actions = d.speak(64)
+    assert CancelResponse(held.response_id, "turn_detected") in actions
+    assert held.turn.recovery == ["barge_in"]
+
+
+def test_no_barge_in_without_interrupt_response() -> None:
+    d = Driver()
+    (updated,) = sends(
+        d.client(
+            type="session.update",
+            session={
+                "audio": {
+                    "input": {"turn_detection": {"type": "server_vad", "interrupt_response": False}}
+                }
+            },
+        )
+    )
+    assert updated["session"]["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+    start = d.answered_turn()
+    actions = d.speak(64)
+    assert of_type(actions, CancelResponse) == []
+    assert types(actions) == ["input_audio_buffer.speech_started"]
+    assert start.turn.recovery == []
+    assert d.session.response_active
+
+
+def test_create_response_false_waits_for_response_create() -> None:
+    d = Driver()
+    d.client(
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"create_response": False}}}},
+    )
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    assert d.transcript(spec.request_id, HEARD) == []  # nothing prefetched
+    actions = d.pause(352)
+    assert starts(actions) == []
+    assert "conversation.item.input_audio_transcription.completed" in types(actions)
+    (start,) = starts(d.client(type="response.create"))
+    assert start.messages[-1] == {"role": "user", "content": "what time is it"}
+    assert "endpoint" in start.turn.marks
+
+
+# --- manual turns ----------------------------------------------------------------------------
+
+
+def test_manual_mode_has_no_vad_events() -> None:
+    d = Driver()
+    manual(d)
+    assert d.session.config.turn_detection is None
+    assert d.speak(960) == []
+    assert d.pause(960) == []
+    assert d.session.open_turn is None
+
+
+def test_manual_commit_of_too_little_audio_is_an_error() -> None:
+    d = Driver()
+    manual(d)
+    d.speak(64)
+    (err,) = errors(d.client(type="input_audio_buffer.commit", event_id="evt_c1"))
+    assert err["code"] == "input_audio_buffer_commit_empty"
+    assert err["event_id"] == "evt_c1"
+    d.speak(64)  # 128 ms buffered now: the short audio was kept
+    actions = d.client(type="input_audio_buffer.commit")
+    assert types(actions) == ["input_audio_buffer.committed", "conversation.item.added"]
+    (final,) = transcribes(actions)
+    assert final.purpose == "final" and len(final.audio) == 128 * 16
+
+
+def test_manual_commit_then_response_create_waits_for_the_transcript() -> None:
+    d = Driver()
+    manual(d)
+    d.speak(640)
+    actions = d.client(type="input_audio_buffer.commit")
+    committed = sends(actions)[0]
+    (final,) = transcribes(actions)
+    assert final.purpose == "final" and final.turn is not None
+    assert d.client(type="response.create") == []  # deferred: the transcript is not here yet
+    actions = d.transcript(final.request_id, HEARD)
+    assert types(actions) == [
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.done",
+    ]
+    (start,) = starts(actions)
+    assert not start.held
+    assert start.messages == [
+        {"role": "system", "content": "Be helpful."},
+        {"role": "user", "content": "what time is it"},
+    ]
+    assert start.turn is final.turn
+    assert d.session.items[committed["item_id"]].text == "what time is it"
+
+
+def test_manual_commit_without_response_create_starts_nothing() -> None:
+    d = Driver()
+    manual(d)
+    d.speak(320)
+    (final,) = transcribes(d.client(type="input_audio_buffer.commit"))
+    assert starts(d.transcript(final.request_id, HEARD)) == []
+    (start,) = starts(d.client(type="response.create"))
+    assert start.messages[-1]["content"] == "what time is it"
+    assert start.turn is final.turn
+
+
+def test_clear_empties_the_buffer() -> None:
+    d = Driver()
+    manual(d)
+    d.speak(320)
+    assert types(d.client(type="input_audio_buffer.clear")) == ["input_audio_buffer.cleared"]
+    (err,) = errors(d.client(type="input_audio_buffer.commit"))
+    assert err["code"] == "input_audio_buffer_commit_empty"
+
+
+def test_turn_detection_can_be_switched_back_on() -> None:
+    d = Driver()
+    manual(d)
+    d.speak(320)
+    d.pause(320)
+    d.client(
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"type": "server_vad"}}}},
+    )
+    assert types(d.speak(64)) == ["input_audio_buffer.speech_started"]
+
+
+# --- response and item errors --------------------------------------------------------------------
+
+
+def test_response_create_while_a_response_is_active_is_an_error() -> None:
+    d = Driver()
+    (start,) = starts(d.client(type="response.create"))
+    assert start.messages == [{"role": "system", "content": "Be helpful."}]
+    (err,) = errors(d.client(type="response.create", event_id="evt_r2"))
+    assert err["code"] == "conversation_already_has_active_response"
+    assert err["event_id"] == "evt_r2"
+    d.done(start.response_id)
+    assert starts(d.client(type="response.create"))
+
+
+def test_response_create_parameters() -> None:
+    d = Driver()
+    (start,) = starts(
+        d.client(
+            type="response.create",
+            response={
+                "instructions": "Answer in French.",
+                "output_modalities": ["text"],
+                "max_output_tokens": 20,
+            },
+        )
+    )
+    assert start.messages[0] == {"role": "system", "content": "Answer in French."}
+    assert start.modalities == ["text"] and start.max_output_tokens == 20
+    d.done(start.response_id)
+    (again,) = starts(d.client(type="response.create"))
+    assert again.messages[0]["content"] == "Be helpful."
+    assert again.modalities == ["audio"] and again.max_output_tokens is None
+
+
+def test_response_cancel() -> None:
+    d = Driver()
+    (err,) = errors(d.client(type="response.cancel", event_id="evt_x"))
+    assert err["code"] == "response_cancel_not_active" and err["event_id"] == "evt_x"
+    (start,) = starts(d.client(type="response.create"))
+    (err,) = errors(d.client(type="response.cancel", response_id="resp_other"))
+    assert err["code"] == "response_cancel_not_active"
+    assert d.client(type="response.cancel") == [
+        CancelResponse(start.response_id, "client_cancelled")
+    ]
+    assert d.client(type="response.cancel", response_id=start.response_id) == [
+        CancelResponse(start.response_id, "client_cancelled")
+    ]
+    d.done(start.response_id, "cancelled")
+    assert not d.session.response_active
+    assert errors(d.client(type="response.cancel"))
+
+
+def test_output_audio_buffer_clear_cancels_the_active_response() -> None:
+    d = Driver()
+    assert d.client(type="output_audio_buffer.clear") == []
+    (start,) = starts(d.client(type="response.create"))
+    actions = d.client(type="output_audio_buffer.clear")
+    assert actions[0] == CancelResponse(start.response_id, "client_cancelled")
+    (cleared,) = sends(actions)
+    assert cleared["type"] == "output_audio_buffer.cleared"
+    assert cleared["response_id"] == start.response_id
+
+
+def test_unknown_items_are_errors_carrying_the_event_id() -> None:
+    d = Driver()
+    (err,) = errors(d.client(type="conversation.item.delete", item_id="item_x", event_id="e1"))
+    assert err["code"] == "item_not_found" and err["event_id"] == "e1"
+    (err,) = errors(
+        d.client(
+            type="conversation.item.truncate",
+            item_id="item_y",
+            content_index=0,
+            audio_end_ms=100,
+            event_id="e2",
+        )
+    )
+    assert err["code"] == "item_not_found" and err["event_id"] == "e2"
+
+
+def test_items_can_be_created_and_deleted() -> None:
+    d = Driver()
+    actions = d.client(
+        type="conversation.item.create",
+        item={
+            "id": "item_u1",
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "hello"}],
+        },
+    )
+    assert types(actions) == ["conversation.item.added", "conversation.item.done"]
+    added = sends(actions)[0]
+    assert added["previous_item_id"] is None and added["item"]["id"] == "item_u1"
+    actions = d.client(
+        type="conversation.item.create",
+        item={"role": "system", "content": [{"type": "input_text", "text": "be nice"}]},
+    )
+    assert sends(actions)[0]["previous_item_id"] == "item_u1"
+    d.client(
+        type="conversation.item.create",
+        item={"role": "assistant", "content": [{"type": "output_text", "text": "hi"}]},
+    )
+    (err,) = errors(
+        d.client(
+            type="conversation.item.create",
+            event_id="e3",
+            item={"id": "item_u1", "role": "user", "content": []},
+        )
+    )
+    assert err["code"] == "item_exists" and err["event_id"] == "e3"
+    (start,) = starts(d.client(type="response.create"))
+    assert [m["role"] for m in start.messages] == ["system", "user", "system", "assistant"]
+    d.done(start.response_id)
+    (deleted,) = sends(d.client(type="conversation.item.delete", item_id="item_u1"))
+    assert deleted["type"] == "conversation.item.deleted" and deleted["item_id"] == "item_u1"
+    (start,) = starts(d.client(type="response.create"))
+    assert "hello" not in [m["content"] for m in start.messages]
+    # A user item cannot be truncated.
+    d.client(
+        type="conversation.item.create",
+        item={"id": "item_u2", "role": "user", "content": [{"type": "input_text", "text": "x"}]},
+    )
+    (err,) = errors(d.client(type="conversation.item.truncate", item_id="item_u2", audio_end_ms=10))
+    assert err["code"] == "item_not_found"
+
+
+# --- conversation memory -------------------------------------------------------------------------
+
+REPLY = [("Sure.", 0.0, 500.0), ("It is noon.", 500.0, 1500.0)]
+
+
+def test_response_done_stores_the_assistant_item() -> None:
+    d = Driver()
+    start = d.answered_turn()
+    assert d.done(start.response_id, "completed", REPLY) == []
+    assert not d.session.response_active
+    item = d.session.items[start.item_id]
+    assert item.role == "assistant" and item.text == "Sure. It is noon."
+    assert item.status == "completed" and item.segments == REPLY
+    (again,) = starts(d.client(type="response.create"))
+    assert again.messages[1:] == [
+        {"role": "user", "content": "what time is it"},
+        {"role": "assistant", "content": "Sure. It is noon."},
+    ]
+
+
+def test_response_done_for_an_unknown_response_changes_nothing() -> None:
+    d = Driver()
+    start = d.answered_turn()
+    assert d.done("resp_unknown", "completed", REPLY) == []
+    assert d.session.response_active and start.item_id not in d.session.items
+
+
+def test_cancelled_response_is_stored_as_incomplete() -> None:
+    d = Driver()
+    start = d.answered_turn()
+    d.done(start.response_id, "cancelled", [("Sure.", 0.0, 500.0)])
+    assert d.session.items[start.item_id].status == "incomplete"
+
+
+def test_truncate_cuts_the_assistant_text_to_what_was_played() -> None:
+    d = Driver()
+    start = d.answered_turn()
+    d.done(start.response_id, "completed", REPLY)
+    actions = d.client(
+        type="conversation.item.truncate",
+        item_id=start.item_id,
+        content_index=0,
+        audio_end_ms=1000,
+    )
+    (truncated,) = sends(actions)
+    assert truncated["type"] == "conversation.item.truncated"
+    assert truncated["item_id"] == start.item_id and truncated["audio_end_ms"] == 1000
+    item = d.session.items[start.item_id]
+    assert item.text == spoken_text(REPLY, 1000) == "Sure. It"
+    assert item.status == "incomplete"
+    (again,) = starts(d.client(type="response.create"))
+    assert again.messages[-1] == {"role": "assistant", "content": "Sure. It"}
+
+
+def test_next_turn_after_a_response_includes_the_history() -> None:
+    d = Driver()
+    start = d.answered_turn()
+    d.done(start.response_id, "completed", REPLY)
+    second = d.answered_turn(Transcript("and tomorrow"))
+    assert [m["content"] for m in second.messages] == [
+        "Be helpful.",
+        "what time is it",
+        "Sure. It is noon.",
+        "and tomorrow",
+    ]
+
+
+def test_turn_committed_during_a_response_is_answered_by_a_later_response_create() -> None:
+    d = Driver()
+    manual(d)
+    (first,) = starts(d.client(type="response.create"))
+    d.speak(320)
+    (final,) = transcribes(d.client(type="input_audio_buffer.commit"))
+    assert errors(d.client(type="response.create"))  # one is active
+    d.transcript(final.request_id, HEARD)
+    assert d.done(first.response_id, "completed", [("Hi.", 0.0, 300.0)]) == []
+    (start,) = starts(d.client(type="response.create"))
+    assert start.turn is final.turn
+    assert {"role": "user", "content": "what time is it"} in start.messages
+
+
+# --- session.update ------------------------------------------------------------------------------
+
+
+def test_session_update_changes_instructions_formats_and_voice() -> None:
+    d = Driver()
+    (updated,) = sends(
+        d.client(
+            type="session.update",
+            session={
+                "type": "realtime",
+                "instructions": "Be brief.",
+                "output_modalities": ["text"],
+                "max_output_tokens": 64,
+                "audio": {
+                    "input": {"format": {"type": "audio/pcmu"}},
+                    "output": {"format": {"type": "audio/pcma"}, "voice": "amy", "speed": 1.5},
+                },
+            },
+        )
+    )
+    s = updated["session"]
+    assert s["instructions"] == "Be brief."
+    assert s["output_modalities"] == ["text"] and s["max_output_tokens"] == 64
+    assert s["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert s["audio"]["output"]["format"] == {"type": "audio/pcma"}
+    assert s["audio"]["output"]["voice"] == "amy" and s["audio"]["output"]["speed"] == 1.5
+    assert s["audio"]["input"]["turn_detection"]["type"] == "server_vad"  # untouched
+    c = d.session.config
+    assert (c.input_format, c.output_format, c.voice) == ("audio/pcmu", "audio/pcma", "amy")
+    (start,) = starts(d.client(type="response.create"))
+    assert start.messages[0] == {"role": "system", "content": "Be brief."}
+    assert start.modalities == ["text"] and start.max_output_tokens == 64
+
+
+def test_session_update_with_pcm_reports_the_rate() -> None:
+    d = Driver()
+    (updated,) = sends(
+        d.client(
+            type="session.update",
+            session={"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}}},
+        )
+    )
+    assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+
+
+def test_session_update_semantic_vad_is_served_like_server_vad() -> None:
+    d = Driver()
+    (updated,) = sends(
+        d.client(
+            type="session.update",
+            session={"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}},
+        )
+    )
+    assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+    assert types(d.speak(64)) == ["input_audio_buffer.speech_started"]
+
+
+def test_session_update_without_audio_keeps_turn_detection() -> None:
+    d = Driver()
+    d.client(type="session.update", session={"instructions": "x"})
+    assert d.session.config.turn_detection is not None
+
+
+# --- spoken_text -------------------------------------------------------------------------------
+
+
+def test_spoken_text_whole_pieces() -> None:
+    assert spoken_text(REPLY, 1500) == "Sure. It is noon."
+    assert spoken_text(REPLY, 5000) == "Sure. It is noon."
+    assert spoken_text(REPLY, 500) == "Sure."
+
+
+def test_spoken_text_cuts_a_piece_by_its_share_of_words() -> None:
+    assert spoken_text(REPLY, 1000) == "Sure. It"  # half of three words: one
+    assert spoken_text(REPLY, 1200) == "Sure. It is"  # 70 %: two
+    assert spoken_text([("one two three four", 0.0, 400.0)], 399.0) == "one two three"
+    assert spoken_text([("one two", 0.0, 100.0), ("three", 200.0, 300.0)], 150.0) == "one two"
+
+
+def test_spoken_text_nothing_played() -> None:
+    assert spoken_text(REPLY, 0) == ""
+    assert spoken_text(REPLY, 100) == ""  # a fifth of one word
+    assert spoken_text([], 1000) == ""
