@@ -236,3 +236,51 @@ async def test_capacity_and_auth(tmp_path: Path) -> None:
             assert exc.response.status_code == 401
         ok = await RealtimeClient.open(url, api_key="k1")
         await ok.close()
+
+
+async def test_metrics_and_health_endpoints(tmp_path: Path) -> None:
+    import httpx
+
+    async with running_server(tmp_path, fake_engines()) as (url, _, _):
+        client = await RealtimeClient.open(url)
+        await _say(client)
+        await client.close()
+        base = url.replace("ws://", "http://").removesuffix("/v1/realtime")
+        async with httpx.AsyncClient() as http:
+            metrics = await http.get(f"{base}/metrics")
+            health = await http.get(f"{base}/healthz")
+            missing = await http.get(f"{base}/nope")
+    assert health.status_code == 200 and missing.status_code == 404
+    text = metrics.text
+    assert 'castwork_turns_total{outcome="spoken"}' in text
+    assert 'castwork_turn_stage_seconds_count{stage="voice_to_voice"}' in text
+    assert "castwork_sessions_active" in text
+
+
+async def test_telephony_formats_round_trip(tmp_path: Path) -> None:
+    async with running_server(tmp_path, fake_engines()) as (url, _, _):
+        client = await RealtimeClient.open(url)
+        client.input_format = client.output_format = "audio/pcmu"
+        fmt = {"type": "audio/pcmu"}
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"format": fmt}, "output": {"format": fmt}},
+                },
+            }
+        )
+        await client.wait_for("session.updated")
+        done = await _say(client)
+        await client.close()
+    assert done["response"]["status"] == "completed"
+    deltas = [r.event for r in client.events if r.event["type"] == "response.output_audio.delta"]
+    import base64
+
+    raw = b"".join(base64.b64decode(d["delta"]) for d in deltas)
+    # 8 kHz, one byte a sample: a 200 ms delta is 1600 bytes.
+    assert len(base64.b64decode(deltas[0]["delta"])) == 1600
+    assert len(raw) > 8_000  # over a second of 8 kHz audio
+    assert len(client.reply_audio()) > 8_000
+    assert_valid(client)

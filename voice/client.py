@@ -95,14 +95,15 @@ class RealtimeClient:
         step = int(pcm.bytes_per_ms(self.input_format) * CHUNK_MS) // 2 * 2
         start = time.monotonic()
         sent_at = start
-        for i, offset in enumerate(range(0, len(data), step)):
+        n = 0
+        for n, offset in enumerate(range(0, len(data), step), start=1):
             if realtime:
-                await asyncio.sleep(max(0.0, start + i * CHUNK_MS / 1000 - time.monotonic()))
+                await asyncio.sleep(max(0.0, start + (n - 1) * CHUNK_MS / 1000 - time.monotonic()))
             chunk = data[offset : offset + step]
-            await self.send(
-                {"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()}
-            )
+            await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
             sent_at = time.monotonic()
+        if realtime:  # hold the pace across calls: a microphone cannot send the future early
+            await asyncio.sleep(max(0.0, start + n * CHUNK_MS / 1000 - time.monotonic()))
         return sent_at
 
     def types(self, after: int = 0) -> list[str]:

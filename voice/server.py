@@ -195,6 +195,9 @@ class Connection:
         try:
             while (got := await inbox.get()) is not None:
                 raw, arrived = got
+                lag = time.monotonic() - arrived
+                if lag > 0.1:
+                    log.debug("processing lags %.0f ms behind arrival", lag * 1000)
                 try:
                     ev = protocol.parse_client_event(raw)
                     if isinstance(ev, protocol.InputAudioBufferAppend):

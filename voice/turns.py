@@ -140,7 +140,9 @@ class ResponseRunner:
 
     async def _pipeline(self) -> None:
         pieces: asyncio.Queue[_Piece | None] = asyncio.Queue()
-        sounds: asyncio.Queue[_Piece | None] = asyncio.Queue(maxsize=8)
+        # Synthesis runs at most two pieces ahead of delivery: a held (prefetched) response
+        # that is never released has then wasted little.
+        sounds: asyncio.Queue[_Piece | None] = asyncio.Queue(maxsize=2)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._think(pieces))
             tg.create_task(self._speak(pieces, sounds) if self._audio else _relay(pieces, sounds))
