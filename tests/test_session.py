@@ -906,3 +906,88 @@ def test_spoken_text_nothing_played() -> None:
     assert spoken_text(REPLY, 0) == ""
     assert spoken_text(REPLY, 100) == ""  # a fifth of one word
     assert spoken_text([], 1000) == ""
+
+
+# --- regressions: bugs found by these tests, now fixed ----------------------------------------------------------
+
+
+def test_asr_failure_while_a_response_is_active_does_not_start_a_second_one() -> None:
+    d = Driver()
+    manual(d)
+    assert starts(d.client(type="response.create"))
+    d.speak(320)
+    (final,) = transcribes(d.client(type="input_audio_buffer.commit"))
+    actions = d.transcript(final.request_id, None)
+    # The first response is still running: a second one must not start beside it.
+    assert [s for s in starts(actions) if not s.held] == []
+
+
+def _prefetched(d: Driver) -> StartResponse:
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    (held,) = starts(d.transcript(spec.request_id, HEARD))
+    assert held.held
+    return held
+
+
+def test_response_create_after_clearing_a_prefetched_turn_is_answered() -> None:
+    d = Driver()
+    _prefetched(d)
+    d.client(type="input_audio_buffer.clear")
+    (start,) = starts(d.client(type="response.create"))
+    assert not start.held
+
+
+def test_next_turn_after_clear_is_not_answered_with_the_cleared_prefetch() -> None:
+    d = Driver()
+    stale = _prefetched(d)
+    d.client(type="input_audio_buffer.clear")
+    d.speak(320)
+    (spec,) = transcribes(d.pause(512))
+    actions = d.transcript(spec.request_id, Transcript("book a table"))
+    assert ReleaseResponse(stale.response_id) not in actions
+    (start,) = starts(actions)
+    assert start.messages[-1] == {"role": "user", "content": "book a table"}
+
+
+def test_response_cancel_during_a_pause_does_not_cancel_the_hidden_prefetch() -> None:
+    d = Driver()
+    _prefetched(d)
+    actions = d.client(type="response.cancel", event_id="evt_c")
+    assert of_type(actions, CancelResponse) == []
+    (err,) = errors(actions)
+    assert err["code"] == "response_cancel_not_active"
+
+
+@pytest.mark.parametrize("interrupt", [True, False], ids=["barge-in", "no-interrupt"])
+def test_turn_spoken_over_a_response_is_answered_when_that_response_ends(interrupt: bool) -> None:
+    d = Driver()
+    d.client(
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"interrupt_response": interrupt}}}},
+    )
+    first = d.answered_turn()
+    d.speak(320)
+    (spec,) = transcribes(d.pause(512))
+    actions = d.transcript(spec.request_id, Transcript("book a table"))
+    assert starts(actions) == []  # the first response has not reported done yet
+    (start,) = starts(d.done(first.response_id, "cancelled" if interrupt else "completed"))
+    assert start.messages[-1] == {"role": "user", "content": "book a table"}
+
+
+def test_after_clear_speech_start_still_needs_two_frames() -> None:
+    d = Driver()
+    d.speak(320)
+    d.client(type="input_audio_buffer.clear")
+    assert d.speak(32) == []
+
+
+def test_manual_commit_after_switching_off_vad_transcribes_the_committed_audio() -> None:
+    d = Driver()
+    stale = _prefetched(d)
+    manual(d)
+    d.speak(960)  # the user goes on talking, then commits by hand
+    actions = d.client(type="input_audio_buffer.commit")
+    assert ReleaseResponse(stale.response_id) not in actions
+    (final,) = transcribes(actions)
+    assert final.purpose == "final"

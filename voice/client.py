@@ -37,7 +37,7 @@ class RealtimeClient:
     @classmethod
     async def open(cls, url: str, *, api_key: str | None = None) -> RealtimeClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        ws = await connect(url, additional_headers=headers, max_size=None)
+        ws = await connect(url, additional_headers=headers, max_size=None, compression=None)
         client = cls(ws)
         client._reader = asyncio.create_task(client._read())
         await client.wait_for("session.created")
@@ -100,7 +100,9 @@ class RealtimeClient:
             if realtime:
                 await asyncio.sleep(max(0.0, start + (n - 1) * CHUNK_MS / 1000 - time.monotonic()))
             chunk = data[offset : offset + step]
-            await self.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+            await self.send(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()}
+            )
             sent_at = time.monotonic()
         if realtime:  # hold the pace across calls: a microphone cannot send the future early
             await asyncio.sleep(max(0.0, start + n * CHUNK_MS / 1000 - time.monotonic()))

@@ -88,7 +88,11 @@ class LlmBackend(_Section):
     model: str = "smollm2-135m"
     url: HttpUrl | None = None
     api_key: SecretStr | None = None
-    n_threads: Annotated[int, Field(ge=1, le=256)] = 2
+    # One thread: llama.cpp's spinning thread pool collapses (first token 3 s instead of 30 ms)
+    # when Whisper or Piper hold the other core; at 135M parameters one core is plenty.
+    n_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    # Prompt evaluation is one big batch: two threads halve it (180 -> 110 ms here).
+    n_threads_batch: Annotated[int, Field(ge=1, le=256)] = 2
     context_tokens: Annotated[int, Field(ge=256, le=131_072)] = 2048
 
     @model_validator(mode="after")
@@ -108,7 +112,8 @@ class LlmSettings(_Section):
     backends: Annotated[list[LlmBackend], Field(min_length=1)] = [LlmBackend()]
     first_token_timeout_s: Seconds = 2.5
     total_timeout_s: Seconds = 20.0
-    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 96
+    # Spoken answers should be short; SmolLM2 ignores "be brief" otherwise.
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 60
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.3
     instructions: str = (
         "You are Castwork, a friendly voice assistant. Answer in one or two short, "
@@ -122,6 +127,7 @@ class TtsSettings(_Section):
     fallback: Literal["espeak", "none"] = "espeak"
     espeak_voice: str = "en-us"
     length_scale: Annotated[float, Field(gt=0.25, le=4)] = 1.0
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
 
     @model_validator(mode="after")
     def _check(self) -> TtsSettings:
@@ -135,6 +141,10 @@ class VadSettings(_Section):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     prefix_padding_ms: Millis = 300
     silence_duration_ms: Annotated[int, Field(ge=100, le=10_000)] = 500
+    # Castwork's own knobs: start a speculative decode this far into a pause, and try a
+    # partial transcript this often while the user speaks (0: never).
+    speculative_after_ms: Annotated[int, Field(ge=32, le=10_000)] = 160
+    partial_every_ms: Annotated[int, Field(ge=0, le=60_000)] = 1200
 
     @field_validator("model")
     @classmethod

@@ -40,6 +40,7 @@ def build_chat(backend: LlmBackend, *, timeout_s: float = 30) -> ChatModel:
             model.path,
             name=backend.label,
             n_threads=backend.n_threads,
+            n_threads_batch=backend.n_threads_batch,
             context_tokens=backend.context_tokens,
         )
     assert backend.url is not None  # checked by LlmBackend
@@ -58,7 +59,9 @@ def build_tts(settings: Settings) -> Synthesizer:
     if t.engine == "espeak":
         return EspeakSynthesizer(voice=t.espeak_voice)
     model = resolve_tts(t.voice)
-    return PiperSynthesizer(model.path, name=f"piper:{t.voice}", length_scale=t.length_scale)
+    return PiperSynthesizer(
+        model.path, name=f"piper:{t.voice}", length_scale=t.length_scale, threads=t.threads
+    )
 
 
 def build_fallback_tts(settings: Settings) -> Synthesizer | None:

@@ -22,7 +22,13 @@ class LlamaCppChat:
     """A GGUF model in this process. Generation runs in a worker thread, one at a time."""
 
     def __init__(
-        self, model_path: Path, *, name: str, n_threads: int = 2, context_tokens: int = 2048
+        self,
+        model_path: Path,
+        *,
+        name: str,
+        n_threads: int = 1,
+        n_threads_batch: int = 2,
+        context_tokens: int = 2048,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -33,7 +39,11 @@ class LlamaCppChat:
             ) from exc
         try:
             self._llama = Llama(
-                model_path=str(model_path), n_ctx=context_tokens, n_threads=n_threads, verbose=False
+                model_path=str(model_path),
+                n_ctx=context_tokens,
+                n_threads=n_threads,
+                n_threads_batch=n_threads_batch,
+                verbose=False,
             )
         except Exception as exc:  # llama.cpp raises ValueError on a bad file
             raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc

@@ -198,18 +198,24 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
     """Parse one client message or raise ProtocolError (with the event_id when readable)."""
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ProtocolError("message is nested too deeply", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"message is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ProtocolError("message must be a JSON object", code="invalid_event")
     event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
     kind = data.get("type")
-    if kind not in CLIENT_EVENT_TYPES:
+    if not isinstance(kind, str) or kind not in CLIENT_EVENT_TYPES:
         raise ProtocolError(
             f"unsupported event type {kind!r}", code="unknown_event", event_id=event_id
         )
     try:
         return _CLIENT_EVENT.validate_python(data)
+    except RecursionError:
+        raise ProtocolError(
+            f"{kind}: nested too deeply", code="invalid_value", event_id=event_id
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or kind

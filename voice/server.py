@@ -95,6 +95,8 @@ class VoiceServer:
             max_size=v.max_message_bytes,
             max_queue=32,
             ping_interval=20,
+            # Base64 audio barely compresses; deflating every frame cost a third of a core.
+            compression=None,
         )
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
@@ -155,6 +157,8 @@ class Connection:
             instructions=s.llm.instructions,
             voice=s.tts.voice,
             turn_detection=td,
+            speculative_after_ms=s.vad.speculative_after_ms,
+            partial_every_ms=s.vad.partial_every_ms,
             no_speech_threshold=s.asr.no_speech_threshold,
             min_avg_logprob=s.asr.min_avg_logprob,
         )
@@ -205,6 +209,9 @@ class Connection:
                     else:
                         actions = self.core.on_client_event(ev, arrived)
                 except ProtocolError as exc:
+                    actions = [Send(protocol.error_event(exc))]
+                except Exception as exc:  # one bad message must not end the session
+                    log.exception("could not handle a client message")
                     actions = [Send(protocol.error_event(exc))]
                 await self._do(actions)
         finally:

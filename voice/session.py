@@ -182,6 +182,7 @@ class VoiceSession:
         self._response: _Response | None = None
         self._response_requested: p.ResponseParams | None = None
         self._answerable_turn: TurnRecord | None = None
+        self._auto_answer = False
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -247,12 +248,16 @@ class VoiceSession:
                 status="completed" if status == "completed" else "incomplete",
                 segments=segments,
             )
+        if self._auto_answer and self._answerable_turn is not None:
+            turn, self._answerable_turn, self._auto_answer = self._answerable_turn, None, False
+            return [self._start_response(turn, now)]
         return self._maybe_start_requested(now)
 
     # --- client events --------------------------------------------------------------------
 
     def _on_session_update(self, ev: p.SessionUpdate, now: float) -> list[Action]:
         s, c = ev.session, self.config
+        dropped: list[Action] = []
         if s.instructions is not None:
             c.instructions = s.instructions
         if s.output_modalities:
@@ -266,7 +271,8 @@ class VoiceSession:
             if "turn_detection" in inp.model_fields_set:
                 c.turn_detection = inp.turn_detection
                 if inp.turn_detection is None:
-                    self._speaking = False
+                    self._speaking, self._run = False, 0
+                    dropped = self._drop_speculative()
         if s.audio and s.audio.output:
             out = s.audio.output
             if out.format:
@@ -275,7 +281,10 @@ class VoiceSession:
                 c.voice = out.voice
             if out.speed:
                 c.speed = out.speed
-        return [Send(p.event("session.updated", session=c.session_object(self.id, self.model)))]
+        return [
+            *dropped,
+            Send(p.event("session.updated", session=c.session_object(self.id, self.model))),
+        ]
 
     def _on_input_audio_buffer_append(
         self, ev: p.InputAudioBufferAppend, now: float
@@ -301,14 +310,13 @@ class VoiceSession:
         item_id = self._item_id or p.new_id("item")
         turn.mark("speech_end", now)
         turn.mark("endpoint", now)
-        self._speaking = False
+        self._speaking, self._run = False, 0
         return self._commit(item_id, turn, now, self._buffer_start_ms)
 
     def _on_input_audio_buffer_clear(self, ev: p.InputAudioBufferClear, now: float) -> list[Action]:
         self._drop_buffer()
-        self._speaking = False
-        self._speculative = None
-        return [Send(p.event("input_audio_buffer.cleared"))]
+        self._speaking, self._run = False, 0
+        return [*self._drop_speculative(), Send(p.event("input_audio_buffer.cleared"))]
 
     def _on_conversation_item_create(
         self, ev: p.ConversationItemCreate, now: float
@@ -398,7 +406,7 @@ class VoiceSession:
 
     def _on_response_cancel(self, ev: p.ResponseCancel, now: float) -> list[Action]:
         resp = self._response
-        if resp is None or (ev.response_id and ev.response_id != resp.id):
+        if resp is None or resp.held or (ev.response_id and ev.response_id != resp.id):
             return [
                 Send(
                     p.error_event(
@@ -577,6 +585,9 @@ class VoiceSession:
                 self._response = None
             if item:
                 item.status = "incomplete"
+            if self._response is not None:  # one response at a time: stay silent, log it
+                turn.outcome = "failed"
+                return [*out, FinishTurn(turn)]
             return [*out, self._start_response(turn, now, canned=SORRY_DIDNT_CATCH)]
         c = self.config
         text = (
@@ -617,8 +628,12 @@ class VoiceSession:
         if held is not None:
             held.held = False
             return [*out, ReleaseResponse(held.id)]
-        if td is not None and td.create_response and self._response is None:
-            return [*out, self._start_response(turn, now)]
+        if td is not None and td.create_response:
+            if self._response is None:
+                return [*out, self._start_response(turn, now)]
+            # Speech over a response that was not interrupted: answer when it ends.
+            self._answerable_turn, self._auto_answer = turn, True
+            return out
         self._answerable_turn = turn  # a later response.create answers this turn
         return out + self._maybe_start_requested(now)
 

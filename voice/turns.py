@@ -103,6 +103,7 @@ class ResponseRunner:
             self.released.set()
         self._work: asyncio.Task[None] | None = None
         self._output_tokens = 0
+        self._llm_text: list[str] = []
         self._first_sent_at: float | None = None
         self._sent_ms = 0.0
         self._audio = "audio" in self.start.modalities
@@ -187,6 +188,7 @@ class ResponseRunner:
                 while tokens:
                     for token in tokens:
                         self._output_tokens += 1
+                        self._llm_text.append(token)
                         for piece in chunker.push(token):
                             produced = await self._emit_piece(piece, out) or produced
                     tokens = [await anext(stream)]
@@ -344,6 +346,11 @@ class ResponseRunner:
     def spoken_segments(self) -> list[tuple[str, float, float]]:
         """What the conversation keeps: only the audio that was (probably) heard."""
         if self.status != "cancelled":
+            if self._llm_text and self.segments:
+                # The LLM's exact text, so that llama.cpp's prompt cache matches it next turn.
+                return [
+                    ("".join(self._llm_text).strip(), self.segments[0][1], self.segments[-1][2])
+                ]
             return self.segments
         heard = spoken_text(self.segments, self.played_ms)
         return [(heard, 0.0, self.played_ms)] if heard else []
