@@ -93,6 +93,8 @@ class LlmBackend(_Section):
     n_threads: Annotated[int, Field(ge=1, le=256)] = 1
     # Prompt evaluation is one big batch: two threads halve it (180 -> 110 ms here).
     n_threads_batch: Annotated[int, Field(ge=1, le=256)] = 2
+    # Answers generated at once (gguf: one llama.cpp context each, ~100 MB for the default).
+    parallel: Annotated[int, Field(ge=1, le=64)] = 2
     context_tokens: Annotated[int, Field(ge=256, le=131_072)] = 2048
 
     @model_validator(mode="after")

@@ -42,6 +42,7 @@ def build_chat(backend: LlmBackend, *, timeout_s: float = 30) -> ChatModel:
             n_threads=backend.n_threads,
             n_threads_batch=backend.n_threads_batch,
             context_tokens=backend.context_tokens,
+            parallel=backend.parallel,
         )
     assert backend.url is not None  # checked by LlmBackend
     key = backend.api_key.get_secret_value() if backend.api_key else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,11 @@ _DONE = object()
 
 
 class LlamaCppChat:
-    """A GGUF model in this process. Generation runs in a worker thread, one at a time."""
+    """A GGUF model in this process, generating in worker threads.
+
+    ``parallel`` contexts (each a llama.cpp instance, ~100 MB for the embedded model) serve
+    that many answers at once; with one, every session's answer queues behind the others'.
+    """
 
     def __init__(
         self,
@@ -29,6 +34,7 @@ class LlamaCppChat:
         n_threads: int = 1,
         n_threads_batch: int = 2,
         context_tokens: int = 2048,
+        parallel: int = 1,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -37,20 +43,24 @@ class LlamaCppChat:
                 "llama-cpp-python is not installed; run ./setup.sh (or: pip install llama-cpp-python)",
                 model=name,
             ) from exc
-        try:
-            self._llama = Llama(
-                model_path=str(model_path),
-                n_ctx=context_tokens,
-                n_threads=n_threads,
-                n_threads_batch=n_threads_batch,
-                verbose=False,
-            )
-        except Exception as exc:  # llama.cpp raises ValueError on a bad file
-            raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc
+        # Last in, first out: the context that answered last holds this conversation's prefix
+        # in its cache, so a lone session keeps reusing it.
+        self._free: queue.LifoQueue[Any] = queue.LifoQueue()
+        for _ in range(parallel):
+            try:
+                llama = Llama(
+                    model_path=str(model_path),
+                    n_ctx=context_tokens,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads_batch,
+                    verbose=False,
+                )
+            except Exception as exc:  # llama.cpp raises ValueError on a bad file
+                raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc
+            # Free the model before interpreter teardown, when llama.cpp's own __del__ fails.
+            atexit.register(llama.close)
+            self._free.put(llama)
         self.name = name
-        self._lock = threading.Lock()
-        # Free the model before interpreter teardown, when llama.cpp's own __del__ would fail.
-        atexit.register(self._llama.close)
 
     def _generate(
         self,
@@ -59,9 +69,10 @@ class LlamaCppChat:
         temperature: float,
         stop: threading.Event,
     ) -> Iterator[str]:
-        with self._lock:
-            chunks: Any = self._llama.create_chat_completion(
-                messages=list(messages),  # type: ignore[arg-type]
+        llama = self._free.get()  # waits while every context is answering someone else
+        try:
+            chunks: Any = llama.create_chat_completion(
+                messages=list(messages),
                 max_tokens=max_tokens,
                 temperature=temperature,
                 stream=True,
@@ -71,26 +82,28 @@ class LlamaCppChat:
                     return
                 if text := chunk["choices"][0]["delta"].get("content"):
                     yield text
+        finally:
+            self._free.put(llama)
 
     async def stream(
         self, messages: Sequence[Message], *, max_tokens: int, temperature: float
     ) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
+        pieces: asyncio.Queue[object] = asyncio.Queue()
         stop = threading.Event()
 
         def produce() -> None:
             try:
                 for piece in self._generate(messages, max_tokens, temperature, stop):
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
             except Exception as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
 
         worker = loop.run_in_executor(None, produce)
         try:
-            while (item := await queue.get()) is not _DONE:
+            while (item := await pieces.get()) is not _DONE:
                 if isinstance(item, Exception):
                     raise EngineError(
                         f"llama.cpp failed: {item}", stage="llm", model=self.name
