@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import jiwer
 import numpy as np
 import pytest
 
+from tests.voice_fakes import wer
 from voice.asr import WhisperTranscriber, is_hallucination
 from voice.audio import resample
 from voice.config import Settings
@@ -17,19 +17,6 @@ from voice.vad import FRAME_SAMPLES, SileroVad
 from workers.doctor import CLIP_TEXT, bundled_clip
 
 pytestmark = pytest.mark.models
-
-
-def _wer(ref: str, hyp: str) -> float:
-    norm = jiwer.Compose(
-        [
-            jiwer.ToLowerCase(),
-            jiwer.RemovePunctuation(),
-            jiwer.RemoveMultipleSpaces(),
-            jiwer.Strip(),
-            jiwer.ReduceToListOfListOfWords(),
-        ]
-    )
-    return float(jiwer.wer(ref, hyp, reference_transform=norm, hypothesis_transform=norm))
 
 
 def _probs(vad: SileroVad, audio: np.ndarray) -> np.ndarray:
@@ -52,7 +39,7 @@ def test_vad_finds_speech_and_not_silence(vad: SileroVad) -> None:
 
 def test_whisper_transcribes_the_clip(asr_tiny: WhisperTranscriber) -> None:
     result = asr_tiny.transcribe(bundled_clip())
-    assert _wer(CLIP_TEXT, result.text) < 0.25, result.text
+    assert wer(CLIP_TEXT, result.text) < 0.25, result.text
     assert result.no_speech_prob < 0.3 and result.avg_logprob > -1.0
 
 
@@ -69,7 +56,7 @@ def test_piper_speech_is_intelligible(
     audio = np.concatenate(chunks)
     assert 1.5 < len(audio) / piper.sample_rate < 5
     heard = asr_tiny.transcribe(resample(audio, piper.sample_rate, 16_000)).text
-    assert _wer(text, heard) < 0.2, heard
+    assert wer(text, heard) < 0.2, heard
 
 
 def test_espeak_fallback_speaks() -> None:

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import numpy as np
 import pytest
 from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
+from tests.voice_fakes import wer
 from voice import audio as pcm
 from voice.asr import WhisperTranscriber
 from voice.config import Settings, load_settings
@@ -23,12 +23,6 @@ from voice.server import VoiceServer
 from workers.doctor import CLIP_TEXT, bundled_clip
 
 pytestmark = pytest.mark.models
-
-
-def _wer(ref: str, hyp: str) -> float:
-    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])  # fmt: skip
-    return float(jiwer.wer(ref, hyp, reference_transform=norm, hypothesis_transform=norm))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +89,7 @@ async def test_openai_sdk_completes_a_spoken_turn(
     user = next(
         e["transcript"] for e in events if e["type"].endswith("input_audio_transcription.completed")
     )
-    assert _wer(CLIP_TEXT, user) < 0.15, user
+    assert wer(CLIP_TEXT, user) < 0.15, user
     done = events[-1]["response"]
     assert done["status"] == "completed"
     reply = next(
@@ -107,5 +101,5 @@ async def test_openai_sdk_completes_a_spoken_turn(
     )
     heard = asr_tiny.transcribe(pcm.decode(audio, "audio/pcm")).text
     # The reply audio is speech that says the reply text.
-    assert _wer(reply, heard) < 0.35, (reply, heard)
+    assert wer(reply, heard) < 0.35, (reply, heard)
     assert log_path.read_text().count("\n") == 1

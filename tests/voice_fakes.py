@@ -65,3 +65,21 @@ def assert_valid(client: RealtimeClient) -> None:
     assert SERVER_EVENT is not None
     for r in client.events:
         SERVER_EVENT.validate_python(r.event)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate, ignoring case and punctuation."""
+    import jiwer
+
+    norm = jiwer.Compose(
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
+    )
+    return float(
+        jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
+    )

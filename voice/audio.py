@@ -85,19 +85,42 @@ def alaw_encode(pcm: Int16Array) -> bytes:
     return (out ^ mask).astype(np.uint8).tobytes()
 
 
-def decode(data: bytes, fmt: str) -> Float32Array:
-    """Client bytes -> internal 16 kHz float32."""
+def to_pcm16(data: bytes, fmt: str) -> Int16Array:
+    """Client bytes -> 16-bit samples at the format's own rate."""
     if fmt == "audio/pcm":
         if len(data) % 2:
             raise ValueError("audio/pcm data must hold whole 16-bit samples")
-        pcm = np.frombuffer(data, dtype="<i2")
-    elif fmt == "audio/pcmu":
-        pcm = _MULAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
-    elif fmt == "audio/pcma":
-        pcm = _ALAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
-    else:
-        raise ValueError(f"unsupported audio format {fmt!r}")
-    return resample(int16_to_float(pcm), FORMAT_RATES[fmt], INTERNAL_RATE)
+        return np.frombuffer(data, dtype="<i2")
+    if fmt == "audio/pcmu":
+        return _MULAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
+    if fmt == "audio/pcma":
+        return _ALAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
+    raise ValueError(f"unsupported audio format {fmt!r}")
+
+
+def decode(data: bytes, fmt: str) -> Float32Array:
+    """Client bytes -> internal 16 kHz float32, for a whole clip."""
+    return resample(int16_to_float(to_pcm16(data, fmt)), FORMAT_RATES[fmt], INTERNAL_RATE)
+
+
+class StreamDecoder:
+    """Client bytes -> internal 16 kHz float32 for a stream of small chunks.
+
+    The resampler keeps its filter state between chunks: resampling each 20-40 ms chunk on
+    its own would put a discontinuity at every chunk boundary.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        if fmt not in FORMAT_RATES:
+            raise ValueError(f"unsupported audio format {fmt!r}")
+        self.fmt = fmt
+        self._stream = soxr.ResampleStream(
+            FORMAT_RATES[fmt], INTERNAL_RATE, 1, dtype="float32", quality="HQ"
+        )
+
+    def decode(self, data: bytes) -> Float32Array:
+        out: Float32Array = self._stream.resample_chunk(int16_to_float(to_pcm16(data, self.fmt)))
+        return out.astype(np.float32, copy=False)
 
 
 def encode(samples: Float32Array, rate: int, fmt: str) -> bytes:

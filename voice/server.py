@@ -165,6 +165,7 @@ class Connection:
         self.core = VoiceSession(protocol.new_id("sess"), config)
         self.vad = server.vad.fork()
         self.frames = pcm.FrameSplitter(FRAME_SAMPLES)
+        self.decoder = pcm.StreamDecoder(config.input_format)
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
         self.runners: dict[str, ResponseRunner] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -236,7 +237,10 @@ class Connection:
     async def _append(self, ev: protocol.InputAudioBufferAppend, arrived: float) -> list[Action]:
         try:
             data = base64.b64decode(ev.audio, validate=True)
-            samples = pcm.decode(data, self.core.config.input_format)
+            fmt = self.core.config.input_format
+            if self.decoder.fmt != fmt:  # session.update changed the input format
+                self.decoder = pcm.StreamDecoder(fmt)
+            samples = self.decoder.decode(data)
         except (binascii.Error, ValueError) as exc:
             raise ProtocolError(
                 f"input_audio_buffer.append: bad audio: {exc}",
