@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import select
 import shutil
 import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from media.errors import FfmpegMissing, RenderError
+from media.errors import FfmpegMissing, RenderCancelled, RenderError
 
 
 def binary(name: str = "ffmpeg") -> str:
@@ -113,3 +120,140 @@ def smoke_test(out_dir: Path) -> Probe:
         timeout_s=60,
     )
     return probe(target)
+
+
+# --- Rendering: one process per output, with progress, a timeout and atomic files -------
+
+ProgressFn = Callable[[float], None]
+CancelFn = Callable[[], bool]
+
+
+def _die_with_parent() -> list[str]:
+    """A prefix that makes ffmpeg get SIGKILL when the process that started it dies.
+
+    Without it a worker killed with SIGKILL leaves an orphan ffmpeg burning a core and writing
+    a temporary file nobody will rename. util-linux's setpriv sets PR_SET_PDEATHSIG and execs
+    ffmpeg in place (same pid); a ``preexec_fn`` could do the same but is unsafe in a threaded
+    worker. Where setpriv is missing the orphan is only wasteful: its temp name is unique."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+def render(
+    args: list[str],
+    *,
+    duration_s: float,
+    timeout_s: float,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> None:
+    """Run ffmpeg with ``-progress pipe:1`` in ``args``; report the share done (0..1).
+
+    Kills ffmpeg on timeout (transient RenderError) or when ``should_cancel`` says so
+    (RenderCancelled). stderr goes to a temporary file so a chatty ffmpeg cannot block on a
+    full pipe while we read stdout."""
+    cmd = [*_die_with_parent(), binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    cmd += args
+    deadline = time.monotonic() + timeout_s
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        assert proc.stdout is not None
+        try:
+            _follow_progress(proc, duration_s, deadline, on_progress, should_cancel)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip()[-600:]
+            raise RenderError(f"ffmpeg failed ({proc.returncode}): {tail}")
+
+
+def _follow_progress(
+    proc: subprocess.Popen[bytes],
+    duration_s: float,
+    deadline: float,
+    on_progress: ProgressFn | None,
+    should_cancel: CancelFn | None,
+) -> None:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    buffer = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.25)
+        if time.monotonic() > deadline:
+            proc.kill()
+            err = RenderError(f"ffmpeg took longer than its time limit ({duration_s:.0f} s video)")
+            err.transient = True
+            raise err
+        if should_cancel is not None and should_cancel():
+            proc.kill()
+            raise RenderCancelled("the job was cancelled")
+        if not ready:
+            if proc.poll() is not None:
+                return
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"out_time_us=") and on_progress is not None and duration_s > 0:
+                try:
+                    done = int(line.split(b"=", 1)[1]) / 1e6
+                except ValueError:  # "N/A" before the first frame
+                    continue
+                on_progress(min(1.0, max(0.0, done / duration_s)))
+
+
+@contextmanager
+def atomic_output(final: Path) -> Iterator[Path]:
+    """Yield a unique temporary path next to ``final``; rename it into place on success.
+
+    The name is unique per attempt (pid + random), so two deliveries of one message, or a
+    killed attempt's orphan, never write the same temporary file; readers only ever see the
+    final name, and only complete files get it (rename is atomic within a filesystem)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.{secrets.token_hex(4)}.part{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def thumbnail(video: Path, out: Path, *, at_s: float, width: int = 540) -> None:
+    """A JPEG of the frame at ``at_s``, ``width`` pixels wide."""
+    with atomic_output(out) as tmp:
+        run(
+            [
+                "-ss", f"{at_s:.3f}", "-i", str(video), "-frames:v", "1",
+                "-vf", f"scale={width}:-2", "-q:v", "3", "-f", "image2", str(tmp),
+            ],
+            timeout_s=60,
+        )  # fmt: skip
+
+
+def frame(video: Path, out: Path, *, at_s: float) -> None:
+    """One full-size PNG frame (for tests and OCR)."""
+    run(["-ss", f"{at_s:.3f}", "-i", str(video), "-frames:v", "1", str(out)], timeout_s=60)
+
+
+def preview(video: Path, out: Path, *, seconds: float = 6.0, width: int = 360) -> None:
+    """A small, short MP4 to show in lists and chats: the first seconds, low resolution."""
+    with atomic_output(out) as tmp:
+        run(
+            [
+                "-i", str(video), "-t", f"{seconds:.2f}", "-vf", f"scale={width}:-2",
+                "-c:v", "libx264", "-preset", "veryfast", "-crf", "28", "-c:a", "aac",
+                "-b:a", "64k", "-movflags", "+faststart", "-f", "mp4", str(tmp),
+            ],
+            timeout_s=120,
+        )  # fmt: skip

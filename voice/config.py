@@ -178,6 +178,60 @@ class BrokerSettings(_Section):
         return v
 
 
+class MediaSettings(_Section):
+    """Ad-video rendering."""
+
+    # superfast at CRF 23 renders 15 s of 1080x1920 in ~0.45x real time on 2 cores (veryfast:
+    # ~0.6x, 40% smaller files). See bench/render.py.
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = (
+        "superfast"
+    )
+    crf: Annotated[int, Field(ge=0, le=51)] = 23
+    # Photos are scaled to this multiple of the frame before Ken Burns motion (smoothness).
+    oversample: Annotated[float, Field(ge=1.0, le=3.0)] = 1.5
+    render_timeout_s: Seconds = 600.0
+    # Time captions with Whisper word timestamps (else by character count within sentences).
+    align_captions: bool = True
+    # espeak-ng voice for Korean narration (Piper's embedded voice speaks English only).
+    korean_voice: str = "ko"
+    max_images: Annotated[int, Field(ge=1, le=8)] = 8
+    max_image_mb: Annotated[int, Field(ge=1, le=200)] = 20
+    max_image_pixels: Annotated[int, Field(ge=1_000_000, le=200_000_000)] = 50_000_000
+    # Extra templates (YAML) beside the bundled ones; same id here wins.
+    templates_dir: Path | None = None
+
+
+class JobSettings(_Section):
+    """Dramatiq workers and job storage."""
+
+    # Job folders (inputs, work files, outputs); default <data_dir>/jobs.
+    dir: Path | None = None
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    min_backoff_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 2_000
+    max_backoff_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 60_000
+    # Per step (narrate, one render, finalize); ffmpeg has its own timeout below this.
+    time_limit_s: Seconds = 900.0
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
+    threads: Annotated[int, Field(ge=1, le=64)] = 2
+    # A worker that stops heart-beating this long is dead: its messages go back to the queue.
+    heartbeat_timeout_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 30.0
+    # Done jobs' files are kept this long.
+    keep_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
+
+
+class ApiSettings(_Section):
+    """The merchant HTTP API and its web page."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65_535)] = 8000
+    # merchant id -> API key. Empty: no keys, allowed only on a loopback address (one
+    # merchant, "local").
+    keys: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")], SecretStr] = {}
+    max_request_mb: Annotated[int, Field(ge=1, le=2000)] = 80
+    # Jobs a merchant may have queued or running at once.
+    max_active_jobs: Annotated[int, Field(ge=1, le=10_000)] = 20
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = False
@@ -202,11 +256,18 @@ class Settings(BaseSettings):
     vad: VadSettings = VadSettings()
     voice: VoiceServerSettings = VoiceServerSettings()
     broker: BrokerSettings = BrokerSettings()
+    media: MediaSettings = MediaSettings()
+    jobs: JobSettings = JobSettings()
+    api: ApiSettings = ApiSettings()
     log: LogSettings = LogSettings()
 
     @property
     def model_cache(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.jobs.dir or self.data_dir / "jobs"
 
     @property
     def turn_log_path(self) -> Path:

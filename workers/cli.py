@@ -82,6 +82,43 @@ def cmd_talk(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
+def cmd_render(args: argparse.Namespace, settings: Settings) -> int:
+    """Render one job file directly: no broker, no workers; a progress bar on stderr."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from media.job import load_job_file
+    from media.pipeline import JobPaths, run_job
+
+    job_file = Path(args.job)
+    spec = load_job_file(job_file)
+    if args.formats:
+        spec = spec.model_copy(update={"formats": [f for f in args.formats.split(",") if f]})
+    out = Path(args.out)
+    stages = ["prepare", "narrate", *(f"render {a}" for a in spec.formats), "finalize"]
+    # Rendering is most of the time; the bar is weighted so it moves at an even pace.
+    weights = {s: (10.0 if s.startswith("render") else 1.0) for s in stages}
+    weights["narrate"] = 2.0
+    total = sum(weights.values())
+    done_before = {s: sum(weights[t] for t in stages[: stages.index(s)]) for s in stages}
+    with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.quiet) as bar:
+
+        def progress(stage: str, share: float) -> None:
+            bar.set_description(stage)
+            target = 100 * (done_before[stage] + weights[stage] * share) / total
+            bar.update(max(0.0, round(target, 1) - bar.n))
+
+        manifest = run_job(spec, JobPaths(out), settings, progress=progress)
+    for item in manifest["outputs"]:
+        print(
+            f"{item['format']:>5}  {out / 'out' / item['video']}  "
+            f"{item['width']}x{item['height']} {item['fps']:.0f} fps {item['duration_s']:.2f} s"
+        )
+    print(f"preview  {out / 'out' / manifest['preview']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="castwork", description=__doc__)
     parser.add_argument(
@@ -106,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="sent as Authorization: Bearer KEY")
     p.add_argument("--out", help="where to save the reply audio (default: FILE.reply.wav)")
     p.set_defaults(func=cmd_talk)
+
+    p = sub.add_parser("render", help="render one ad job (YAML) directly, without a broker")
+    p.add_argument("job", help="job file: template, headline, price, cta, images, ...")
+    p.add_argument("--out", required=True, help="output folder (outputs land in OUT/out/)")
+    p.add_argument("--formats", help="comma-separated subset of 9:16,1:1,16:9")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
     p.set_defaults(func=cmd_config)

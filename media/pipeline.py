@@ -1,0 +1,445 @@
+"""One ad job, stage by stage: prepare -> narrate -> render each format -> finalize.
+
+Both `castwork render` (in process, no broker) and the Dramatiq actors call these functions,
+so the two paths cannot drift. Every stage is **idempotent**: it reads what earlier stages
+wrote into the job folder, writes its own results atomically, and returns early when they are
+already there. That is what makes at-least-once delivery safe: a message delivered twice, or
+redelivered after its worker was killed, finds the finished file and does nothing twice.
+
+Job folder::
+
+    <jobs_dir>/<merchant>/<job_id>/
+        uploads/            what the merchant sent (as received, names sanitized)
+        inputs/             normalized photos and logo (media.images)
+        work/               job.json, narration.json, soundtrack.wav, layer PNGs
+        out/                ad-9x16-<digest>.mp4 ..., thumb-9x16.jpg ..., preview.mp4, manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from media import ffmpeg
+from media.errors import InputError
+from media.graph import EncodeOptions
+from media.images import ImageLimits, prepare_image
+from media.job import JobSpec
+from media.music import synthesize
+from media.narration import Narration, Phrase, narrate
+from media.plan import FPS, RenderPlan, Timeline, plan_render, plan_timeline
+from media.render import render_plan
+from media.soundtrack import MixSpec, mix
+from media.templates import Aspect, Template, get_template, load_templates, render_all_copy
+from voice.config import Settings
+from voice.engines import Synthesizer, Transcriber
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]  # (stage, share of that stage done 0..1)
+Cancel = Callable[[], bool]
+
+
+def aspect_slug(aspect: Aspect) -> str:
+    return aspect.replace(":", "x")
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    root: Path
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def spec_file(self) -> Path:
+        return self.work / "job.json"
+
+    @property
+    def narration_file(self) -> Path:
+        return self.work / "narration.json"
+
+    @property
+    def soundtrack(self) -> Path:
+        return self.work / "soundtrack.wav"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / "manifest.json"
+
+    def make(self) -> None:
+        for d in (self.uploads, self.inputs, self.work, self.out):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with ffmpeg.atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def template_for(spec: JobSpec, settings: Settings) -> Template:
+    extra = settings.media.templates_dir
+    if extra is not None and extra.is_dir() and spec.template in load_templates(extra):
+        return get_template(spec.template, extra)
+    return get_template(spec.template)
+
+
+# --- Stage 1: prepare -------------------------------------------------------------------
+
+
+def prepare(spec: JobSpec, paths: JobPaths, settings: Settings) -> JobSpec:
+    """Normalize photos and logo into ``inputs/``; store the job with those paths."""
+    if paths.spec_file.exists():
+        return JobSpec.model_validate(read_json(paths.spec_file))
+    paths.make()
+    m = settings.media
+    if len(spec.images) > m.max_images:
+        raise InputError(f"images: {len(spec.images)} photos; at most {m.max_images}")
+    limits = ImageLimits(max_bytes=m.max_image_mb << 20, max_pixels=m.max_image_pixels)
+    template_for(spec, settings)  # an unknown template fails before any work
+    images = [
+        prepare_image(p, paths.inputs, name=p.name, kind="photo", limits=limits).path
+        for p in spec.images
+    ]
+    logo = None
+    if spec.logo is not None:
+        logo = prepare_image(spec.logo, paths.inputs, name=spec.logo.name, kind="logo").path
+    prepared = spec.model_copy(update={"images": images, "logo": logo})
+    write_json(paths.spec_file, prepared.model_dump(mode="json"))
+    return prepared
+
+
+# --- Stage 2: narrate -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NarrationInfo:
+    """What later stages need from the narration (JSON in work/narration.json)."""
+
+    text: str
+    language: str
+    duration_s: float
+    engine: str
+    aligned: bool
+    phrases: list[tuple[str, float, float]]
+    sentences: list[tuple[str, float, float]]
+    soundtrack: bool
+    loudness_lufs: float | None
+    peak_db: float | None
+
+    @classmethod
+    def load(cls, path: Path) -> NarrationInfo:
+        data = read_json(path)
+        data["phrases"] = [tuple(p) for p in data["phrases"]]
+        data["sentences"] = [tuple(p) for p in data["sentences"]]
+        return cls(**data)
+
+
+class NarrationEngines:
+    """TTS and aligners, loaded once per process on first use (they take seconds to load)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+
+    def _get(self, key: str, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
+
+    def voice(self, language: str) -> tuple[Synthesizer, Synthesizer | None]:
+        from voice.factory import build_fallback_tts, build_tts
+        from voice.tts import EspeakSynthesizer
+
+        if language == "ko":
+            ko = self._settings.media.korean_voice
+            return self._get(
+                "tts:ko", lambda: EspeakSynthesizer(voice=ko, name=f"espeak:{ko}")
+            ), None
+        tts = self._get("tts:en", lambda: build_tts(self._settings))
+        return tts, self._get("tts:fallback", lambda: build_fallback_tts(self._settings))
+
+    def aligner(self, language: str) -> Transcriber | None:
+        if not self._settings.media.align_captions:
+            return None
+        from voice.asr import WhisperTranscriber
+        from voice.models import resolve_asr
+
+        s = self._settings
+
+        def build(ref: str, lang: str) -> Transcriber:
+            model = resolve_asr(ref, s.model_cache)
+            return WhisperTranscriber(
+                model.path, name=f"whisper:{ref}", cpu_threads=s.asr.cpu_threads, language=lang
+            )
+
+        if language == "ko":
+            ko: Transcriber = self._get(
+                "align:ko", lambda: build(s.asr.fallback_model or "base", "ko")
+            )
+            return ko
+        en: Transcriber = self._get("align:en", lambda: build(s.asr.model, "en"))
+        return en
+
+
+def narrate_job(
+    spec: JobSpec, paths: JobPaths, settings: Settings, engines: NarrationEngines
+) -> NarrationInfo:
+    """Copy -> narration (TTS + caption timing) -> the job's soundtrack, mixed once."""
+    if paths.narration_file.exists() and (
+        paths.soundtrack.exists() or not read_json(paths.narration_file)["soundtrack"]
+    ):
+        return NarrationInfo.load(paths.narration_file)
+    template = template_for(spec, settings)
+    language = spec.resolved_language
+    copy = render_all_copy(template, language, spec.copy_fields())
+    narration: Narration | None = None
+    if spec.narration and copy.narration:
+        synth, fallback = engines.voice(language)
+        narration = narrate(
+            copy.narration, synth, fallback=fallback, aligner=engines.aligner(language)
+        )
+    timeline = _timeline(spec, template, narration)
+    report = None
+    has_audio = narration is not None or spec.music
+    if has_audio:
+        music = None
+        if spec.music:
+            music = synthesize(template.music.style, timeline.duration, sample_rate=48_000)
+        mix_spec = MixSpec(
+            total_s=timeline.duration,
+            narration_offset_s=timeline.narration_offset_s,
+            music_gain_db=template.music.gain_db,
+            duck_db=template.music.duck_db,
+        )
+        spans = [
+            (timeline.narration_offset_s + p.start, timeline.narration_offset_s + p.end)
+            for p in (narration.sentences if narration else ())
+        ]
+        report = mix(
+            narration.audio if narration is not None else None,
+            narration.sample_rate if narration is not None else 48_000,
+            music,
+            48_000,
+            mix_spec,
+            paths.soundtrack,
+            speech_spans=spans or None,
+        )
+    info = NarrationInfo(
+        text=copy.narration if narration else "",
+        language=language,
+        duration_s=narration.duration if narration else 0.0,
+        engine=narration.engine if narration else "none",
+        aligned=narration.aligned if narration else False,
+        phrases=[(p.text, p.start, p.end) for p in (narration.phrases if narration else ())],
+        sentences=[(p.text, p.start, p.end) for p in (narration.sentences if narration else ())],
+        soundtrack=has_audio,
+        loudness_lufs=report.integrated_lufs if report else None,
+        peak_db=report.peak_db if report else None,
+    )
+    write_json(paths.narration_file, asdict(info))
+    return info
+
+
+def _timeline(spec: JobSpec, template: Template, narration: Narration | None) -> Timeline:
+    copy = render_all_copy(template, spec.resolved_language, spec.copy_fields())
+    return plan_timeline(
+        template,
+        copy,
+        n_images=len(spec.images),
+        narration_s=narration.duration if narration else 0.0,
+        phrases=narration.phrases if narration else (),
+        captions=spec.captions,
+    )
+
+
+def timeline_for(spec: JobSpec, template: Template, info: NarrationInfo) -> Timeline:
+    copy = render_all_copy(template, spec.resolved_language, spec.copy_fields())
+    return plan_timeline(
+        template,
+        copy,
+        n_images=len(spec.images),
+        narration_s=info.duration_s,
+        phrases=[Phrase(*p) for p in info.phrases],
+        captions=spec.captions,
+    )
+
+
+# --- Stage 3: render one format ----------------------------------------------------------
+
+
+def plan_for(
+    spec: JobSpec, paths: JobPaths, settings: Settings, aspect: Aspect, info: NarrationInfo
+) -> RenderPlan:
+    template = template_for(spec, settings)
+    timeline = timeline_for(spec, template, info)
+    return plan_render(
+        timeline,
+        template,
+        aspect,
+        images=spec.images,
+        logo=spec.logo,
+        audio=paths.soundtrack if info.soundtrack else None,
+    )
+
+
+def output_path(paths: JobPaths, aspect: Aspect, plan: RenderPlan, options: EncodeOptions) -> Path:
+    digest = plan.digest() + f"-{options.preset}-{options.crf}"
+    return paths.out / f"ad-{aspect_slug(aspect)}-{digest}.mp4"
+
+
+def encode_options(settings: Settings) -> EncodeOptions:
+    m = settings.media
+    return EncodeOptions(crf=m.crf, preset=m.preset, oversample=m.oversample)
+
+
+def render_format(
+    spec: JobSpec,
+    paths: JobPaths,
+    settings: Settings,
+    aspect: Aspect,
+    *,
+    on_progress: Callable[[float], None] | None = None,
+    should_cancel: Cancel | None = None,
+) -> Path:
+    info = NarrationInfo.load(paths.narration_file)
+    plan = plan_for(spec, paths, settings, aspect, info)
+    options = encode_options(settings)
+    out = output_path(paths, aspect, plan, options)
+    render_plan(
+        plan,
+        out,
+        asset_dir=paths.work / "layers",
+        options=options,
+        timeout_s=settings.media.render_timeout_s,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
+    return out
+
+
+# --- Stage 4: finalize ------------------------------------------------------------------
+
+
+def finalize(spec: JobSpec, paths: JobPaths, settings: Settings) -> dict[str, Any]:
+    """Thumbnails (one per format), a short preview, and manifest.json listing everything."""
+    if paths.manifest.exists():
+        manifest: dict[str, Any] = read_json(paths.manifest)
+        return manifest
+    info = NarrationInfo.load(paths.narration_file)
+    template = template_for(spec, settings)
+    timeline = timeline_for(spec, template, info)
+    options = encode_options(settings)
+    outputs: list[dict[str, Any]] = []
+    for aspect in spec.formats:
+        plan = plan_for(spec, paths, settings, aspect, info)
+        video = output_path(paths, aspect, plan, options)
+        if not video.exists():
+            raise InputError(f"format {aspect} was not rendered")  # an ordering bug, not input
+        probe = ffmpeg.probe(video)
+        thumb = paths.out / f"thumb-{aspect_slug(aspect)}.jpg"
+        if not thumb.exists():
+            ffmpeg.thumbnail(video, thumb, at_s=_thumbnail_time(timeline))
+        outputs.append(
+            {
+                "format": aspect,
+                "video": video.name,
+                "thumbnail": thumb.name,
+                "width": probe.width,
+                "height": probe.height,
+                "fps": probe.fps,
+                "duration_s": round(probe.duration, 3),
+                "bytes": video.stat().st_size,
+            }
+        )
+    preview = paths.out / "preview.mp4"
+    if not preview.exists():
+        ffmpeg.preview(paths.out / outputs[0]["video"], preview)
+    manifest = {
+        "template": spec.template,
+        "language": info.language,
+        "narration": {
+            "text": info.text,
+            "engine": info.engine,
+            "duration_s": round(info.duration_s, 3),
+            "captions_aligned": info.aligned,
+            "loudness_lufs": info.loudness_lufs,
+        },
+        "duration_s": round(timeline.duration, 3),
+        "outputs": outputs,
+        "preview": preview.name,
+    }
+    write_json(paths.manifest, manifest)
+    return manifest
+
+
+def _thumbnail_time(timeline: Timeline) -> float:
+    # Once the first scene's headline has landed, before the first transition.
+    first = timeline.scenes[0]
+    return min((first.frames - timeline.transition_frames) / FPS - 0.1, 1.6)
+
+
+# --- All stages in one process ----------------------------------------------------------
+
+
+def _no_progress(stage: str, share: float) -> None:
+    pass
+
+
+def _stage_progress(report: Progress, stage: str) -> Callable[[float], None]:
+    return lambda share: report(stage, share)
+
+
+def run_job(
+    spec: JobSpec,
+    paths: JobPaths,
+    settings: Settings,
+    *,
+    engines: NarrationEngines | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Every stage in order, here (`castwork render`)."""
+    report: Progress = progress or _no_progress
+    report("prepare", 0.0)
+    spec = prepare(spec, paths, settings)
+    report("prepare", 1.0)
+    report("narrate", 0.0)
+    narrate_job(spec, paths, settings, engines or NarrationEngines(settings))
+    report("narrate", 1.0)
+    for aspect in spec.formats:
+        stage = f"render {aspect}"
+        report(stage, 0.0)
+        render_format(spec, paths, settings, aspect, on_progress=_stage_progress(report, stage))
+        report(stage, 1.0)
+    report("finalize", 0.0)
+    manifest = finalize(spec, paths, settings)
+    report("finalize", 1.0)
+    return manifest
+
+
+def job_root(settings: Settings, merchant: str, job_id: str) -> JobPaths:
+    return JobPaths(settings.jobs_dir / merchant / job_id)
