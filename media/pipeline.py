@@ -70,6 +70,10 @@ class JobPaths:
         return self.root / "out"
 
     @property
+    def request_file(self) -> Path:
+        return self.work / "request.json"
+
+    @property
     def spec_file(self) -> Path:
         return self.work / "job.json"
 

@@ -206,6 +206,8 @@ class JobSettings(_Section):
 
     # Job folders (inputs, work files, outputs); default <data_dir>/jobs.
     dir: Path | None = None
+    # Redis for job records; default: the broker when it is Redis, else the local Redis.
+    store_url: str | None = None
     max_retries: Annotated[int, Field(ge=0, le=20)] = 3
     min_backoff_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 2_000
     max_backoff_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 60_000

@@ -119,6 +119,34 @@ def cmd_render(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def worker_command(settings: Settings, processes: int | None, threads: int | None) -> list[str]:
+    from workers.actors import QUEUE
+
+    return [
+        sys.executable, "-m", "dramatiq", "workers.app:broker",
+        "--processes", str(processes or settings.jobs.processes),
+        "--threads", str(threads or settings.jobs.threads),
+        "--queues", QUEUE,
+    ]  # fmt: skip
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Become a dramatiq worker for ad jobs (exec: signals go straight to dramatiq)."""
+    import os
+
+    from workers.broker import broker_url, ping
+
+    try:
+        ping(broker_url(settings))  # a clear error now beats dramatiq's retry loop
+    except OSError as exc:
+        print(f"castwork: {exc}", file=sys.stderr)
+        return 1
+    if args.config:
+        os.environ["CASTWORK_CONFIG"] = str(args.config)
+    cmd = worker_command(settings, args.processes, args.threads)
+    os.execv(cmd[0], cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="castwork", description=__doc__)
     parser.add_argument(
@@ -150,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", help="comma-separated subset of 9:16,1:1,16:9")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("worker", help="run dramatiq workers for ad jobs on the configured broker")
+    p.add_argument("--processes", type=int, help="worker processes (default: jobs.processes)")
+    p.add_argument("--threads", type=int, help="threads per process (default: jobs.threads)")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
     p.set_defaults(func=cmd_config)

@@ -1,0 +1,20 @@
+"""What the ``dramatiq`` command loads: ``dramatiq workers.app:broker``.
+
+Settings come from the environment / ``CASTWORK_CONFIG`` like every other entry point;
+``castwork worker`` and ``castwork serve`` start dramatiq with this module.
+"""
+
+from __future__ import annotations
+
+from media.pipeline import NarrationEngines
+from voice.config import load_settings
+from voice.logs import configure_logging
+from workers.actors import Context, declare
+from workers.broker import make_broker, store_url
+from workers.store import JobStore
+
+settings = load_settings()
+configure_logging(level=settings.log.level, json_lines=settings.log.json_lines)
+broker = make_broker(settings)
+store = JobStore.from_url(store_url(settings))
+actors = declare(Context(settings, store, broker, NarrationEngines(settings)))

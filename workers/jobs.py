@@ -1,0 +1,138 @@
+"""Submitting and managing ad jobs: what the HTTP API (and tests) call.
+
+``submit`` validates the fields first (nothing is stored for a request that cannot work),
+stores the uploads in the job folder, creates the record, then enqueues the first actor. An
+Idempotency-Key makes a retried request return the job the first one created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+from pydantic import ValidationError
+
+from media.errors import InputError
+from media.images import safe_name
+from media.job import JobSpec, job_error
+from media.pipeline import JobPaths, job_root, write_json
+from voice.config import Settings
+from voice.errors import CapacityError
+from workers.actors import NARRATE, enqueue
+from workers.store import JobRecord, JobStore
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+def request_hash(fields: dict[str, Any], images: list[Upload], logo: Upload | None) -> str:
+    """Fingerprint of a request, to tell a retry from a different request under one key."""
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    for up in [*images, *([logo] if logo else [])]:
+        h.update(hashlib.sha256(up.data).digest())
+    return h.hexdigest()
+
+
+def _validate(fields: dict[str, Any], n_images: int) -> JobSpec:
+    # Placeholder paths: the real ones exist only once the uploads are saved.
+    try:
+        return JobSpec.model_validate(
+            {**fields, "images": [Path(f"/upload/{i}") for i in range(n_images)]}
+        )
+    except ValidationError as exc:
+        raise job_error(exc) from None
+
+
+def submit(
+    settings: Settings,
+    store: JobStore,
+    broker: dramatiq.Broker,
+    merchant: str,
+    fields: dict[str, Any],
+    images: list[Upload],
+    logo: Upload | None = None,
+    *,
+    idempotency_key: str | None = None,
+) -> tuple[JobRecord, bool]:
+    """Create and enqueue a job; return (record, created). Raises InputError / CapacityError."""
+    if not images:
+        raise InputError("images: at least one photo is needed", field="images")
+    if len(images) > settings.media.max_images:
+        raise InputError(
+            f"images: {len(images)} photos; at most {settings.media.max_images}", field="images"
+        )
+    _validate(fields, len(images))
+    job_id = store.new_id()
+    if idempotency_key:
+        known = store.reserve_idempotency(
+            merchant, idempotency_key, request_hash(fields, images, logo), job_id
+        )
+        if known is not None:
+            return store.get_for(merchant, known), False
+    try:
+        if store.active_count(merchant) >= settings.api.max_active_jobs:
+            raise CapacityError(
+                f"{settings.api.max_active_jobs} jobs are already queued or running; "
+                "wait for one to finish"
+            )
+        paths = job_root(settings, merchant, job_id)
+        spec = _save(paths, fields, images, logo)
+        record = store.create(
+            job_id,
+            merchant,
+            template=spec.template,
+            formats=list(spec.formats),
+            fields={k: fields.get(k) for k in ("headline", "price", "cta", "store")},
+        )
+    except Exception:
+        if idempotency_key:
+            store.release_idempotency(merchant, idempotency_key)
+        raise
+    enqueue(broker, NARRATE, job_id)
+    return record, True
+
+
+def _save(
+    paths: JobPaths, fields: dict[str, Any], images: list[Upload], logo: Upload | None
+) -> JobSpec:
+    paths.make()
+    saved: list[Path] = []
+    for i, up in enumerate(images):
+        # The index keeps two uploads called "photo.jpg" apart.
+        target = paths.uploads / f"{i:02d}-{safe_name(up.name)}"
+        target.write_bytes(up.data)
+        saved.append(target)
+    logo_path = None
+    if logo is not None:
+        logo_path = paths.uploads / f"logo-{safe_name(logo.name)}"
+        logo_path.write_bytes(logo.data)
+    try:
+        spec = JobSpec.model_validate({**fields, "images": saved, "logo": logo_path})
+    except ValidationError as exc:
+        shutil.rmtree(paths.root, ignore_errors=True)
+        raise job_error(exc) from None
+    # The spec as submitted; prepare() writes job.json with the normalized inputs.
+    write_json(paths.request_file, spec.model_dump(mode="json"))
+    return spec
+
+
+def outputs(settings: Settings, record: JobRecord) -> dict[str, Path]:
+    """Downloadable files of a finished job, by public name."""
+    if record.manifest is None:
+        return {}
+    out = job_root(settings, record.merchant, record.id).out
+    files: dict[str, Path] = {}
+    for item in record.manifest["outputs"]:
+        slug = item["format"].replace(":", "x")
+        files[f"{slug}.mp4"] = out / item["video"]
+        files[f"thumb-{slug}.jpg"] = out / item["thumbnail"]
+    files["preview.mp4"] = out / record.manifest["preview"]
+    return files
