@@ -19,7 +19,7 @@ def test_split_sentences_and_caption_groups() -> None:
         "Each one glazed by hand, in our small studio.",
         "Yours for $24.",
     ]
-    words = "Each one glazed by hand, in our small studio.".split()
+    words = ["Each", "one", "glazed", "by", "hand,", "in", "our", "small", "studio."]
     groups = caption_groups(words)
     assert [" ".join(words[a:b]) for a, b in groups] == [
         "Each one glazed by hand,",

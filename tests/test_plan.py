@@ -67,7 +67,7 @@ def test_photos_cycle_through_scene_specs() -> None:
 
 
 def test_narration_too_long_is_a_clear_input_error() -> None:
-    with pytest.raises(InputError, match="narration is 90.0 s.*shorten"):
+    with pytest.raises(InputError, match=r"narration is 90.0 s.*shorten"):
         _timeline(speech=90.0)
 
 
@@ -89,7 +89,7 @@ def test_render_plan_places_every_layer_inside_the_frame(aspect: str) -> None:
     assert {"headline", "price", "cta", "store", "logo", "caption"} <= names
     for layer in plan.layers:
         x, y, bw, bh = layer.box
-        assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h, layer.name
+        assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h, layer.name
         assert 0 <= layer.start < layer.end <= tl.duration + 1e-9, layer.name
     end_texts = [layer for layer in plan.layers if layer.name.endswith("@end")]
     assert all(layer.start >= tl.end_start_frame / FPS for layer in end_texts)

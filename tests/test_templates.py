@@ -61,9 +61,9 @@ def test_merchant_text_is_data_not_template_code() -> None:
 
 
 def test_sandbox_blocks_attribute_escapes_in_templates() -> None:
-    with pytest.raises(TemplateError, match="unsafe|access"):
+    with pytest.raises(TemplateError, match=r"unsafe|access"):
         render_copy("{{ headline.__class__.__mro__ }}", FIELDS, where="test")
-    with pytest.raises(TemplateError, match="undefined"):
+    with pytest.raises(TemplateError, match=r"undefined"):
         render_copy("{{ no_such_field }}", FIELDS, where="test")
 
 
@@ -102,12 +102,12 @@ def test_invalid_template_names_the_field(tmp_path: Path, mutate: object, messag
 
 def test_template_id_must_match_file(tmp_path: Path) -> None:
     data = _showcase()
-    with pytest.raises(TemplateError, match="must match the file name"):
+    with pytest.raises(TemplateError, match=r"must match the file name"):
         load_template_file(_write(tmp_path, data, name="other"))
 
 
 def test_unknown_template_lists_the_known_ones() -> None:
-    with pytest.raises(InputError, match="unknown template 'nope'.*news, sale, showcase"):
+    with pytest.raises(InputError, match=r"unknown template 'nope'.*news, sale, showcase"):
         get_template("nope")
 
 
@@ -115,17 +115,17 @@ def test_job_fields_validated_with_field_names(tmp_path: Path) -> None:
     base = {"headline": "Hi", "images": ["a.jpg"]}
     spec = parse_job(base, base_dir=tmp_path)
     assert spec.images == [tmp_path / "a.jpg"] and spec.formats == ["9:16", "1:1", "16:9"]
-    with pytest.raises(InputError, match="^headline: "):
+    with pytest.raises(InputError, match=r"^headline: "):
         parse_job({**base, "headline": "x" * 81})
-    with pytest.raises(InputError, match="^headline: .*blank"):
+    with pytest.raises(InputError, match=r"^headline: .*blank"):
         parse_job({**base, "headline": "   \n\t "})
     with pytest.raises(InputError, match=r"^formats\.0: "):
         parse_job({**base, "formats": ["4:3"]})
-    with pytest.raises(InputError, match="^images: "):
+    with pytest.raises(InputError, match=r"^images: "):
         parse_job({**base, "images": []})
-    with pytest.raises(InputError, match="^images: "):
+    with pytest.raises(InputError, match=r"^images: "):
         parse_job({**base, "images": [f"{i}.jpg" for i in range(9)]})
-    with pytest.raises(InputError, match="^surprise: "):
+    with pytest.raises(InputError, match=r"^surprise: "):
         parse_job({**base, "surprise": 1})
 
 
