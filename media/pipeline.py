@@ -380,6 +380,10 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: Settings) -> dict[str, An
                 "bytes": video.stat().st_size,
             }
         )
+    # A render killed mid-way (SIGKILL, power loss) leaves its unique temporary file behind;
+    # every format is complete now, so whatever is still called .part is such an orphan.
+    for orphan in paths.out.glob(".*.part*"):
+        orphan.unlink(missing_ok=True)
     preview = paths.out / "preview.mp4"
     if not preview.exists():
         ffmpeg.preview(paths.out / outputs[0]["video"], preview)

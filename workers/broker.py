@@ -54,8 +54,9 @@ def ping(url: str, *, timeout_s: float = 2.0) -> str:
 
 # How often (per million broker commands) a consumer sweeps for dead workers' messages. The
 # default (1 in 1000) can leave a killed worker's message parked for minutes on a quiet queue;
-# 5% costs one small Lua loop now and then and brings it back within seconds.
-MAINTENANCE_CHANCE = 50_000
+# one in four costs a small Lua loop (a range query over a handful of workers) and brings
+# it back within a second or two of the heartbeat timeout.
+MAINTENANCE_CHANCE = 250_000
 
 
 def make_broker(settings: Settings, url: str | None = None) -> Broker:

@@ -1,0 +1,82 @@
+"""Shared helpers for ad-job tests: real photos, a worker process, output checks."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def photo_bytes(name: str, size: int = 1400) -> bytes:
+    """A real photograph (public domain / CC0, bundled in scikit-image) as JPEG bytes."""
+    import skimage.data
+
+    array = getattr(skimage.data, name)()
+    im = Image.fromarray(array).convert("RGB")
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def worker_env(redis_url: str, jobs_dir: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "CASTWORK_BROKER__URL": redis_url,
+            "CASTWORK_JOBS__DIR": str(jobs_dir),
+            "CASTWORK_JOBS__HEARTBEAT_TIMEOUT_S": "2",
+            "CASTWORK_JOBS__MIN_BACKOFF_MS": "100",
+            "CASTWORK_JOBS__MAX_BACKOFF_MS": "500",
+            **extra,
+        }
+    )
+    return env
+
+
+@contextmanager
+def worker_process(env: dict[str, str], *, threads: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    """`castwork worker` in its own process group (so a test can SIGKILL all of it)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "worker", "--processes", "1", "--threads", str(threads)],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            kill_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(predicate: object, timeout_s: float, what: str, every_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

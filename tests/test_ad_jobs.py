@@ -1,0 +1,72 @@
+"""Ad jobs through real Redis, real dramatiq workers, real TTS and ffmpeg.
+
+The redelivery test kills a whole worker (process group, SIGKILL) in the middle of a render
+and checks that a second worker completes the job exactly once, with valid files only."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from media import ffmpeg
+from voice.config import Settings, load_settings
+from workers.broker import make_broker
+from workers.jobs import Upload, submit
+from workers.store import JobStore
+from tests.ad_helpers import kill_group, photo_bytes, wait_for, worker_env, worker_process
+
+pytestmark = pytest.mark.models
+
+
+def _settings(redis_url: str, jobs_dir: Path) -> Settings:
+    return load_settings(broker={"url": redis_url}, jobs={"dir": jobs_dir})
+
+
+def test_worker_killed_mid_render_job_completes_once(redis_url: str, tmp_path: Path) -> None:
+    jobs_dir = tmp_path / "jobs"
+    settings = _settings(redis_url, jobs_dir)
+    store = JobStore.from_url(redis_url)
+    broker = make_broker(settings)
+    photos = [Upload(f"{n}.jpg", photo_bytes(n)) for n in ("coffee", "chelsea")]
+    record, created = submit(
+        settings,
+        store,
+        broker,
+        "acme",
+        {"template": "sale", "headline": "Weekend sale", "price": "$12", "cta": "Buy now",
+         "formats": ["1:1", "16:9"], "captions": True},
+        photos,
+    )  # fmt: skip
+    assert created
+    env = worker_env(redis_url, jobs_dir)
+    with worker_process(env, threads=1) as first:
+        # Kill the worker once a render is well under way (ffmpeg writing its temp file).
+        wait_for(
+            lambda: any(
+                stage.startswith("render") and 0.2 < share < 0.9
+                for stage, share in store.get(record.id).shares.items()
+            ),
+            180,
+            "a render to be under way",
+            every_s=0.05,
+        )
+        kill_group(first, signal.SIGKILL)
+        first.wait(timeout=10)
+    out = jobs_dir / "acme" / record.id / "out"
+    assert store.get(record.id).status == "running"  # nobody finished it
+    with worker_process(env, threads=1):
+        wait_for(lambda: store.get(record.id).status in {"done", "failed"}, 240, "the job")
+    done = store.get(record.id)
+    assert done.status == "done", done.error
+    assert done.manifest is not None
+    videos = sorted(p.name for p in out.glob("*.mp4") if p.name != "preview.mp4")
+    assert videos == sorted(o["video"] for o in done.manifest["outputs"])  # one file per format
+    assert len(videos) == 2
+    assert not list(out.glob(".*"))  # no orphaned temporary file left behind
+    for item in done.manifest["outputs"]:
+        probe = ffmpeg.probe(out / item["video"])
+        assert probe.video_codec == "h264" and probe.audio_codec == "aac"
+        assert probe.fps == pytest.approx(30.0)
+        assert probe.duration == pytest.approx(done.manifest["duration_s"], abs=0.1)
