@@ -48,7 +48,16 @@ def worker_env(redis_url: str, jobs_dir: Path, **extra: str) -> dict[str, str]:
 def worker_process(env: dict[str, str], *, threads: int = 2) -> Iterator[subprocess.Popen[bytes]]:
     """`castwork worker` in its own process group (so a test can SIGKILL all of it)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "worker", "--processes", "1", "--threads", str(threads)],
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "worker",
+            "--processes",
+            "1",
+            "--threads",
+            str(threads),
+        ],
         env=env,
         cwd=ROOT,
         start_new_session=True,
@@ -80,3 +89,57 @@ def wait_for(predicate: object, timeout_s: float, what: str, every_s: float = 0.
             return
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _inner_panel(gray: Image.Image) -> Image.Image | None:
+    """The block that stands out from the crop's border colour (a pill or button), inset so its
+    rounded edge is gone, on a margin of its own colour: Tesseract reads text on a coloured
+    pill poorly while the pill's outline is in view."""
+    import numpy as np
+    from PIL import ImageOps
+
+    a = np.asarray(gray).astype(int)
+    border = float(np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])))
+    ys, xs = np.nonzero(np.abs(a - border) > 60)
+    if xs.size == 0:
+        return None
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    dx, dy = (x1 - x0) // 12, (y1 - y0) // 8
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    inner = gray.crop((x0 + dx, y0 + dy, x1 - dx, y1 - dy))
+    return ImageOps.expand(inner, 20, fill=int(np.median(np.asarray(inner))))
+
+
+def ocr(image: Image.Image, *, lang: str = "eng") -> str:
+    """Tesseract's readings of ``image``: as is, inverted (light-on-dark text reads better
+    inverted) and its inner panel; upper-cased and joined."""
+    import shutil
+    import tempfile
+
+    from PIL import ImageOps
+
+    if shutil.which("tesseract") is None:
+        raise RuntimeError("tesseract is not installed (./setup.sh installs tesseract-ocr)")
+    gray = ImageOps.grayscale(image)
+    variants = [gray, ImageOps.invert(gray)]
+    panel = _inner_panel(gray)
+    if panel is not None:
+        variants += [panel, ImageOps.invert(panel)]
+    texts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, variant in enumerate(variants):
+            path = Path(tmp) / f"{k}.png"
+            variant.resize((variant.width * 2, variant.height * 2), Image.Resampling.LANCZOS).save(
+                path
+            )
+            for psm in ("6", "7"):
+                out = subprocess.run(
+                    ["tesseract", str(path), "-", "-l", lang, "--psm", psm],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+                texts.append(out.stdout)
+    return " ".join(" ".join(texts).upper().split())

@@ -380,9 +380,13 @@ class Connection:
 
 
 async def serve_forever(
-    settings: Settings, *, host: str | None = None, port: int | None = None
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Load the engines, serve until SIGINT/SIGTERM, then close sessions cleanly."""
+    """Load the engines, serve until SIGINT/SIGTERM (or ``stop``), then close sessions."""
     import signal
 
     from voice.factory import build_vad, load_engines, turn_policy
@@ -402,10 +406,11 @@ async def serve_forever(
     srv = await server.start(host, port)
     bound_to = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in srv.sockets)
     log.info("voice server on ws://%s%s (turn log %s)", bound_to, PATH, settings.turn_log_path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     srv.close()
     await srv.wait_closed()

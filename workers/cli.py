@@ -147,6 +147,28 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     os.execv(cmd[0], cmd)
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Everything on one machine: voice server, API and page, workers, and Redis if needed."""
+    import asyncio
+
+    from workers.serve import serve
+
+    try:
+        asyncio.run(
+            serve(
+                settings,
+                voice=not args.no_voice,
+                workers=not args.no_workers,
+                api_port=args.port,
+                voice_port=args.voice_port,
+            )
+        )
+    except OSError as exc:
+        print(f"castwork: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="castwork", description=__doc__)
     parser.add_argument(
@@ -178,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", help="comma-separated subset of 9:16,1:1,16:9")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "serve", help="run everything: voice server, ad API and page, workers, local Redis"
+    )
+    p.add_argument("--port", type=int, help="API and page port (default: settings api.port)")
+    p.add_argument("--voice-port", type=int, help="voice port (default: settings voice.port)")
+    p.add_argument("--no-voice", action="store_true", help="ads only: no voice server")
+    p.add_argument("--no-workers", action="store_true", help="no workers (they run elsewhere)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run dramatiq workers for ad jobs on the configured broker")
     p.add_argument("--processes", type=int, help="worker processes (default: jobs.processes)")

@@ -1,0 +1,207 @@
+"""`castwork serve`: the whole system on one machine, from the embedded defaults.
+
+- **Redis**: the configured broker, else a Redis already answering on 127.0.0.1:6379, else
+  one we start ourselves (``redis-server`` with an append-only file under
+  ``<data_dir>/redis``, so queued jobs survive a restart of it) and stop on the way out.
+- **Workers**: ``castwork worker`` child processes, restarted (with backoff) if one dies:
+  dramatiq's own supervisor exits when a worker process dies, by design.
+- **API + page** (uvicorn) and the **voice server** share one asyncio loop here.
+
+SIGINT/SIGTERM stop everything in order: stop accepting, finish the voice sessions, stop
+workers (dramatiq requeues what they had not finished), then our Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from voice.config import Settings
+from voice.errors import ConfigError
+from workers.broker import LOCAL_REDIS_URL, ping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ManagedRedis:
+    """A redis-server we started (None when someone else's Redis is used)."""
+
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def ensure_redis(settings: Settings, *, port: int = 6379) -> ManagedRedis:
+    if settings.broker.url:
+        ping(settings.broker.url)
+        return ManagedRedis(settings.broker.url)
+    try:
+        ping(LOCAL_REDIS_URL, timeout_s=1.0)
+        log.info("using the Redis already running on 127.0.0.1:%d", port)
+        return ManagedRedis(LOCAL_REDIS_URL)
+    except OSError:
+        pass
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConfigError(
+            "broker.url",
+            "no broker configured, none on 127.0.0.1:6379, and redis-server is not installed "
+            "(run ./setup.sh, or set CASTWORK_BROKER__URL)",
+        )
+    workdir = settings.data_dir / "redis"
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            ping(LOCAL_REDIS_URL, timeout_s=0.5)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise ConfigError("broker.url", "could not start redis-server") from None
+            time.sleep(0.1)
+    log.info("started redis-server on 127.0.0.1:%d (append-only file in %s)", port, workdir)
+    return ManagedRedis(LOCAL_REDIS_URL, proc)
+
+
+@dataclass
+class WorkerSupervisor:
+    """Keeps ``count`` worker processes running until stopped."""
+
+    command: list[str]
+    env: dict[str, str]
+    count: int = 1
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    restarts: int = 0
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, env=self.env, start_new_session=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.processes = [self._spawn() for _ in range(self.count)]
+        backoff = 1.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            for i, proc in enumerate(self.processes):
+                if proc.poll() is not None and not stop.is_set():
+                    log.error(
+                        "worker exited (code %s); restarting in %.0f s", proc.returncode, backoff
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(30.0, backoff * 2)
+                    self.restarts += 1
+                    self.processes[i] = self._spawn()
+        await asyncio.to_thread(self.stop)
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def serve(
+    settings: Settings,
+    *,
+    voice: bool = True,
+    workers: bool = True,
+    api_port: int | None = None,
+    voice_port: int | None = None,
+) -> None:
+    import os
+
+    import uvicorn
+
+    from workers.api import create_app
+    from workers.broker import make_broker, store_url
+    from workers.cli import worker_command
+    from workers.store import JobStore
+
+    redis = await asyncio.to_thread(ensure_redis, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    env = dict(os.environ)
+    env["CASTWORK_BROKER__URL"] = redis.url
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        effective = settings.model_copy(
+            update={"broker": settings.broker.model_copy(update={"url": redis.url})}
+        )
+        app = create_app(
+            effective,
+            store=JobStore.from_url(store_url(effective)),
+            broker=make_broker(effective),
+        )
+        config = uvicorn.Config(
+            app,
+            host=settings.api.host,
+            port=api_port or settings.api.port,
+            log_level="warning",
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        # uvicorn catches SIGINT/SIGTERM itself while it serves; its task then ends, which
+        # stops everything else below (and it re-raises the signal to our handler after).
+        tasks.append(asyncio.create_task(server.serve(), name="api"))
+        if workers:
+            supervisor = WorkerSupervisor(worker_command(settings, None, None), env, count=1)
+            tasks.append(asyncio.create_task(supervisor.run(stop), name="workers"))
+        if voice:
+            from voice.server import serve_forever
+
+            tasks.append(
+                asyncio.create_task(
+                    serve_forever(settings, port=voice_port, stop=stop), name="voice"
+                )
+            )
+        log.info(
+            "castwork serve: page and API on http://%s:%d/  broker %s",
+            settings.api.host,
+            api_port or settings.api.port,
+            redis.url,
+        )
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper]  # a part ended by itself: stop it all
+        stop.set()
+        server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in failed:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.to_thread(redis.stop)
