@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from PIL import Image
@@ -76,10 +76,8 @@ def worker_process(env: dict[str, str], *, threads: int = 2) -> Iterator[subproc
 
 
 def kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def wait_for(predicate: object, timeout_s: float, what: str, every_s: float = 0.2) -> None:

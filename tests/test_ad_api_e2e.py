@@ -14,11 +14,11 @@ from PIL import Image
 
 from media import ffmpeg
 from media.templates import FRAME_SIZES, get_template
+from tests.ad_helpers import ocr, photo_bytes, worker_env, worker_process
 from voice.config import load_settings
 from workers.api import create_app
 from workers.broker import make_broker
 from workers.store import JobStore
-from tests.ad_helpers import ocr, photo_bytes, worker_env, worker_process
 
 pytestmark = pytest.mark.models
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from media import ffmpeg
+from tests.ad_helpers import kill_group, photo_bytes, wait_for, worker_env, worker_process
 from voice.config import Settings, load_settings
 from workers.broker import make_broker
 from workers.jobs import Upload, submit
 from workers.store import JobStore
-from tests.ad_helpers import kill_group, photo_bytes, wait_for, worker_env, worker_process
 
 pytestmark = pytest.mark.models
 
