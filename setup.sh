@@ -26,6 +26,13 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v fc-list >/dev/null && fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk fontconfig)
 command -v redis-server >/dev/null || redis_answers || need+=(redis-server)
+# setpriv (util-linux) makes ffmpeg die with the worker that started it.
+command -v setpriv >/dev/null || need+=(util-linux)
+# The test suite reads rendered frames back with OCR and drives the web page in Chromium.
+if ! command -v tesseract >/dev/null || ! tesseract --list-langs 2>/dev/null | grep -q '^kor$'; then
+  need+=(tesseract-ocr tesseract-ocr-eng tesseract-ocr-kor)
+fi
+command -v chromium >/dev/null || need+=(chromium chromium-driver)
 # llama-cpp-python builds from source: it needs a C++ compiler (cmake and ninja come from PyPI).
 command -v g++ >/dev/null || need+=(g++)
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
