@@ -168,6 +168,7 @@ def render(
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+            proc.stdout.close()
         if proc.returncode != 0:
             err.seek(0)
             tail = err.read().decode(errors="replace").strip()[-600:]

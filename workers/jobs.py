@@ -96,7 +96,14 @@ def submit(
         if idempotency_key:
             store.release_idempotency(merchant, idempotency_key)
         raise
-    enqueue(broker, NARRATE, job_id)
+    try:
+        enqueue(broker, NARRATE, job_id)
+    except Exception as exc:
+        # Never leave a job "queued" that no message will ever pick up.
+        store.fail(job_id, "enqueue_failed", f"could not queue the job: {exc}")
+        if idempotency_key:
+            store.release_idempotency(merchant, idempotency_key)
+        raise
     return record, True
 
 

@@ -1,0 +1,301 @@
+"""The web page in a real headless Chromium, against the real stack: uvicorn serving the app,
+a RedisBroker, and an in-process dramatiq worker that renders the ad for real.
+
+A merchant's whole path: enter the API key, fill the form, upload two photos, watch the
+progress bar move, then play the result in the page's ``<video>`` and download it through
+the signed link. The driver is Playwright's Python API on Debian's Chromium
+(``/usr/bin/chromium``, never a downloaded browser build). A screenshot of the finished page
+is kept in ``tests/artifacts/`` (and copied to ``$CASTWORK_TEST_ARTIFACTS`` when set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import uvicorn
+from PIL import Image
+
+from media.pipeline import NarrationEngines
+from voice.config import Settings, load_settings
+from workers.actors import Context, declare
+from workers.api import create_app
+from workers.broker import make_broker
+from workers.store import JobStore
+
+pytestmark = [pytest.mark.browser, pytest.mark.redis]
+
+ON_CI = os.environ.get("CI") == "true"
+CHROMIUM = Path(os.environ.get("CASTWORK_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+API_KEY = "web-test-key-0123456789abcdef"
+RENDER_TIMEOUT_S = 120
+
+
+def _unavailable(reason: str) -> None:
+    if ON_CI:
+        pytest.fail(f"{reason} (on CI the browser test must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _unavailable("playwright is not installed (pip install playwright)")
+    return CHROMIUM
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    url: str
+    settings: Settings
+    store: JobStore
+
+
+@pytest.fixture
+def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """uvicorn + the app + a dramatiq worker, all in this process, on a private Redis."""
+    settings = load_settings(data_dir=tmp_path, api={"keys": {"shop": API_KEY}})
+    store = JobStore.from_url(redis_url)
+    store.prefix = f"web-{uuid.uuid4().hex[:12]}"
+    broker = make_broker(settings, redis_url)
+    declare(Context(settings, store, broker, NarrationEngines(settings)))
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=200)
+    worker.start()
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings, store=store, broker=broker),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        log_config=None,  # leave the test process's logging as it is
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        _wait_until(lambda: server.started, 15, "uvicorn did not start")
+        yield Stack(f"http://127.0.0.1:{port}", settings, store)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        worker.stop(timeout=10_000)
+        broker.close()
+        store.r.close()
+
+
+def _wait_until(check: Any, timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> list[Path]:
+    """Two real photographs (scikit-image's public-domain samples) as JPEG uploads."""
+    from skimage import data
+
+    paths = []
+    for sample in ("coffee", "chelsea"):
+        path = tmp_path / f"{sample}.jpg"
+        Image.fromarray(getattr(data, sample)()).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def _save_artifact(source: Path) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    kept = ARTIFACTS / source.name
+    shutil.copyfile(source, kept)
+    extra = os.environ.get("CASTWORK_TEST_ARTIFACTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, Path(extra) / source.name)
+    return kept
+
+
+# The page's video, once it has metadata (or an error): what the browser made of the file.
+VIDEO_STATE = """() => {
+  const v = document.querySelector('#results video');
+  if (!v) return null;
+  return {readyState: v.readyState, duration: v.duration, error: v.error && v.error.message,
+          src: v.currentSrc, format: v.dataset.format};
+}"""
+
+
+# The elements that stick out past the right edge of the window (for a failure message).
+TOO_WIDE = """() => Array.from(document.querySelectorAll('body *'))
+  .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 0.5)
+  .slice(0, 8)
+  .map((el) => `${el.tagName.toLowerCase()}#${el.id}.${el.className}`)"""
+
+
+def test_merchant_makes_an_ad_in_the_browser(
+    chromium: Path, stack: Stack, photos: list[Path], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.goto(stack.url)
+
+            # The server wants a key: the page asks for it and keeps it.
+            page.wait_for_selector("#auth[open]")
+            page.get_by_label("Your API key").fill(API_KEY)
+            page.get_by_role("button", name="Save key").click()
+            expect(page.locator("#auth-status")).to_have_text("Key saved.")
+            page.wait_for_selector("#template option[value='sale']", state="attached")
+
+            page.get_by_label("Template").select_option("showcase")
+            page.get_by_label("Headline").fill("Fresh roasted coffee")
+            page.get_by_label("Price").fill("$12")
+            page.get_by_label("Call to action").fill("Order today")
+            page.get_by_label("Store name").fill("Blue Door")
+            page.get_by_label("9:16").uncheck()
+            page.get_by_label("16:9").uncheck()
+            page.get_by_label("Product photos").set_input_files([str(p) for p in photos])
+            page.wait_for_selector("#photo-previews img >> nth=1")
+            page.get_by_role("button", name="Make my ad").click()
+
+            percents = _follow_progress(page)
+            assert any(0 < p < 100 for p in percents), f"the bar never moved: {percents}"
+            assert percents == sorted(percents), f"the bar went backwards: {percents}"
+
+            assert page.get_attribute("#job", "data-status") == "done", page.inner_text("#job")
+            video = _poll(page, VIDEO_STATE, lambda v: v and (v["readyState"] >= 1 or v["error"]))
+            assert video["error"] is None and video["readyState"] >= 1, video
+            assert video["format"] == "1:1" and video["duration"] > 5, video
+            assert "signature=" in video["src"]  # a <video> cannot send the key: a signed URL
+            assert page.locator("#results video").count() == 1
+
+            played = page.evaluate(
+                """async () => {
+                  const v = document.querySelector('#results video');
+                  v.muted = true;
+                  await v.play();
+                  await new Promise((r) => setTimeout(r, 800));
+                  v.pause();
+                  return v.currentTime;
+                }"""
+            )
+            assert played > 0.2, f"the video did not play (currentTime {played})"
+
+            href = page.get_by_role("link", name="Download video").get_attribute("href")
+            assert href is not None
+            download = page.request.get(stack.url + href)  # no key: the link is signed
+            assert download.status == 200 and download.headers["content-type"] == "video/mp4"
+            assert download.body()[4:8] == b"ftyp"
+            thumb = page.get_by_role("img", name="1:1 thumbnail")
+            assert thumb.evaluate("img => img.naturalWidth") > 0
+
+            page.get_by_role("button", name="Refresh").click()
+            recent = page.locator("#recent-list li")
+            assert recent.count() == 1 and "Fresh roasted coffee" in recent.inner_text()
+
+            shot = tmp_path / "web-result.png"
+            page.screenshot(path=str(shot), full_page=True)
+            _save_artifact(shot)
+            # Phone width: the same page, one column, nothing wider than the screen.
+            page.set_viewport_size({"width": 390, "height": 844})
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{overflow}px wider than a phone: {page.evaluate(TOO_WIDE)}"
+            page.screenshot(path=str(tmp_path / "web-result-phone.png"), full_page=True)
+            _save_artifact(tmp_path / "web-result-phone.png")
+            assert problems == [], problems
+        finally:
+            browser.close()
+
+
+def _poll(page: Any, script: str, done: Any, timeout_s: float = 30) -> Any:
+    """Evaluate ``script`` until ``done`` likes the result. (Not wait_for_function: it evals
+    a string in the page, which the page's Content-Security-Policy rightly forbids.)"""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = page.evaluate(script)
+        if done(value) or time.monotonic() > deadline:
+            return value
+        page.wait_for_timeout(100)
+
+
+def _follow_progress(page: Any) -> list[float]:
+    """The progress bar's values, sampled until the job ends (or the time is up)."""
+    page.wait_for_selector("#job:not([hidden])")
+    seen: list[float] = []
+    deadline = time.monotonic() + RENDER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = page.get_attribute("#job", "data-status")
+        value = float(page.eval_on_selector("#progress", "p => p.value"))
+        if not seen or value != seen[-1]:
+            seen.append(value)
+        if status in ("done", "failed", "cancelled"):
+            break
+        page.wait_for_timeout(150)
+    return seen
+
+
+def test_the_page_shows_which_field_is_wrong(chromium: Path, stack: Stack, tmp_path: Path) -> None:
+    """A check the page makes itself, then one only the server can make (the file's bytes)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    not_a_photo = tmp_path / "notes.jpg"
+    not_a_photo.write_text("Dear customer, thank you for your order.\n" * 10)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(stack.url)
+            page.get_by_label("Your API key").fill(API_KEY)
+            page.get_by_role("button", name="Save key").click()
+            expect(page.locator("#auth-status")).to_have_text("Key saved.")
+
+            page.get_by_role("button", name="Make my ad").click()
+            headline_error = page.locator("#headline-error")
+            headline_error.wait_for()
+            assert "headline" in headline_error.inner_text().lower()
+            assert page.get_attribute("#headline", "aria-invalid") == "true"
+
+            page.get_by_label("Headline").fill("Fresh roasted coffee")
+            page.get_by_label("Product photos").set_input_files(str(not_a_photo))
+            page.get_by_role("button", name="Make my ad").click()
+            images_error = page.locator("#images-error")
+            images_error.wait_for()
+            assert "notes.jpg" in images_error.inner_text()
+            assert "not an image" in images_error.inner_text()
+            assert page.locator("#headline-error").is_hidden()
+        finally:
+            browser.close()
