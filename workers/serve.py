@@ -49,10 +49,11 @@ def ensure_redis(settings: Settings, *, port: int = 6379) -> ManagedRedis:
     if settings.broker.url:
         ping(settings.broker.url)
         return ManagedRedis(settings.broker.url)
+    url = LOCAL_REDIS_URL if port == 6379 else f"redis://127.0.0.1:{port}/0"
     try:
-        ping(LOCAL_REDIS_URL, timeout_s=1.0)
+        ping(url, timeout_s=1.0)
         log.info("using the Redis already running on 127.0.0.1:%d", port)
-        return ManagedRedis(LOCAL_REDIS_URL)
+        return ManagedRedis(url)
     except OSError:
         pass
     binary = shutil.which("redis-server")
@@ -76,7 +77,7 @@ def ensure_redis(settings: Settings, *, port: int = 6379) -> ManagedRedis:
     deadline = time.monotonic() + 10
     while True:
         try:
-            ping(LOCAL_REDIS_URL, timeout_s=0.5)
+            ping(url, timeout_s=0.5)
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -84,7 +85,7 @@ def ensure_redis(settings: Settings, *, port: int = 6379) -> ManagedRedis:
                 raise ConfigError("broker.url", "could not start redis-server") from None
             time.sleep(0.1)
     log.info("started redis-server on 127.0.0.1:%d (append-only file in %s)", port, workdir)
-    return ManagedRedis(LOCAL_REDIS_URL, proc)
+    return ManagedRedis(url, proc)
 
 
 @dataclass
