@@ -70,3 +70,27 @@ def test_worker_killed_mid_render_job_completes_once(redis_url: str, tmp_path: P
         assert probe.video_codec == "h264" and probe.audio_codec == "aac"
         assert probe.fps == pytest.approx(30.0)
         assert probe.duration == pytest.approx(done.manifest["duration_s"], abs=0.1)
+
+
+def test_bad_photo_fails_its_job_and_the_worker_goes_on(redis_url: str, tmp_path: Path) -> None:
+    jobs_dir = tmp_path / "jobs"
+    settings = _settings(redis_url, jobs_dir)
+    store = JobStore.from_url(redis_url)
+    broker = make_broker(settings)
+    good = photo_bytes("coffee")
+    truncated = good[: len(good) // 3]  # a real JPEG header, then nothing: passes a type sniff
+    fields = {"headline": "Fresh beans", "formats": ["1:1"], "narration": False, "music": False}
+    bad, _ = submit(settings, store, broker, "acme", fields, [Upload("beans.jpg", truncated)])
+    ok, _ = submit(settings, store, broker, "acme", fields, [Upload("beans.jpg", good)])
+    with worker_process(worker_env(redis_url, jobs_dir), threads=1):
+        wait_for(
+            lambda: {store.get(bad.id).status, store.get(ok.id).status} <= {"done", "failed"},
+            180,
+            "both jobs",
+        )
+    failed = store.get(bad.id)
+    assert failed.status == "failed"
+    assert failed.error_code == "bad_input"
+    assert "beans.jpg" in failed.error and "truncated or corrupt" in failed.error
+    assert store.get(ok.id).status == "done"  # the same worker went on to the next job
+    assert not list((jobs_dir / "acme" / bad.id / "out").glob("*.mp4"))

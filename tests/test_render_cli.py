@@ -1,0 +1,74 @@
+"""`castwork render JOB.yaml --out DIR`: no broker, a progress bar; Korean copy end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from media import ffmpeg
+from media.templates import FRAME_SIZES, get_template
+from tests.ad_helpers import ROOT, ocr, photo_bytes
+
+pytestmark = pytest.mark.models
+
+
+def test_render_korean_job_from_yaml(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(photo_bytes("chelsea"))
+    (tmp_path / "b.jpg").write_bytes(photo_bytes("coffee"))
+    job = {
+        "template": "news",
+        "headline": "신메뉴 출시 기념 전 품목 할인 행사를 진행합니다",
+        "price": "4,500원",
+        "cta": "지금 주문하기",
+        "store": "블루도어 카페",
+        "images": ["a.jpg", "b.jpg"],
+        "formats": ["1:1"],
+    }
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job, allow_unicode=True), encoding="utf-8")
+    out = tmp_path / "render"
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "render", str(job_file), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "finalize" in proc.stderr and "100%" in proc.stderr  # the progress bar ran to the end
+    manifest = json.loads((out / "out" / "manifest.json").read_text())
+    assert manifest["language"] == "ko"
+    assert manifest["narration"]["engine"].startswith("espeak")
+    (item,) = manifest["outputs"]
+    video = out / "out" / item["video"]
+    probe = ffmpeg.probe(video)
+    assert (probe.width, probe.height, probe.audio_codec) == (1080, 1080, "aac")
+    frame_path = tmp_path / "end.png"
+    ffmpeg.frame(video, frame_path, at_s=probe.duration - 0.2)
+    frame = Image.open(frame_path).convert("RGB")
+    box = get_template("news").layouts["1:1"].end_card["headline"].pixels(*FRAME_SIZES["1:1"])
+    x, y, w, h = box
+    read = ocr(frame.crop((x, y, x + w, y + h)), lang="kor").replace(" ", "")
+    # The long Korean headline wrapped (and shrank) inside its box: its words are all there.
+    for word in ("신메뉴", "출시", "할인"):
+        assert word in read, read
+
+
+def test_render_refuses_a_bad_job_file_clearly(tmp_path: Path) -> None:
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("headline: Hi\nimages: []\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "render", str(job_file), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "images: " in proc.stderr and "Traceback" not in proc.stderr
