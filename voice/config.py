@@ -91,8 +91,11 @@ class LlmBackend(_Section):
     # One thread: llama.cpp's spinning thread pool collapses (first token 3 s instead of 30 ms)
     # when Whisper or Piper hold the other core; at 135M parameters one core is plenty.
     n_threads: Annotated[int, Field(ge=1, le=256)] = 1
-    # Prompt evaluation is one big batch: two threads halve it (180 -> 110 ms here).
-    n_threads_batch: Annotated[int, Field(ge=1, le=256)] = 2
+    # Prompt evaluation is one big batch: two threads halve it on an idle machine (180 -> 110 ms
+    # here), but when another process holds a core (an ad render under `castwork serve`, a
+    # benchmark) the second thread's spin-wait made the first token take 2.2 s instead of 0.3 s.
+    # One thread is the safe default on a shared 2-core box; raise it on a dedicated one.
+    n_threads_batch: Annotated[int, Field(ge=1, le=256)] = 1
     # Answers generated at once (gguf: one llama.cpp context each, ~100 MB for the default).
     parallel: Annotated[int, Field(ge=1, le=64)] = 2
     context_tokens: Annotated[int, Field(ge=256, le=131_072)] = 2048
