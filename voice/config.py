@@ -184,8 +184,8 @@ class BrokerSettings(_Section):
 class MediaSettings(_Section):
     """Ad-video rendering."""
 
-    # superfast at CRF 23 renders 15 s of 1080x1920 in ~0.45x real time on 2 cores (veryfast:
-    # ~0.6x, 40% smaller files). See bench/render.py.
+    # x264 preset at CRF 23. bench/render.py, 15 s of 1080x1920 on 2 cores: superfast 0.51-0.58x
+    # real time (4.5 MB), ultrafast 0.46x (10.4 MB), veryfast 0.70-0.84x (2.8 MB).
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = (
         "superfast"
     )
