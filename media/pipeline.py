@@ -123,6 +123,9 @@ def prepare(spec: JobSpec, paths: JobPaths, settings: Settings) -> JobSpec:
         raise InputError(f"images: {len(spec.images)} photos; at most {m.max_images}")
     limits = ImageLimits(max_bytes=m.max_image_mb << 20, max_pixels=m.max_image_pixels)
     template_for(spec, settings)  # an unknown template fails before any work
+    for label, path in [*(("images", p) for p in spec.images), ("logo", spec.logo)]:
+        if path is not None and not path.is_file():
+            raise InputError(f"{label}: no such file: {path}", field=label)
     images = [
         prepare_image(p, paths.inputs, name=p.name, kind="photo", limits=limits).path
         for p in spec.images

@@ -72,3 +72,36 @@ def test_render_refuses_a_bad_job_file_clearly(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "images: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("job", "extra", "message"),
+    [
+        ("headline: Hi\nimages: [missing.jpg]\n", [], "images: no such file"),
+        ("headline: Hi\nimages: [a.jpg]\n", ["--formats", "4:3"], "formats.0: "),
+    ],
+)
+def test_render_bad_paths_and_formats_are_clear(
+    tmp_path: Path, job: str, extra: list[str], message: str
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(photo_bytes("coffee"))
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(job)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "render",
+            str(job_file),
+            "--out",
+            str(tmp_path / "o"),
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -88,13 +88,14 @@ def cmd_render(args: argparse.Namespace, settings: Settings) -> int:
 
     from tqdm import tqdm
 
-    from media.job import load_job_file
+    from media.job import load_job_file, parse_job
     from media.pipeline import JobPaths, run_job
 
     job_file = Path(args.job)
     spec = load_job_file(job_file)
     if args.formats:
-        spec = spec.model_copy(update={"formats": [f for f in args.formats.split(",") if f]})
+        formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+        spec = parse_job({**spec.model_dump(), "formats": formats})
     out = Path(args.out)
     stages = ["prepare", "narrate", *(f"render {a}" for a in spec.formats), "finalize"]
     # Rendering is most of the time; the bar is weighted so it moves at an even pace.
