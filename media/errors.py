@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from voice.errors import CastworkError
+
+
+def first_error(exc: ValidationError, *, default: str) -> tuple[str, str]:
+    """(dotted field path, message) of a pydantic error, counting the others, for one line."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return loc or default, f"{first['msg']}{more}"
 
 
 class MediaError(CastworkError):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from media.errors import InputError
+from media.errors import InputError, first_error
 from media.templates import ASPECTS, Aspect, Language
 
 MAX_IMAGES = 8
@@ -108,10 +108,8 @@ def parse_job(data: dict[str, Any], *, base_dir: Path | None = None) -> JobSpec:
 
 
 def job_error(exc: ValidationError) -> InputError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "job"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return InputError(f"{loc}: {first['msg']}{more}", field=loc)
+    loc, message = first_error(exc, default="job")
+    return InputError(f"{loc}: {message}", field=loc)
 
 
 def _resolve(base: Path, value: Any) -> Any:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -104,9 +104,12 @@ def read_json(path: Path) -> Any:
 
 
 def template_for(spec: JobSpec, settings: Settings) -> Template:
+    """The job's template: from ``media.templates_dir`` when it has one by that id, else bundled."""
     extra = settings.media.templates_dir
-    if extra is not None and extra.is_dir() and spec.template in load_templates(extra):
-        return get_template(spec.template, extra)
+    if extra is not None and extra.is_dir():
+        found = load_templates(extra).get(spec.template)
+        if found is not None:
+            return found
     return get_template(spec.template)
 
 
@@ -155,6 +158,10 @@ class NarrationInfo:
     soundtrack: bool
     loudness_lufs: float | None
     peak_db: float | None
+
+    @property
+    def phrase_list(self) -> list[Phrase]:
+        return [Phrase(*p) for p in self.phrases]
 
     @classmethod
     def load(cls, path: Path) -> NarrationInfo:
@@ -230,7 +237,12 @@ def narrate_job(
         narration = narrate(
             copy.narration, synth, fallback=fallback, aligner=engines.aligner(language)
         )
-    timeline = _timeline(spec, template, narration)
+    timeline = timeline_for(
+        spec,
+        template,
+        narration.duration if narration else 0.0,
+        narration.phrases if narration else (),
+    )
     report = None
     has_audio = narration is not None or spec.music
     if has_audio:
@@ -272,26 +284,18 @@ def narrate_job(
     return info
 
 
-def _timeline(spec: JobSpec, template: Template, narration: Narration | None) -> Timeline:
+def timeline_for(
+    spec: JobSpec, template: Template, narration_s: float, phrases: Sequence[Phrase]
+) -> Timeline:
+    """The job's timeline: the same call when mixing the soundtrack and when rendering, so the
+    audio and every format agree to the frame."""
     copy = render_all_copy(template, spec.resolved_language, spec.copy_fields())
     return plan_timeline(
         template,
         copy,
         n_images=len(spec.images),
-        narration_s=narration.duration if narration else 0.0,
-        phrases=narration.phrases if narration else (),
-        captions=spec.captions,
-    )
-
-
-def timeline_for(spec: JobSpec, template: Template, info: NarrationInfo) -> Timeline:
-    copy = render_all_copy(template, spec.resolved_language, spec.copy_fields())
-    return plan_timeline(
-        template,
-        copy,
-        n_images=len(spec.images),
-        narration_s=info.duration_s,
-        phrases=[Phrase(*p) for p in info.phrases],
+        narration_s=narration_s,
+        phrases=phrases,
         captions=spec.captions,
     )
 
@@ -303,7 +307,7 @@ def plan_for(
     spec: JobSpec, paths: JobPaths, settings: Settings, aspect: Aspect, info: NarrationInfo
 ) -> RenderPlan:
     template = template_for(spec, settings)
-    timeline = timeline_for(spec, template, info)
+    timeline = timeline_for(spec, template, info.duration_s, info.phrase_list)
     return plan_render(
         timeline,
         template,
@@ -359,7 +363,7 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: Settings) -> dict[str, An
         return manifest
     info = NarrationInfo.load(paths.narration_file)
     template = template_for(spec, settings)
-    timeline = timeline_for(spec, template, info)
+    timeline = timeline_for(spec, template, info.duration_s, info.phrase_list)
     options = encode_options(settings)
     outputs: list[dict[str, Any]] = []
     for aspect in spec.formats:

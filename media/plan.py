@@ -196,9 +196,34 @@ def _place_captions(phrases: Sequence[Phrase], offset: float, total: float) -> t
     return tuple(out)
 
 
-def _text_for(copy: Copy, name: TextField) -> str:
-    text: str = getattr(copy, name)
-    return text
+def _text_layer(
+    copy: Copy,
+    field: TextField,
+    name: str,
+    box: tuple[int, int, int, int],
+    look: TextLook,
+    start: float,
+    end: float,
+    fade_out_s: float,
+) -> list[Layer]:
+    """The layer for one copy field, or none when the merchant left that field empty."""
+    text: str = getattr(copy, field)
+    if not text:
+        return []
+    return [
+        Layer(
+            name=name,
+            kind="text",
+            box=box,
+            start=start,
+            end=end,
+            text=text,
+            look=look,
+            animation=look.animation,
+            animation_s=look.animation_s,
+            fade_out_s=fade_out_s,
+        )
+    ]
 
 
 def plan_render(
@@ -224,23 +249,11 @@ def plan_render(
         )
         # Texts leave with their photo: they fade out during the transition to the next clip.
         for name in scene.text:
-            text = _text_for(timeline.copy, name)
-            if text:
-                look = template.styles[name]
-                layers.append(
-                    Layer(
-                        name=f"{name}@{k}",
-                        kind="text",
-                        box=layout.scene[name].pixels(width, height),
-                        start=start + look.delay_s,
-                        end=end,
-                        text=text,
-                        look=look,
-                        animation=look.animation,
-                        animation_s=look.animation_s,
-                        fade_out_s=trans_s,
-                    )
-                )
+            box = layout.scene[name].pixels(width, height)
+            look = template.styles[name]
+            layers += _text_layer(
+                timeline.copy, name, f"{name}@{k}", box, look, start + look.delay_s, end, trans_s
+            )
         if scene.logo and logo is not None:
             layers.append(
                 Layer(
@@ -260,23 +273,12 @@ def plan_render(
     total = timeline.duration
     card = template.end_card
     for i, name in enumerate(card.text):
-        text = _text_for(timeline.copy, name)
-        if text:
-            look = template.styles[name]
-            layers.append(
-                Layer(
-                    name=f"{name}@end",
-                    kind="text",
-                    box=layout.end_card[name].pixels(width, height),
-                    # Staggered entry once the transition has landed: a beat per line.
-                    start=card_start + trans_s + 0.12 * i,
-                    end=total,
-                    text=text,
-                    look=look,
-                    animation=look.animation,
-                    animation_s=look.animation_s,
-                )
-            )
+        box = layout.end_card[name].pixels(width, height)
+        # Staggered entry once the transition has landed: a beat per line.
+        start = card_start + trans_s + 0.12 * i
+        layers += _text_layer(
+            timeline.copy, name, f"{name}@end", box, template.styles[name], start, total, 0.0
+        )
     if card.logo and logo is not None:
         layers.append(
             Layer(
@@ -293,12 +295,12 @@ def plan_render(
     caption_look = template.styles.get("captions")
     if caption_look is not None:
         for j, phrase in enumerate(timeline.captions):
-            box = (layout.end_card if phrase.start >= card_start else layout.scene)["captions"]
+            area = (layout.end_card if phrase.start >= card_start else layout.scene)["captions"]
             layers.append(
                 Layer(
                     name=f"caption@{j}",
                     kind="text",
-                    box=box.pixels(width, height),
+                    box=area.pixels(width, height),
                     start=phrase.start,
                     end=phrase.end,
                     text=phrase.text,

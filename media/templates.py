@@ -24,7 +24,7 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from media.errors import InputError, TemplateError
+from media.errors import InputError, TemplateError, first_error
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -265,13 +265,6 @@ def render_all_copy(template: Template, language: Language, fields: dict[str, An
 # --- Loading ----------------------------------------------------------------------------
 
 
-def _format_validation(path: Path, exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{path.name}: {loc or 'template'}: {first['msg']}{more}"
-
-
 def load_template_file(path: Path) -> Template:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -282,7 +275,8 @@ def load_template_file(path: Path) -> Template:
     try:
         template = Template.model_validate(data)
     except ValidationError as exc:
-        raise TemplateError(_format_validation(path, exc)) from None
+        loc, message = first_error(exc, default="template")
+        raise TemplateError(f"{path.name}: {loc}: {message}") from None
     if template.id != path.stem:
         raise TemplateError(f"{path.name}: id {template.id!r} must match the file name")
     # Render every copy template once now, so a typo fails at load time, not in a job.

@@ -19,6 +19,7 @@ by name without importing worker code, and tests can use their own broker.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -172,8 +173,6 @@ def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
 
 def _throttled(report: Callable[[float], object], every_s: float = 0.5) -> Callable[[float], None]:
     """At most one progress write per ``every_s``: ffmpeg reports many times a second."""
-    import time
-
     last = [0.0]
 
     def call(share: float) -> None:
