@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -232,6 +233,9 @@ class ApiSettings(_Section):
     # merchant id -> API key. Empty: no keys, allowed only on a loopback address (one
     # merchant, "local").
     keys: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")], SecretStr] = {}
+    # Operator keys: the dashboard, /v1/ops/* and /metrics. Merchant keys never open them.
+    # Empty: those are open on a loopback address and closed otherwise.
+    ops_keys: list[SecretStr] = []
     max_request_mb: Annotated[int, Field(ge=1, le=2000)] = 80
     # Jobs a merchant may have queued or running at once.
     max_active_jobs: Annotated[int, Field(ge=1, le=10_000)] = 20
@@ -319,6 +323,28 @@ def load_settings(config_file: str | Path | None = None, **overrides: object) ->
     except ValidationError as exc:
         raise _config_error(exc) from None
     return settings
+
+
+def with_overrides(settings: Settings, overrides: Mapping[str, object]) -> Settings:
+    """A copy of ``settings`` with dotted settings replaced (``{"asr.model": "base"}``),
+    validated like any other source; a bad name or value raises :class:`ConfigError`."""
+    data = settings.model_dump()
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise ConfigError(dotted, "no such setting")
+            node = child
+        if leaf not in node:
+            raise ConfigError(dotted, "no such setting")
+        node[leaf] = value
+    try:
+        # model_validate, not the constructor: the environment and files were read already.
+        return type(settings).model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

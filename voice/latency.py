@@ -70,6 +70,11 @@ TURNS_TOTAL = Counter(
 SESSIONS_ACTIVE = Gauge("castwork_sessions_active", "Voice sessions open now.", registry=REGISTRY)
 
 
+def live_sessions() -> int:
+    """Voice sessions open now in this process (the :data:`SESSIONS_ACTIVE` gauge)."""
+    return int(REGISTRY.get_sample_value("castwork_sessions_active") or 0)
+
+
 def metrics_text() -> bytes:
     """The Prometheus text exposition of :data:`REGISTRY`."""
     return generate_latest(REGISTRY)
@@ -81,6 +86,8 @@ class TurnRecord:
 
     session_id: str
     turn_id: str
+    key: str = "-"  # id of the API key the session used (see voice.server.key_id)
+    arm: str = "-"  # experiment arm, where sessions are split between configurations
     started_at: float = field(default_factory=time.time)  # wall clock, for the log only
     marks: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
@@ -126,6 +133,8 @@ class TurnRecord:
             "ts": self.started_at,
             "session_id": self.session_id,
             "turn_id": self.turn_id,
+            "key": self.key,
+            "arm": self.arm,
             "outcome": self.outcome,
             "recovery": list(self.recovery),
             "models": dict(self.models),

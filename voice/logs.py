@@ -71,13 +71,30 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when the handler was
+    made: a replaced stderr (pytest's capture, a daemon's redirect) is followed, never a
+    closed one written to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure_logging(*, level: str = "INFO", json_lines: bool = False) -> None:
     """Install one stderr handler on the root logger (idempotent)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_castwork", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handler.addFilter(_IdFilter())
     handler._castwork = True  # type: ignore[attr-defined]

@@ -50,6 +50,17 @@ PATH = "/v1/realtime"
 _SEND_TIMEOUT_S = 10.0  # a client that reads nothing for this long is dropped
 
 
+def key_id(authorization: str | None) -> str:
+    """A stable label for the API key in an ``Authorization`` header, safe to log: the
+    first 8 hex digits of its SHA-256 (``anonymous`` without one)."""
+    import hashlib
+
+    secret = (authorization or "").removeprefix("Bearer ").strip()
+    if not secret:
+        return "anonymous"
+    return "key-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return host == "localhost"
@@ -138,14 +149,20 @@ class VoiceServer:
         self.sessions[key] += 1
         latency.SESSIONS_ACTIVE.inc()
         try:
-            await Connection(self, ws).run()
+            await Connection(
+                self,
+                ws,
+                key=key_id(ws.request.headers.get("Authorization") if ws.request else None),
+            ).run()
         finally:
             self.sessions[key] -= 1
             latency.SESSIONS_ACTIVE.dec()
 
 
 class Connection:
-    def __init__(self, server: VoiceServer, ws: ServerConnection) -> None:
+    def __init__(
+        self, server: VoiceServer, ws: ServerConnection, *, key: str = "anonymous"
+    ) -> None:
         self.server, self.ws = server, ws
         s = server.settings
         td = protocol.TurnDetection(
@@ -162,7 +179,7 @@ class Connection:
             no_speech_threshold=s.asr.no_speech_threshold,
             min_avg_logprob=s.asr.min_avg_logprob,
         )
-        self.core = VoiceSession(protocol.new_id("sess"), config)
+        self.core = VoiceSession(protocol.new_id("sess"), config, key=key)
         self.vad = server.vad.fork()
         self.frames = pcm.FrameSplitter(FRAME_SAMPLES)
         self.decoder = pcm.StreamDecoder(config.input_format)

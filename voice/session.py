@@ -153,8 +153,19 @@ class _Response:
 
 
 class VoiceSession:
-    def __init__(self, session_id: str, config: SessionConfig, *, model: str = "castwork") -> None:
+    def __init__(
+        self,
+        session_id: str,
+        config: SessionConfig,
+        *,
+        model: str = "castwork",
+        key: str = "-",
+        arm: str = "-",
+    ) -> None:
         self.id = session_id
+        # Labels copied into every turn record: which API key (an id, never the secret) and
+        # which experiment arm the session belongs to.
+        self.key, self.arm = key, arm
         self.config = config
         self.model = model
         self.items: dict[str, Item] = {}
@@ -687,7 +698,7 @@ class VoiceSession:
     # --- helpers ------------------------------------------------------------------------------
 
     def _new_turn(self, now: float) -> TurnRecord:
-        return TurnRecord(session_id=self.id, turn_id=p.new_id("turn"))
+        return TurnRecord(session_id=self.id, turn_id=p.new_id("turn"), key=self.key, arm=self.arm)
 
     def _transcribe(
         self,

@@ -84,6 +84,7 @@ from media.images import safe_name, sniff_format
 from media.templates import ASPECTS, Template, _bundled, load_templates
 from voice.config import Settings
 from voice.errors import CapacityError, ConfigError
+from workers import ops
 from workers.actors import QUEUE
 from workers.jobs import Upload, outputs, submit
 from workers.store import TERMINAL, IdempotencyConflict, JobNotFound, JobRecord, JobStore, Status
@@ -863,16 +864,25 @@ async def index() -> FileResponse:
 # --- The app ------------------------------------------------------------------------------
 
 
+async def _on_ops_denied(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ops.OpsDenied)
+    code = "unauthorized" if exc.status == 401 else "forbidden"
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return ApiError(exc.status, code, exc.message, headers=headers).response()
+
+
 def create_app(
     settings: Settings,
     *,
     store: JobStore,
     broker: dramatiq.Broker,
     require_keys: bool | None = None,
+    live_sessions: Callable[[], int | None] | None = None,
 ) -> FastAPI:
     """The API and its page. ``require_keys`` defaults to :func:`keys_required`; when keys
     are required and none are configured this raises :class:`ConfigError`: refuse to start
-    rather than serve an open API to the network."""
+    rather than serve an open API to the network. ``live_sessions`` reports the voice
+    sessions open now, for the dashboard (where the voice server runs in this process)."""
     required = keys_required(settings) if require_keys is None else require_keys
     keys = Keys(settings.api.keys, required=required)
     app = FastAPI(
@@ -890,6 +900,14 @@ def create_app(
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(redis.RedisError, _on_redis_error)
+    app.state.ops = ops.OpsContext.build(
+        settings.turn_log_path,
+        settings.api.ops_keys,
+        keys_required=required,
+        live_sessions=live_sessions,
+    )
+    app.add_exception_handler(ops.OpsDenied, _on_ops_denied)
     app.include_router(router)
+    app.include_router(ops.router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app

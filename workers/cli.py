@@ -6,10 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from voice.config import Settings, load_settings
 from voice.errors import CastworkError, ConfigError
 from voice.logs import configure_logging
+
+if TYPE_CHECKING:
+    from voice.turnstats import Parsed
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -170,6 +174,153 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
+    """Percentiles per stage from turn logs; ``--compare A B`` gates on regressions."""
+    import time
+    from pathlib import Path
+
+    from voice import turnlog_reader, turnstats
+
+    now = time.time()
+
+    def read(paths: list[str]) -> turnstats.Parsed:
+        if paths:
+            stdin = sys.stdin.buffer if "-" in paths else None
+            return turnlog_reader.read([Path(p) for p in paths if p != "-"], stdin=stdin)
+        if not sys.stdin.isatty():
+            return turnlog_reader.read([], stdin=sys.stdin.buffer)
+        default = settings.turn_log_path
+        if not default.parent.is_dir():
+            raise FileNotFoundError(f"no turn log yet at {default} (give LOG files or a directory)")
+        return turnlog_reader.read(turnlog_reader.log_files(default.parent, base=default.name))
+
+    try:
+        by = [b.strip() for b in args.by.split(",") if b.strip()]
+        for b in by:
+            if b not in turnstats.GROUPINGS:
+                raise ValueError(f"--by {b}: one of {', '.join(turnstats.GROUPINGS)}")
+        base = turnstats.TurnFilter(
+            since=turnstats.parse_time(args.since, now=now) if args.since else None,
+            until=turnstats.parse_time(args.until, now=now) if args.until else None,
+            sessions=frozenset(args.session or ()),
+            keys=frozenset(args.key or ()),
+            models=frozenset(args.model or ()),
+            outcomes=frozenset(args.outcome or ()),
+            arms=frozenset(args.arm or ()),
+        )
+        if args.compare:
+            sides = []
+            shared: turnstats.Parsed | None = None
+            for spec in args.compare:
+                if Path(spec).exists() or spec == "-":
+                    parsed, keep = read([spec]), base
+                elif ".." in spec:
+                    shared = shared or read(args.logs)
+                    parsed, keep = shared, base.narrowed(*turnstats.parse_window(spec, now=now))
+                else:
+                    raise ValueError(
+                        f"--compare {spec}: neither a log path nor a START..END window"
+                    )
+                turns = [t for t in parsed.turns if keep(t)]
+                if not turns:
+                    raise ValueError(f"--compare {spec}: no turns match")
+                sides.append((spec, parsed, turnstats.summarize(turns, by)))
+            _report_bad([p for _, p, _ in sides if p is not shared] + ([shared] if shared else []))
+            comparison = turnstats.compare(
+                sides[0][2],
+                sides[1][2],
+                a_label=sides[0][0],
+                b_label=sides[1][0],
+                threshold_pct=args.threshold,
+                min_delta_ms=args.min_delta_ms,
+                rate_threshold=args.rate_threshold / 100,
+                min_count=args.min_count,
+            )
+            if args.json:
+                print(json.dumps(comparison.to_json(), indent=1))
+            else:
+                print(turnstats.format_comparison(comparison))
+            return 1 if comparison.regressions else 0
+        parsed = read(args.logs)
+    except (OSError, ValueError) as exc:
+        print(f"castwork latency: {exc}", file=sys.stderr)
+        return 2
+    _report_bad([parsed])
+    turns = [t for t in parsed.turns if base(t)]
+    summary = turnstats.summarize(turns, by)
+    if args.json:
+        out = summary.to_json()
+        out["bad_lines"] = len(parsed.bad)
+        print(json.dumps(out, indent=1))
+    elif not turns:
+        print(f"no turns matched ({len(parsed.turns)} read)")
+    else:
+        print(turnstats.format_summary(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    """Play a set of user turns through real sessions; WER, latency, recovery, intelligibility."""
+    import asyncio
+    import time
+    from pathlib import Path
+
+    from voice import evalset
+    from voice.evaluate import Arm, evaluate, format_report, report_json
+
+    arms = [Arm.parse(a) for a in args.arm or ()]
+    arms += [Arm(m, {"asr.model": m}) for m in args.asr or ()]
+    if not arms:
+        arms = [Arm("configured")]
+    if args.set_dir:
+        try:
+            clips = evalset.load(Path(args.set_dir))
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"castwork eval: {exc}", file=sys.stderr)
+            return 2
+    else:
+        from voice.factory import build_tts
+
+        print("building the bundled set (once)...", file=sys.stderr)
+        clips = evalset.build(
+            build_tts(settings), settings.data_dir / "evalset-bundled", evalset.BUNDLED
+        )
+    if args.limit:
+        clips = clips[: args.limit]
+    out = (
+        Path(args.out) if args.out else settings.data_dir / "eval" / time.strftime("%Y%m%d-%H%M%S")
+    )
+    judge = None if args.judge == "none" else args.judge
+    scores, results = asyncio.run(
+        evaluate(
+            settings,
+            clips,
+            arms,
+            out,
+            judge=judge,
+            warmup=args.warmup,
+            progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    )
+    if args.json:
+        print(json.dumps(report_json(scores, results), indent=1))
+    else:
+        print(format_report(scores, results))
+        print(f"\nreport: {out / 'report.json'}  replies: {out}/<arm>/replies/")
+    return 0
+
+
+def _report_bad(parsed: Sequence[Parsed]) -> None:
+    bad = [b for p in parsed for b in p.bad]
+    if bad:
+        shown = "; ".join(str(b) for b in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        print(
+            f"castwork latency: skipped {len(bad)} unreadable line(s): {shown}{more}",
+            file=sys.stderr,
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="castwork", description=__doc__)
     parser.add_argument(
@@ -215,6 +366,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, help="worker processes (default: jobs.processes)")
     p.add_argument("--threads", type=int, help="threads per process (default: jobs.threads)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "latency",
+        help="P50/P95/P99/max per stage from turn logs; --compare A B to catch regressions",
+        description=(
+            "Reads per-turn JSON-lines logs (files, directories, '-' for stdin; rotated and "
+            "gzipped files too; default: the configured turn log, or stdin when piped)."
+        ),
+    )
+    p.add_argument("logs", nargs="*", metavar="LOG", help="turn log file or directory, or -")
+    p.add_argument("--since", help="from this time: ISO 8601, epoch, or an age (15m, 2h, 7d)")
+    p.add_argument("--until", help="up to this time (same forms)")
+    p.add_argument("--session", action="append", help="only this session id (repeatable)")
+    p.add_argument("--key", action="append", help="only this key id, e.g. key-1a2b3c4d")
+    p.add_argument("--model", action="append", help="only turns that used this model")
+    p.add_argument("--outcome", action="append", help="only this outcome (spoken, no_speech...)")
+    p.add_argument("--arm", action="append", help="only this experiment arm")
+    p.add_argument(
+        "--by",
+        default="model,outcome",
+        help="groupings, comma-separated: "
+        + ", ".join(("model", "asr", "llm", "tts", "outcome", "session", "key", "arm")),
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="B against baseline A: each a log path or a START..END window over LOG; "
+        "exit 1 on a regression",
+    )
+    p.add_argument("--threshold", type=float, default=10.0, help="P95 regression, percent (10)")
+    p.add_argument(
+        "--min-delta-ms", type=float, default=10.0, help="and at least this many ms (10)"
+    )
+    p.add_argument(
+        "--rate-threshold", type=float, default=5.0, help="recovery-rate rise, in points (5)"
+    )
+    p.add_argument(
+        "--min-count", type=int, default=10, help="fewer values than this are not judged (10)"
+    )
+    p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser(
+        "eval",
+        help="play recorded user turns through real sessions: WER, latency, recovery, "
+        "reply intelligibility; arms side by side",
+    )
+    p.add_argument(
+        "set_dir",
+        nargs="?",
+        metavar="SET_DIR",
+        help="folder of WAV files, each with a .txt reference beside it (default: the bundled set)",
+    )
+    p.add_argument(
+        "--asr", nargs="+", metavar="MODEL", help="one arm per ASR model, e.g. --asr tiny.en base"
+    )
+    p.add_argument(
+        "--arm",
+        action="append",
+        metavar="NAME:SETTING=VALUE;...",
+        help="an arm with settings overrides, e.g. 'fast:vad.silence_duration_ms=300' (repeatable)",
+    )
+    p.add_argument("--judge", default="base", help="Whisper that hears the replies back, or none")
+    p.add_argument("--warmup", type=int, default=1, help="unscored turns first, per arm (1)")
+    p.add_argument("--limit", type=int, help="only the first N clips")
+    p.add_argument("--out", help="report folder (default: <data_dir>/eval/<time>)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
     p.set_defaults(func=cmd_config)

@@ -158,10 +158,14 @@ async def serve(
         effective = settings.model_copy(
             update={"broker": settings.broker.model_copy(update={"url": redis.url})}
         )
+        from voice.latency import live_sessions
+
         app = create_app(
             effective,
             store=JobStore.from_url(store_url(effective)),
             broker=make_broker(effective),
+            # The voice server runs in this process: its gauge is the live count.
+            live_sessions=live_sessions if voice else None,
         )
         config = uvicorn.Config(
             app,

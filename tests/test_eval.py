@@ -1,0 +1,159 @@
+"""`castwork eval`: WER with a real English normalizer, arms, and a real run of the bundled
+set through real sessions with tiny.en and base side by side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voice import textnorm
+from voice.config import load_settings, with_overrides
+from voice.errors import ConfigError
+from voice.evalset import BUNDLED, Prompt, with_noise
+from voice.evaluate import Arm
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis"),
+    [
+        (
+            "It costs $25 and ships in 3 days.",
+            "It costs twenty-five dollars and ships in three days",
+        ),
+        (
+            "Can Dr. Brown see me at 4:30 on Friday?",
+            "can doctor brown see me at four thirty on friday",
+        ),
+        ("Can Dr. Brown see me at 4:30 on Friday?", "Can Dr Brown see me at 4.30 on Friday?"),
+        (
+            "Is Mr. Lee's shop open until 9 p.m. tonight?",
+            "Is Mister Lee's shop open until 9pm tonight?",
+        ),
+        ("I need 2 tickets.", "I need two tickets!"),
+        ("The colour is grey.", "the color is gray"),
+        ("What's the capital of France?", "What is the capital of France"),
+        ("Hmm, thanks, that was really helpful.", "Thanks. That was really helpful!"),
+    ],
+)
+def test_normalizer_makes_spellings_of_the_same_words_equal(
+    reference: str, hypothesis: str
+) -> None:
+    assert textnorm.word_errors(reference, hypothesis).edits == 0, (
+        textnorm.normalize(reference),
+        textnorm.normalize(hypothesis),
+    )
+
+
+def test_word_errors_count_each_kind() -> None:
+    e = textnorm.word_errors("book a table for two at seven", "look a table for at seven please")
+    assert (e.reference_words, e.substitutions, e.deletions, e.insertions) == (7, 1, 1, 1)
+    assert e.rate == pytest.approx(3 / 7)
+    assert textnorm.word_errors("hello there", "").deletions == 2
+    assert textnorm.word_errors("", "").rate == 0.0
+    total = textnorm.corpus_errors([("a b c d", "a b c d"), ("e f", "e x")])
+    assert total.rate == pytest.approx(1 / 6)  # corpus WER, not the mean of per-clip WERs
+
+
+def test_arm_specs() -> None:
+    assert Arm.parse("base:asr.model=base") == Arm("base", {"asr.model": "base"})
+    arm = Arm.parse("fast:vad.silence_duration_ms=300;llm.max_tokens=40")
+    assert arm.overrides == {"vad.silence_duration_ms": 300, "llm.max_tokens": 40}
+    with pytest.raises(ConfigError, match="give a name"):
+        Arm.parse(":asr.model=base")
+    with pytest.raises(ConfigError, match="setting=value"):
+        Arm.parse("x:asr.model")
+    s = load_settings()
+    assert with_overrides(s, {"asr.model": "base"}).asr.model == "base"
+    with pytest.raises(ConfigError, match=r"asr\.modle"):
+        with_overrides(s, {"asr.modle": "base"})
+    with pytest.raises(ConfigError, match=r"vad\.silence_duration_ms"):
+        with_overrides(s, {"vad.silence_duration_ms": "soon"})
+
+
+def test_noise_is_mixed_at_the_asked_ratio() -> None:
+    import numpy as np
+
+    t = np.arange(16_000) / 16_000
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    noisy = with_noise(speech, 5.0, seed=1)
+    noise = noisy - speech
+    snr = 10 * np.log10(np.mean(speech**2) / np.mean(noise**2))
+    assert snr == pytest.approx(5.0, abs=0.3)
+    assert np.array_equal(noisy, with_noise(speech, 5.0, seed=1))  # rebuilt bit for bit
+    assert any(p.snr_db for p in BUNDLED) and all(isinstance(p, Prompt) for p in BUNDLED)
+
+
+@pytest.mark.models
+def test_eval_compares_tiny_and_base_on_the_bundled_set(tmp_path: Path) -> None:
+    """The command a developer runs, on the bundled set: both arms through real sessions,
+    WER and latency side by side, and a report whose figures follow from its own clips."""
+    out = tmp_path / "report"
+    # Three clips: one clean, one with numbers and an abbreviation, one over noise.
+    pick = [0, 11, 17]
+    set_dir = tmp_path / "set"
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUILD_SUBSET, str(set_dir), json.dumps(pick)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "workers.cli", "eval", str(set_dir),
+            "--asr", "tiny.en", "base", "--warmup", "0", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout
+    header = table.splitlines()[0].split()
+    assert header == ["tiny.en", "base"]
+    for row in (
+        "ASR WER",
+        "reply intelligibility",
+        "voice-to-voice P50 / P95 ms (server)",
+        "LLM first token",
+    ):
+        assert row in table
+
+    report = json.loads((out / "report.json").read_text())
+    arms = {a["arm"]: a for a in report["arms"]}
+    assert set(arms) == {"tiny.en", "base"}
+    assert arms["tiny.en"]["models"]["asr"] == "whisper:tiny.en"
+    assert arms["base"]["models"]["asr"] == "whisper:base"
+    for arm in arms.values():
+        clips = arm["per_clip"]
+        assert len(clips) == 3
+        # The arm's WER is the corpus WER of its own per-clip transcripts.
+        errors = textnorm.corpus_errors([(c["reference"], c["transcript"] or "") for c in clips])
+        assert arm["asr"]["reference_words"] == errors.reference_words
+        assert arm["asr"]["wer"] == pytest.approx(round(errors.rate, 4))
+        assert arm["asr"]["wer"] < 0.35  # Piper's clear voice: both models mostly right
+        # Every clip became one spoken turn with a measured voice-to-voice.
+        assert [c["record"]["outcome"] for c in clips] == ["spoken"] * 3
+        assert arm["latency_ms"]["voice_to_voice"]["count"] == 3
+        assert 100 < arm["latency_ms"]["voice_to_voice"]["p50"] < 10_000
+        # The replies were heard back by the judge and mostly understood.
+        assert all(c["reply"] and c["reply_heard"] is not None for c in clips)
+        assert arm["reply_intelligibility"]["wer"] < 0.5
+        assert (out / arm["arm"] / "replies").is_dir()
+
+
+_BUILD_SUBSET = """
+import json, sys
+from pathlib import Path
+from voice import evalset
+from voice.config import load_settings
+from voice.factory import build_tts
+pick = json.loads(sys.argv[2])
+evalset.build(build_tts(load_settings()), Path(sys.argv[1]), tuple(evalset.BUNDLED[i] for i in pick))
+"""
