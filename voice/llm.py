@@ -148,6 +148,14 @@ class OpenAIChat:
                     yield text
         except openai.OpenAIError as exc:
             raise EngineError(f"{self.name} failed: {exc}", stage="llm", model=self.name) from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A 200 whose stream is not the protocol (an HTML error page, cut JSON): the SDK
+            # lets the decoder's error through as it is.
+            raise EngineError(
+                f"{self.name} sent a malformed stream: {type(exc).__name__}: {exc}",
+                stage="llm",
+                model=self.name,
+            ) from exc
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -135,6 +135,11 @@ class ResponseRunner:
             if self.reason is None or (task is not None and task.cancelling()):
                 raise  # the session itself is going away
             self.status = "cancelled"
+        except Exception:
+            # A bug or an engine error nobody mapped: the client still gets its
+            # response.done (failed) and the session goes on.
+            log.exception("response %s failed", self.start.response_id)
+            self.status = "failed"
         self.turn.mark("response_done")
         if self.released.is_set():
             await self._finish()
@@ -164,6 +169,8 @@ class ResponseRunner:
                 await out.put(None)
                 return
         self.turn.add_recovery("llm_all_failed")
+        # Grouped by model, the apology turns stand apart from every backend's own.
+        self.turn.models.setdefault("llm", "apology")
         apology = self.engines.apology
         await out.put(_Piece(APOLOGY, *apology) if apology else _Piece(APOLOGY))
         await out.put(None)
@@ -183,7 +190,12 @@ class ResponseRunner:
                 first = await anext(stream)
                 self.turn.mark("llm_first_token")
                 self.turn.models["llm"] = chat.name
-                deadline.reschedule(asyncio.get_running_loop().time() + self.policy.total_timeout_s)
+                # From here: the whole answer within total_timeout_s, and no silence longer
+                # than first_token_timeout_s between tokens (a stream that stalls mid-answer
+                # must not hold the user for the whole total budget).
+                loop = asyncio.get_running_loop()
+                end = loop.time() + self.policy.total_timeout_s
+                stall = self.policy.first_token_timeout_s
                 tokens = [first]
                 while tokens:
                     for token in tokens:
@@ -191,11 +203,15 @@ class ResponseRunner:
                         self._llm_text.append(token)
                         for piece in chunker.push(token):
                             produced = await self._emit_piece(piece, out) or produced
+                    deadline.reschedule(min(end, loop.time() + stall))
                     tokens = [await anext(stream)]
         except StopAsyncIteration:
             pass
-        except (EngineError, TimeoutError) as exc:
-            log.warning("LLM %s failed: %s", chat.name, str(exc) or type(exc).__name__)
+        except Exception as exc:  # EngineError, TimeoutError, or a backend's own bug
+            level = (
+                logging.WARNING if isinstance(exc, EngineError | TimeoutError) else logging.ERROR
+            )
+            log.log(level, "LLM %s failed: %s", chat.name, str(exc) or type(exc).__name__)
             if not produced:
                 return False
             self.turn.add_recovery("llm_cut_short")  # keep what was already said
@@ -330,11 +346,14 @@ class ResponseRunner:
             )
         )
         await self.send(p.event("conversation.item.done", previous_item_id=None, item=item))
-        details = (
-            {"type": "cancelled", "reason": _wire_reason(self.reason)}
-            if self.status == "cancelled"
-            else None
-        )
+        details: dict[str, Any] | None = None
+        if self.status == "cancelled":
+            details = {"type": "cancelled", "reason": _wire_reason(self.reason)}
+        elif self.status == "failed":
+            details = {
+                "type": "failed",
+                "error": {"type": "server_error", "code": "response_failed"},
+            }
         resp = self._response_object(self.status, output=[item], details=details)
         await self.send(p.event("response.done", response=resp))
 

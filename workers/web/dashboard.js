@@ -121,7 +121,8 @@
     target.dataset.total = String(total);
     if (!total) empty(root, w, h, "no voice-to-voice yet");
     else {
-      const max = niceMax(Math.max(...counts));
+      // Whole turns: a multiple of 4 keeps the four gridlines on whole numbers.
+      const max = Math.max(4, Math.ceil(Math.max(...counts) / 4) * 4);
       const y = yAxis(root, box, max);
       const bw = box.w / counts.length;
       counts.forEach((c, i) => {

@@ -1,0 +1,91 @@
+"""A remote LLM that misbehaves, for real: the real OpenAI-compatible backend
+(:class:`voice.llm.OpenAIChat`, the ``openai`` client) talks over loopback HTTP to a fake
+server (:mod:`voice.fake_openai`) that hangs, answers 5xx, cuts the connection mid-stream, or
+streams garbage. Every turn still ends in speech within the deadline: the next backend's
+answer, or what was already said."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from voice.client import RealtimeClient
+from voice.fake_openai import FakeOpenAIServer
+from voice.llm import OpenAIChat
+from voice.testing import FakeChat
+from voice.turns import TurnPolicy
+
+from .test_voice_server import _say, _turns
+from .voice_fakes import fake_engines, running_server
+
+FIRST_TOKEN_S = 0.8
+TOTAL_S = 2.0
+BACKUP = "The local model answers instead."
+
+
+@pytest.mark.parametrize(
+    ("mode", "recovery", "said"),
+    [
+        ("ok", [], "Here is a real answer from the fake server."),
+        ("hang", ["llm_fallback"], BACKUP),
+        ("error", ["llm_fallback"], BACKUP),
+        ("garbage", ["llm_fallback"], BACKUP),
+        ("slow", ["llm_fallback"], BACKUP),
+        # A few words, then the connection is cut or goes silent: nothing speakable had been
+        # produced yet ("Here is a"), so the backup answers the whole turn.
+        ("close_mid", ["llm_fallback"], BACKUP),
+        ("hang_mid", ["llm_fallback"], BACKUP),
+    ],
+)
+async def test_a_misbehaving_remote_llm_falls_back_in_time(
+    tmp_path: Path, mode: str, recovery: list[str], said: str
+) -> None:
+    with FakeOpenAIServer() as fake:
+        fake.behaviour.mode = mode
+        fake.behaviour.delay_s = FIRST_TOKEN_S * 3
+        remote = OpenAIChat(fake.url, model="fake", name="remote", timeout_s=TOTAL_S)
+        engines = fake_engines(chat=[remote, FakeChat(reply=BACKUP, name="local")])
+        policy = TurnPolicy(
+            first_token_timeout_s=FIRST_TOKEN_S, total_timeout_s=TOTAL_S, lead_ms=200
+        )
+        async with running_server(tmp_path, engines, policy=policy) as (url, _, _):
+            client = await RealtimeClient.open(url)
+            t0 = time.monotonic()
+            done = await _say(client)
+            elapsed = time.monotonic() - t0
+            await client.close()
+        await remote.aclose()
+    assert done["response"]["status"] == "completed"
+    transcript = await client.wait_for("response.output_audio_transcript.done")
+    assert transcript["transcript"] == said
+    assert len(client.reply_audio()) > 0
+    (turn,) = _turns(tmp_path / "turns.jsonl")
+    assert turn["recovery"] == recovery and turn["outcome"] == "spoken"
+    assert fake.behaviour.requests == 1
+    # The first answer audio left within the first-token deadline (+ the fakes' own time).
+    assert turn["durations_ms"]["voice_to_voice"] < (FIRST_TOKEN_S + 1.0) * 1000, turn
+    assert elapsed < 30
+
+
+async def test_cut_after_speaking_keeps_what_was_said(tmp_path: Path) -> None:
+    with FakeOpenAIServer() as fake:
+        fake.behaviour.mode = "close_mid"
+        fake.behaviour.reply = "Sure, one moment. Then the rest of a long answer goes on."
+        fake.behaviour.tokens_before_fault = 5  # "Sure, one moment. Then the"
+        remote = OpenAIChat(fake.url, model="fake", name="remote", timeout_s=TOTAL_S)
+        engines = fake_engines(chat=[remote, FakeChat(reply=BACKUP, name="local")])
+        policy = TurnPolicy(
+            first_token_timeout_s=FIRST_TOKEN_S, total_timeout_s=TOTAL_S, lead_ms=200
+        )
+        async with running_server(tmp_path, engines, policy=policy) as (url, _, _):
+            client = await RealtimeClient.open(url)
+            done = await _say(client)
+            await client.close()
+        await remote.aclose()
+    assert done["response"]["status"] == "completed"
+    said = (await client.wait_for("response.output_audio_transcript.done"))["transcript"]
+    assert said.startswith("Sure, one moment.") and BACKUP not in said
+    (turn,) = _turns(tmp_path / "turns.jsonl")
+    assert turn["recovery"] == ["llm_cut_short"] and turn["models"]["llm"] == "remote"
