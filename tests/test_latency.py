@@ -71,6 +71,8 @@ def test_json_line_written_and_parseable(tmp_path: Path) -> None:
         "ts",
         "session_id",
         "turn_id",
+        "key",
+        "arm",
         "outcome",
         "recovery",
         "models",

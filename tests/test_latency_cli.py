@@ -137,7 +137,7 @@ def test_a_truncated_gzip_keeps_what_it_could_read(
 
 def test_stdin(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "latency", "--json"],
+        [sys.executable, "-m", "workers.cli", "latency", "-", "--json"],
         input=REAL_LOG.read_bytes() + b"garbage\n",
         capture_output=True,
         timeout=60,
@@ -317,3 +317,18 @@ def test_tail_drops_old_turns(tmp_path: Path) -> None:
     write(tmp_path / "turns.jsonl", rows)
     tail = TurnLogTail(tmp_path / "turns.jsonl", keep_s=3600)
     assert len(tail.refresh()) == 3
+
+
+def test_default_is_the_configured_log_and_its_rotations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = lines()
+    write(tmp_path / "turns.jsonl.1.gz", rows[:10])
+    write(tmp_path / "turns.jsonl", rows[10:])
+    write(tmp_path / "other.jsonl", rows[:3])  # another log in the same folder: not read
+    monkeypatch.setenv("CASTWORK_LOG__TURN_LOG", str(tmp_path / "turns.jsonl"))
+    code, report, _ = run_json(capsys)
+    assert code == 0 and report["turns"] == len(rows)
+    monkeypatch.setenv("CASTWORK_LOG__TURN_LOG", str(tmp_path / "none" / "turns.jsonl"))
+    assert main(["latency"]) == 2
+    assert "no turn log yet" in capsys.readouterr().err

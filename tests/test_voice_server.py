@@ -284,3 +284,22 @@ async def test_telephony_formats_round_trip(tmp_path: Path) -> None:
     assert len(raw) > 8_000  # over a second of 8 kHz audio
     assert len(client.reply_audio()) > 8_000
     assert_valid(client)
+
+
+async def test_metrics_need_a_key_when_keys_are_set(tmp_path: Path) -> None:
+    import httpx
+
+    async with running_server(tmp_path, fake_engines(), voice={"api_keys": ["k-metrics"]}) as (
+        url,
+        _,
+        _,
+    ):
+        base = url.replace("ws://", "http://").removesuffix("/v1/realtime")
+        async with httpx.AsyncClient() as http:
+            anonymous = await http.get(f"{base}/metrics")
+            wrong = await http.get(f"{base}/metrics", headers={"Authorization": "Bearer nope"})
+            right = await http.get(f"{base}/metrics", headers={"Authorization": "Bearer k-metrics"})
+            health = await http.get(f"{base}/healthz")
+    assert anonymous.status_code == wrong.status_code == 401
+    assert right.status_code == 200 and "castwork_turns_total" in right.text
+    assert health.status_code == 200  # liveness stays open for probes

@@ -112,16 +112,9 @@ class VoiceServer:
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if path == "/metrics":
-            return Response(
-                HTTPStatus.OK,
-                "OK",
-                Headers({"Content-Type": "text/plain; version=0.0.4"}),
-                latency.metrics_text(),
-            )
-        if path == "/healthz":
+        if path == "/healthz":  # liveness only: says nothing but "ok"
             return conn.respond(HTTPStatus.OK, "ok\n")
-        if path != PATH:
+        if path not in (PATH, "/metrics"):
             return conn.respond(HTTPStatus.NOT_FOUND, f"the Realtime endpoint is {PATH}\n")
         if self.keys:
             auth = request.headers.get("Authorization", "")
@@ -130,6 +123,13 @@ class VoiceServer:
                     HTTPStatus.UNAUTHORIZED,
                     "missing or unknown API key (Authorization: Bearer ...)\n",
                 )
+        if path == "/metrics":
+            return Response(
+                HTTPStatus.OK,
+                "OK",
+                Headers({"Content-Type": "text/plain; version=0.0.4"}),
+                latency.metrics_text(),
+            )
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -187,8 +187,6 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
         if paths:
             stdin = sys.stdin.buffer if "-" in paths else None
             return turnlog_reader.read([Path(p) for p in paths if p != "-"], stdin=stdin)
-        if not sys.stdin.isatty():
-            return turnlog_reader.read([], stdin=sys.stdin.buffer)
         default = settings.turn_log_path
         if not default.parent.is_dir():
             raise FileNotFoundError(f"no turn log yet at {default} (give LOG files or a directory)")
@@ -372,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="P50/P95/P99/max per stage from turn logs; --compare A B to catch regressions",
         description=(
             "Reads per-turn JSON-lines logs (files, directories, '-' for stdin; rotated and "
-            "gzipped files too; default: the configured turn log, or stdin when piped)."
+            "gzipped files too; default: the configured turn log and its rotations)."
         ),
     )
     p.add_argument("logs", nargs="*", metavar="LOG", help="turn log file or directory, or -")
