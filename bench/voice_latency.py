@@ -13,35 +13,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from voice import evalset
+from voice import evalset, turnlog_reader, turnstats
 from voice.client import CHUNK_MS, RealtimeClient
 from voice.config import load_settings
 from voice.factory import build_tts
-
-STAGES = ("endpointing", "asr", "llm_first_token", "first_piece", "tts_first_audio", "send")
 
 
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 async def one_client(url: str, clips: list[evalset.Clip], turns: int, offset: int) -> list[float]:
@@ -83,31 +75,23 @@ async def _keep_silent(client: RealtimeClient, silence: np.ndarray) -> None:
         await client.stream(silence, 16_000)
 
 
-def read_turns(path: Path, sessions: set[str] | None = None) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if sessions is None or r["session_id"] in sessions]
+def read_turns(path: Path) -> list[turnstats.Turn]:
+    return turnlog_reader.read([path]).turns
 
 
-def report(label: str, turns: list[dict[str, Any]], client_v2v: list[float]) -> list[str]:
-    v2v = [
-        t["durations_ms"]["voice_to_voice"] for t in turns if "voice_to_voice" in t["durations_ms"]
-    ]
-    outcomes: dict[str, int] = {}
-    recovery: dict[str, int] = {}
-    for t in turns:
-        outcomes[t["outcome"]] = outcomes.get(t["outcome"], 0) + 1
-        for code in t["recovery"]:
-            recovery[code] = recovery.get(code, 0) + 1
+def report(label: str, turns: list[turnstats.Turn], client_v2v: list[float]) -> list[str]:
+    """The phase's figures, from the same code as `castwork latency` (numpy percentiles)."""
+    group = turnstats.group_of(label, turns)
+    server = group.stats.get("voice_to_voice")
+    client = turnstats.Stats.of(client_v2v)
+    nan = float("nan")
+    recovery = Counter(code for t in turns for code in t.recovery)  # every time a branch ran
     lines = [
-        f"## {label}: {len(turns)} turns, outcomes {outcomes}, recovery {recovery or '{}'}",
-        f"voice-to-voice (server)  P50 {pct(v2v, 50):6.0f} ms   P95 {pct(v2v, 95):6.0f} ms   max {max(v2v, default=float('nan')):6.0f} ms",
-        f"voice-to-voice (client)  P50 {pct(client_v2v, 50):6.0f} ms   P95 {pct(client_v2v, 95):6.0f} ms",
+        f"## {label}: {len(turns)} turns, outcomes {group.outcomes}, recovery {dict(recovery)}",
+        f"voice-to-voice (server)  P50 {server.p50 if server else nan:6.0f} ms   P95 {server.p95 if server else nan:6.0f} ms   max {server.max if server else nan:6.0f} ms",
+        f"voice-to-voice (client)  P50 {client.p50 if client else nan:6.0f} ms   P95 {client.p95 if client else nan:6.0f} ms",
         "stage medians (ms): "
-        + "  ".join(
-            f"{s} {statistics.median(vals):.0f}"
-            for s in STAGES
-            if (vals := [t["durations_ms"][s] for t in turns if s in t["durations_ms"]])
-        ),
+        + "  ".join(f"{s} {group.stats[s].p50:.0f}" for s in turnstats.STAGES if s in group.stats),
     ]
     return lines
 
@@ -157,11 +141,11 @@ def main() -> int:
         )
         lines: list[str] = []
         for n in args.sessions:
-            seen = {r["session_id"] for r in read_turns(turn_log)} if turn_log.exists() else set()
+            seen = {t.session_id for t in read_turns(turn_log)} if turn_log.exists() else set()
             t0 = time.monotonic()
             client_v2v = asyncio.run(run_phase(url, clips, n, args.turns))
             time.sleep(0.5)
-            phase = [r for r in read_turns(turn_log) if r["session_id"] not in seen]
+            phase = [t for t in read_turns(turn_log) if t.session_id not in seen]
             lines += report(
                 f"{n} concurrent session(s), {time.monotonic() - t0:.0f} s", phase, client_v2v
             )

@@ -11,6 +11,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -53,8 +55,6 @@ _SEND_TIMEOUT_S = 10.0  # a client that reads nothing for this long is dropped
 def key_id(authorization: str | None) -> str:
     """A stable label for the API key in an ``Authorization`` header, safe to log: the
     first 8 hex digits of its SHA-256 (``anonymous`` without one)."""
-    import hashlib
-
     secret = (authorization or "").removeprefix("Bearer ").strip()
     if not secret:
         return "anonymous"
@@ -133,8 +133,6 @@ class VoiceServer:
         return None
 
     def _known(self, presented: str) -> bool:
-        import hmac
-
         given = presented.encode()
         # Every key compared, in constant time: timing says nothing about how close a guess is.
         return any([hmac.compare_digest(given, k.encode()) for k in self.keys])

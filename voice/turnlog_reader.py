@@ -8,6 +8,7 @@ skipped; a path that does not exist is an error for the caller to report.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import re
 import zlib
@@ -127,9 +128,6 @@ class TurnLogTail:
     def _prune(self) -> None:
         if not self.turns:
             return
-        self.turns.sort(key=lambda t: t.ts)
-        newest = self.turns[-1].ts
-        start = 0
-        while start < len(self.turns) and self.turns[start].ts < newest - self.keep_s:
-            start += 1
+        self.turns.sort(key=lambda t: t.ts)  # nearly sorted already: linear
+        start = bisect.bisect_left(self.turns, self.turns[-1].ts - self.keep_s, key=lambda t: t.ts)
         self.turns = self.turns[max(start, len(self.turns) - self.max_turns) :]

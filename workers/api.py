@@ -53,7 +53,6 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import dramatiq
@@ -91,7 +90,6 @@ from workers.store import TERMINAL, IdempotencyConflict, JobNotFound, JobRecord,
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
 LOCAL_MERCHANT = "local"
 # What a 429 tells the client to wait: a render takes tens of seconds.
 RETRY_AFTER_S = 30
@@ -854,11 +852,7 @@ def healthz(ctx: Ctx) -> JSONResponse:
 
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
-    return FileResponse(
-        WEB_DIR / "index.html",
-        media_type="text/html; charset=utf-8",
-        headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"},
-    )
+    return ops.page("index.html", _PAGE_CSP)
 
 
 # --- The app ------------------------------------------------------------------------------
@@ -909,5 +903,5 @@ def create_app(
     app.add_exception_handler(ops.OpsDenied, _on_ops_denied)
     app.include_router(router)
     app.include_router(ops.router)
-    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    app.mount("/static", StaticFiles(directory=ops.WEB_DIR), name="static")
     return app

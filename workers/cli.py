@@ -13,7 +13,7 @@ from voice.errors import CastworkError, ConfigError
 from voice.logs import configure_logging
 
 if TYPE_CHECKING:
-    from voice.turnstats import Parsed
+    from voice.turnstats import Comparison, Parsed, TurnFilter
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -177,27 +177,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
     """Percentiles per stage from turn logs; ``--compare A B`` gates on regressions."""
     import time
-    from pathlib import Path
 
-    from voice import turnlog_reader, turnstats
+    from voice import turnstats
 
     now = time.time()
+    cache: dict[tuple[str, ...], Parsed] = {}  # each source read once, bad lines told once
 
-    def read(paths: list[str]) -> turnstats.Parsed:
-        if paths:
-            stdin = sys.stdin.buffer if "-" in paths else None
-            return turnlog_reader.read([Path(p) for p in paths if p != "-"], stdin=stdin)
-        default = settings.turn_log_path
-        if not default.parent.is_dir():
-            raise FileNotFoundError(f"no turn log yet at {default} (give LOG files or a directory)")
-        return turnlog_reader.read(turnlog_reader.log_files(default.parent, base=default.name))
+    def read(paths: list[str]) -> Parsed:
+        if tuple(paths) not in cache:
+            cache[tuple(paths)] = _read_turn_logs(paths, settings)
+        return cache[tuple(paths)]
 
     try:
         by = [b.strip() for b in args.by.split(",") if b.strip()]
         for b in by:
             if b not in turnstats.GROUPINGS:
                 raise ValueError(f"--by {b}: one of {', '.join(turnstats.GROUPINGS)}")
-        base = turnstats.TurnFilter(
+        keep = turnstats.TurnFilter(
             since=turnstats.parse_time(args.since, now=now) if args.since else None,
             until=turnstats.parse_time(args.until, now=now) if args.until else None,
             sessions=frozenset(args.session or ()),
@@ -207,44 +203,20 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
             arms=frozenset(args.arm or ()),
         )
         if args.compare:
-            sides = []
-            shared: turnstats.Parsed | None = None
-            for spec in args.compare:
-                if Path(spec).exists() or spec == "-":
-                    parsed, keep = read([spec]), base
-                elif ".." in spec:
-                    shared = shared or read(args.logs)
-                    parsed, keep = shared, base.narrowed(*turnstats.parse_window(spec, now=now))
-                else:
-                    raise ValueError(
-                        f"--compare {spec}: neither a log path nor a START..END window"
-                    )
-                turns = [t for t in parsed.turns if keep(t)]
-                if not turns:
-                    raise ValueError(f"--compare {spec}: no turns match")
-                sides.append((spec, parsed, turnstats.summarize(turns, by)))
-            _report_bad([p for _, p, _ in sides if p is not shared] + ([shared] if shared else []))
-            comparison = turnstats.compare(
-                sides[0][2],
-                sides[1][2],
-                a_label=sides[0][0],
-                b_label=sides[1][0],
-                threshold_pct=args.threshold,
-                min_delta_ms=args.min_delta_ms,
-                rate_threshold=args.rate_threshold / 100,
-                min_count=args.min_count,
-            )
-            if args.json:
-                print(json.dumps(comparison.to_json(), indent=1))
-            else:
-                print(turnstats.format_comparison(comparison))
-            return 1 if comparison.regressions else 0
-        parsed = read(args.logs)
+            comparison = _compare(args, keep, by, read, now)
+        else:
+            parsed = read(args.logs)
     except (OSError, ValueError) as exc:
         print(f"castwork latency: {exc}", file=sys.stderr)
         return 2
-    _report_bad([parsed])
-    turns = [t for t in parsed.turns if base(t)]
+    _report_bad(list(cache.values()))
+    if args.compare:
+        if args.json:
+            print(json.dumps(comparison.to_json(), indent=1))
+        else:
+            print(turnstats.format_comparison(comparison))
+        return 1 if comparison.regressions else 0
+    turns = [t for t in parsed.turns if keep(t)]
     summary = turnstats.summarize(turns, by)
     if args.json:
         out = summary.to_json()
@@ -255,6 +227,57 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(turnstats.format_summary(summary))
     return 0
+
+
+def _read_turn_logs(paths: list[str], settings: Settings) -> Parsed:
+    """LOG arguments ('-' is stdin), or the configured turn log and its rotations."""
+    from pathlib import Path
+
+    from voice import turnlog_reader
+
+    if paths:
+        stdin = sys.stdin.buffer if "-" in paths else None
+        return turnlog_reader.read([Path(p) for p in paths if p != "-"], stdin=stdin)
+    default = settings.turn_log_path
+    if not default.parent.is_dir():
+        raise FileNotFoundError(f"no turn log yet at {default} (give LOG files or a directory)")
+    return turnlog_reader.read(turnlog_reader.log_files(default.parent, base=default.name))
+
+
+def _compare(
+    args: argparse.Namespace,
+    keep: TurnFilter,
+    by: list[str],
+    read: Callable[[list[str]], Parsed],
+    now: float,
+) -> Comparison:
+    """Each side of ``--compare``: a log path, or a START..END window over the LOG arguments."""
+    from pathlib import Path
+
+    from voice import turnstats
+
+    summaries = []
+    for spec in args.compare:
+        if Path(spec).exists() or spec == "-":
+            parsed, side = read([spec]), keep
+        elif ".." in spec:
+            parsed, side = read(args.logs), keep.narrowed(*turnstats.parse_window(spec, now=now))
+        else:
+            raise ValueError(f"--compare {spec}: neither a log path nor a START..END window")
+        turns = [t for t in parsed.turns if side(t)]
+        if not turns:
+            raise ValueError(f"--compare {spec}: no turns match")
+        summaries.append(turnstats.summarize(turns, by))
+    return turnstats.compare(
+        summaries[0],
+        summaries[1],
+        a_label=args.compare[0],
+        b_label=args.compare[1],
+        threshold_pct=args.threshold,
+        min_delta_ms=args.min_delta_ms,
+        rate_threshold=args.rate_threshold / 100,
+        min_count=args.min_count,
+    )
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:

@@ -101,13 +101,18 @@ Ops = Annotated[OpsContext, Depends(_ops)]
 router = APIRouter()
 
 
+def page(name: str, csp: str) -> FileResponse:
+    """One of our HTML pages, under its Content-Security-Policy, never cached stale."""
+    return FileResponse(
+        WEB_DIR / name,
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Security-Policy": csp, "Cache-Control": "no-cache"},
+    )
+
+
 @router.get("/dashboard", include_in_schema=False)
 async def dashboard() -> FileResponse:
-    return FileResponse(
-        WEB_DIR / "dashboard.html",
-        media_type="text/html; charset=utf-8",
-        headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"},
-    )
+    return page("dashboard.html", _PAGE_CSP)
 
 
 @router.get("/v1/ops/turns", summary="Turn latency overview for the dashboard", tags=["ops"])
