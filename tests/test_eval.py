@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from voice import textnorm
@@ -157,3 +158,59 @@ from voice.factory import build_tts
 pick = json.loads(sys.argv[2])
 evalset.build(build_tts(load_settings()), Path(sys.argv[1]), tuple(evalset.BUNDLED[i] for i in pick))
 """
+
+
+def test_bad_sets_and_arguments_fail_before_any_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voice import audio as pcm
+    from workers.cli import main
+
+    good = pcm.wav_bytes(np.zeros(8000, np.float32), 16_000)
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+    no_text = tmp_path / "no_text"
+    no_text.mkdir()
+    (no_text / "a.wav").write_bytes(good)
+    assert main(["eval", str(no_text)]) == 2
+    assert "a.wav: no reference text (a.txt)" in capsys.readouterr().err
+
+    for name, data in [
+        ("corrupt", b"RIFF\x00\x00garbage"),
+        ("truncated", good[:30]),
+        ("short", good[:100]),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "a.wav").write_bytes(data)
+        (folder / "a.txt").write_text("hello")
+        assert main(["eval", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("castwork eval: a.wav: ") and "Traceback" not in err, err
+
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    (ok / "a.wav").write_bytes(good)
+    (ok / "a.txt").write_text("hello")
+    assert main(["eval", str(ok), "--judge", str(tmp_path / "no-such-model")]) == 1
+    assert "no-such-model" in capsys.readouterr().err
+    assert main(["eval", str(ok), "--arm", "x:asr.modle=base"]) == 1
+    assert "asr.modle" in capsys.readouterr().err
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main(["eval", str(ok), "--out", str(blocked / "report")]) == 2
+    assert "cannot write the report" in capsys.readouterr().err
+    for flag, value in [("--limit", "0"), ("--warmup", "-1"), ("--limit", "many")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", str(ok), flag, value])
+        assert exit_.value.code == 2
+        capsys.readouterr()
+
+
+def test_non_finite_times_are_refused() -> None:
+    from voice import turnstats
+
+    for text in ("nan", "inf", "-inf"):
+        with pytest.raises(ValueError, match="not a finite number"):
+            turnstats.parse_time(text, now=0.0)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,9 +131,21 @@ def build(
 
 def load(directory: Path) -> list[Clip]:
     """A set on disk: WAV files, each with a .txt of the same name holding the reference."""
-    clips = [
-        Clip(w, w.with_suffix(".txt").read_text().strip()) for w in sorted(directory.glob("*.wav"))
-    ]
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no such folder: {directory}")
+    clips = []
+    for wav in sorted(directory.glob("*.wav")):
+        reference = wav.with_suffix(".txt")
+        if not reference.is_file():
+            raise FileNotFoundError(f"{wav.name}: no reference text ({reference.name}) beside it")
+        clip = Clip(wav, reference.read_text(encoding="utf-8").strip())
+        try:  # checked now: a bad file must not stop a run after the models loaded
+            samples = clip.audio()
+        except (wave.Error, EOFError, ValueError) as exc:
+            raise ValueError(f"{wav.name}: not a usable 16-bit PCM WAV ({exc})") from None
+        if len(samples) < pcm.INTERNAL_RATE // 10:
+            raise ValueError(f"{wav.name}: shorter than 0.1 s")
+        clips.append(clip)
     if not clips:
         raise FileNotFoundError(f"no .wav clips in {directory}")
     return clips

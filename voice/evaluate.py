@@ -413,6 +413,10 @@ async def evaluate(
         raise ConfigError("--arm", "arm names must differ")
     for arm in arms:  # fail on a bad override before loading any model
         with_overrides(settings, arm.overrides)
+    if judge:  # and on a judge that does not resolve, before the arms run for minutes
+        from voice.models import resolve_asr
+
+        resolve_asr(judge, settings.model_cache)
     results = []
     for arm in arms:
         results.append(

@@ -453,9 +453,13 @@ def parse_time(text: str, *, now: float) -> float:
     if t and t[-1] in _UNITS and t[:-1].replace(".", "", 1).isdigit():
         return now - float(t[:-1]) * _UNITS[t[-1]]
     try:
-        return float(t)
+        value = float(t)
     except ValueError:
         pass
+    else:
+        if math.isfinite(value):
+            return value
+        raise ValueError(f"bad time {text!r}: not a finite number")
     try:
         return datetime.fromisoformat(t).timestamp()
     except ValueError:

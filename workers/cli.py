@@ -296,7 +296,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.set_dir:
         try:
             clips = evalset.load(Path(args.set_dir))
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError) as exc:
             print(f"castwork eval: {exc}", file=sys.stderr)
             return 2
     else:
@@ -311,6 +311,11 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     out = (
         Path(args.out) if args.out else settings.data_dir / "eval" / time.strftime("%Y%m%d-%H%M%S")
     )
+    try:  # now, not after the arms ran for minutes
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"castwork eval: cannot write the report to {out}: {exc}", file=sys.stderr)
+        return 2
     judge = None if args.judge == "none" else args.judge
     scores, results = asyncio.run(
         evaluate(
@@ -340,6 +345,21 @@ def _report_bad(parsed: Sequence[Parsed]) -> None:
             f"castwork latency: skipped {len(bad)} unreadable line(s): {shown}{more}",
             file=sys.stderr,
         )
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``least``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-threshold", type=float, default=5.0, help="recovery-rate rise, in points (5)"
     )
     p.add_argument(
-        "--min-count", type=int, default=10, help="fewer values than this are not judged (10)"
+        "--min-count", type=_count(1), default=10, help="fewer values than this are not judged (10)"
     )
     p.set_defaults(func=cmd_latency)
 
@@ -451,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="an arm with settings overrides, e.g. 'fast:vad.silence_duration_ms=300' (repeatable)",
     )
     p.add_argument("--judge", default="base", help="Whisper that hears the replies back, or none")
-    p.add_argument("--warmup", type=int, default=1, help="unscored turns first, per arm (1)")
-    p.add_argument("--limit", type=int, help="only the first N clips")
+    p.add_argument("--warmup", type=_count(0), default=1, help="unscored turns first, per arm (1)")
+    p.add_argument("--limit", type=_count(1), help="only the first N clips")
     p.add_argument("--out", help="report folder (default: <data_dir>/eval/<time>)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_eval)
