@@ -14,65 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
-from voice import evalset, turnlog_reader, turnstats
-from voice.client import CHUNK_MS, RealtimeClient
+from voice import evalset, loadtest, turnlog_reader, turnstats
 from voice.config import load_settings
 from voice.factory import build_tts
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def one_client(url: str, clips: list[evalset.Clip], turns: int, offset: int) -> list[float]:
-    """Plays ``turns`` clips; returns the client-side voice-to-voice of each, in ms."""
-    client = await RealtimeClient.open(url)
-    silence = np.zeros(int(16_000 * CHUNK_MS / 1000), dtype=np.float32)
-    measured = []
-    try:
-        for t in range(turns):
-            clip = clips[(offset + t) % len(clips)]
-            after = len(client.events)
-            end = await client.stream(clip.audio(), 16_000)
-            feeder = asyncio.create_task(_keep_silent(client, silence))
-            try:
-                done = await client.wait_for("response.done", after=after, timeout=60)
-            finally:
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
-            first = next(
-                (
-                    r.at
-                    for r in client.events[after:]
-                    if r.event["type"] == "response.output_audio.delta"
-                ),
-                None,
-            )
-            if first is not None and done["response"]["status"] == "completed":
-                measured.append((first - end) * 1000)
-            await client.stream(
-                np.zeros(16_000 // 2, dtype=np.float32), 16_000
-            )  # a breath between turns
-    finally:
-        await client.close()
-    return measured
-
-
-async def _keep_silent(client: RealtimeClient, silence: np.ndarray) -> None:
-    while True:
-        await client.stream(silence, 16_000)
 
 
 def read_turns(path: Path) -> list[turnstats.Turn]:
@@ -97,8 +47,10 @@ def report(label: str, turns: list[turnstats.Turn], client_v2v: list[float]) -> 
 
 
 async def run_phase(url: str, clips: list[evalset.Clip], sessions: int, turns: int) -> list[float]:
-    results = await asyncio.gather(*(one_client(url, clips, turns, i * 3) for i in range(sessions)))
-    return [v for r in results for v in r]
+    results = await asyncio.gather(
+        *(loadtest.play_session(url, clips, turns, offset=i * 3) for i in range(sessions))
+    )
+    return [v for r in results for v in r.v2v_ms]
 
 
 def main() -> int:
@@ -114,46 +66,23 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     settings = load_settings()
     clips = evalset.build(build_tts(settings), settings.data_dir / "evalset")
-    port = _port()
-    turn_log = work / "turns.jsonl"
-    turn_log.unlink(missing_ok=True)
-    env = {**os.environ, "CASTWORK_LOG__TURN_LOG": str(turn_log), "CASTWORK_VOICE__MAX_SESSIONS": "64",
-           "CASTWORK_VOICE__MAX_SESSIONS_PER_KEY": "64"}  # fmt: skip
-    server_log = open(work / "server.log", "w")  # noqa: SIM115 - lives as long as the server
-    castwork = Path(sys.executable).with_name("castwork")
-    server = subprocess.Popen(
-        [str(castwork), "voice", "--port", str(port)], env=env, stdout=server_log, stderr=server_log
-    )
-    url = f"ws://127.0.0.1:{port}/v1/realtime"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    print(f"server exited; see {work / 'server.log'}")
-                    return 1
-                time.sleep(0.5)
+    server = loadtest.ServerProcess(work)
+    turn_log = server.turn_log
+    with server:
         print(
             f"# castwork voice latency — {os.cpu_count()} cores, clips: {len(clips)} Piper-spoken sentences"
         )
         lines: list[str] = []
         for n in args.sessions:
-            seen = {t.session_id for t in read_turns(turn_log)} if turn_log.exists() else set()
+            seen = {t.session_id for t in server.turns()}
             t0 = time.monotonic()
-            client_v2v = asyncio.run(run_phase(url, clips, n, args.turns))
+            client_v2v = asyncio.run(run_phase(server.url, clips, n, args.turns))
             time.sleep(0.5)
-            phase = [t for t in read_turns(turn_log) if t.session_id not in seen]
+            phase = [t for t in server.turns() if t.session_id not in seen]
             lines += report(
                 f"{n} concurrent session(s), {time.monotonic() - t0:.0f} s", phase, client_v2v
             )
             print("\n".join(lines[-4:]), flush=True)
-    finally:
-        server.terminate()
-        server.wait(10)
-        server_log.close()
     print(f"turn log: {turn_log}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -11,12 +12,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from media.errors import FfmpegMissing, RenderCancelled, RenderError
+from media.errors import FfmpegMissing, MediaError, RenderCancelled, RenderError, storage_error
 
 
 def binary(name: str = "ffmpeg") -> str:
@@ -43,7 +44,24 @@ def run(args: list[str], *, timeout_s: float) -> None:
         err.transient = True
         raise err from exc
     if proc.returncode != 0:
-        raise RenderError(f"ffmpeg failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        raise _failed(proc.returncode, proc.stderr.strip()[-500:])
+
+
+# Write errors that ffmpeg reports on its output by their C library text ("No space left on
+# device"): storage trouble, not a bad render, and told apart so that a full disk is retried
+# and a read-only one is not (media.errors.DiskFull, StorageUnwritable).
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _failed(returncode: int, stderr_tail: str) -> MediaError:
+    for code in _WRITE_ERRNOS:
+        if os.strerror(code) in stderr_tail:
+            found = storage_error(
+                OSError(code, os.strerror(code)), "ffmpeg cannot write its output"
+            )
+            if found is not None:
+                return found
+    return RenderError(f"ffmpeg failed ({returncode}): {stderr_tail}")
 
 
 @dataclass(frozen=True)
@@ -172,7 +190,7 @@ def render(
         if proc.returncode != 0:
             err.seek(0)
             tail = err.read().decode(errors="replace").strip()[-600:]
-            raise RenderError(f"ffmpeg failed ({proc.returncode}): {tail}")
+            raise _failed(proc.returncode, tail)
 
 
 def _follow_progress(
@@ -227,7 +245,10 @@ def atomic_output(final: Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, final)
     finally:
-        tmp.unlink(missing_ok=True)
+        # missing_ok is not enough: a read-only mount answers EROFS even for a file that is
+        # not there, and a failed clean-up must not hide the error that brought us here.
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def thumbnail(video: Path, out: Path, *, at_s: float, width: int = 540) -> None:

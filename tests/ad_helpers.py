@@ -45,8 +45,12 @@ def worker_env(redis_url: str, jobs_dir: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def worker_process(env: dict[str, str], *, threads: int = 2) -> Iterator[subprocess.Popen[bytes]]:
-    """`castwork worker` in its own process group (so a test can SIGKILL all of it)."""
+def worker_process(
+    env: dict[str, str], *, threads: int = 2, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`castwork worker` in its own process group (so a test can SIGKILL all of it); its
+    output appended to ``log`` when given (to show in a failed assertion)."""
+    sink = open(log, "ab") if log is not None else None  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -61,8 +65,8 @@ def worker_process(env: dict[str, str], *, threads: int = 2) -> Iterator[subproc
         env=env,
         cwd=ROOT,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=sink or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if sink else subprocess.DEVNULL,
     )
     try:
         yield proc
@@ -73,6 +77,8 @@ def worker_process(env: dict[str, str], *, threads: int = 2) -> Iterator[subproc
         except subprocess.TimeoutExpired:
             kill_group(proc, signal.SIGKILL)
             proc.wait(timeout=10)
+        if sink is not None:
+            sink.close()
 
 
 def kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,51 @@ from voice.tts import PiperSynthesizer
 from voice.vad import SileroVad
 
 ON_CI = os.environ.get("CI") == "true"
+
+
+# --- Reliability report ----------------------------------------------------------------------
+# A test marked ``@pytest.mark.reliability(kind, what)`` is a row of RELIABILITY.md: kind is
+# "fault" (injected and survived) or "input" (hostile input refused). It may add figures as
+# keyword arguments of the marker or with ``record_property("tried", n)`` (also "refused"). bench/reliability.py runs
+# them with ``--reliability-report FILE`` and builds the table from that file.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reliability-report", default=None, help="write reliability rows (JSON)")
+
+
+_ROWS: list[dict[str, object]] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("reliability")
+    if marker is None or item.config.getoption("--reliability-report") is None:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        kind, what = marker.args
+        params = getattr(item, "callspec", None)
+        if params is not None:  # "{mode}" in a parametrized test's description
+            what = what.format(**params.params)
+        _ROWS.append(
+            {
+                "test": item.nodeid,
+                "kind": kind,
+                "what": what,
+                "outcome": report.outcome,
+                "seconds": round(report.duration, 2),
+                **marker.kwargs,
+                **{str(k): v for k, v in report.user_properties},
+            }
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--reliability-report")
+    if path:
+        Path(path).write_text(json.dumps(_ROWS, indent=1) + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,11 @@ and checks that a second worker completes the job exactly once, with valid files
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from dramatiq import Broker
 
 from media import ffmpeg
 from tests.ad_helpers import kill_group, photo_bytes, wait_for, worker_env, worker_process
@@ -24,11 +26,32 @@ def _settings(redis_url: str, jobs_dir: Path) -> Settings:
     return load_settings(broker={"url": redis_url}, jobs={"dir": jobs_dir})
 
 
-def test_worker_killed_mid_render_job_completes_once(redis_url: str, tmp_path: Path) -> None:
+# Closed at the end: redis-py's connections sit in reference cycles, and one the garbage
+# collector happens to finalize while pytest watches is an "unclosed socket" error.
+@pytest.fixture
+def store(redis_url: str) -> Iterator[JobStore]:
+    store = JobStore.from_url(redis_url)
+    yield store
+    store.r.close()
+
+
+@pytest.fixture
+def broker(redis_url: str) -> Iterator[Broker]:
+    broker = make_broker(load_settings(broker={"url": redis_url}))
+    yield broker
+    broker.close()
+
+
+@pytest.mark.reliability("fault", "Worker SIGKILLed mid-render (process group)")
+def test_worker_killed_mid_render_job_completes_once(
+    redis_url: str,
+    tmp_path: Path,
+    store: JobStore,
+    broker: Broker,
+    record_property: Callable[[str, object], None],
+) -> None:
     jobs_dir = tmp_path / "jobs"
     settings = _settings(redis_url, jobs_dir)
-    store = JobStore.from_url(redis_url)
-    broker = make_broker(settings)
     photos = [Upload(f"{n}.jpg", photo_bytes(n)) for n in ("coffee", "chelsea")]
     record, created = submit(
         settings,
@@ -70,13 +93,21 @@ def test_worker_killed_mid_render_job_completes_once(redis_url: str, tmp_path: P
         assert probe.video_codec == "h264" and probe.audio_codec == "aac"
         assert probe.fps == pytest.approx(30.0)
         assert probe.duration == pytest.approx(done.manifest["duration_s"], abs=0.1)
+    record_property("jobs", 1)
+    record_property("lost", 0)
+    record_property("duplicated", 0)
 
 
-def test_bad_photo_fails_its_job_and_the_worker_goes_on(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.reliability("input", "Truncated photo (a JPEG header, then nothing)")
+def test_bad_photo_fails_its_job_and_the_worker_goes_on(
+    redis_url: str,
+    tmp_path: Path,
+    store: JobStore,
+    broker: Broker,
+    record_property: Callable[[str, object], None],
+) -> None:
     jobs_dir = tmp_path / "jobs"
     settings = _settings(redis_url, jobs_dir)
-    store = JobStore.from_url(redis_url)
-    broker = make_broker(settings)
     good = photo_bytes("coffee")
     truncated = good[: len(good) // 3]  # a real JPEG header, then nothing: passes a type sniff
     fields = {"headline": "Fresh beans", "formats": ["1:1"], "narration": False, "music": False}
@@ -94,3 +125,5 @@ def test_bad_photo_fails_its_job_and_the_worker_goes_on(redis_url: str, tmp_path
     assert "beans.jpg" in failed.error and "truncated or corrupt" in failed.error
     assert store.get(ok.id).status == "done"  # the same worker went on to the next job
     assert not list((jobs_dir / "acme" / bad.id / "out").glob("*.mp4"))
+    record_property("tried", 1)
+    record_property("refused", 1)

@@ -169,7 +169,11 @@ class LiveSessions:
 def dashboard_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     log = tmp_path / "logs" / "turns.jsonl"
     log.parent.mkdir()
-    shutil.copy(REAL_LOG, log)
+    # The recorded turns moved in time to end a minute ago, keeping their spacing: "all" spans
+    # the first turn to now, and a log ageing with the calendar would shrink into one bucket.
+    rows = lines()
+    shift = time.time() - 60 - max(r["ts"] for r in rows)
+    log.write_text("".join(json.dumps({**r, "ts": r["ts"] + shift}) + "\n" for r in rows))
     settings = load_settings(data_dir=tmp_path, log={"turn_log": log})
     app = create_app(
         settings,
@@ -202,7 +206,7 @@ def test_dashboard_draws_real_turns_in_chromium(
     from playwright.sync_api import sync_playwright
 
     url, log = dashboard_url
-    rows = lines()
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
     v2v = direct(rows, "voice_to_voice")
     stages = ("endpointing", "asr", "llm_first_token", "first_piece", "tts_first_audio", "send")
     recent = sorted(rows, key=lambda r: r["ts"])[-40:]

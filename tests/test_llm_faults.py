@@ -57,6 +57,7 @@ async def one_turn(tmp_path: Path, fake: Behaviour) -> tuple[RealtimeClient, dic
         ("hang_mid", ["llm_fallback"], BACKUP),
     ],
 )
+@pytest.mark.reliability("fault", "remote LLM (OpenAI-compatible) server: {mode}")
 async def test_a_misbehaving_remote_llm_falls_back_in_time(
     tmp_path: Path, mode: str, recovery: list[str], said: str
 ) -> None:
@@ -76,6 +77,7 @@ async def test_a_misbehaving_remote_llm_falls_back_in_time(
     assert elapsed < 30
 
 
+@pytest.mark.reliability("fault", "remote LLM stream cut after a spoken sentence")
 async def test_cut_after_speaking_keeps_what_was_said(tmp_path: Path) -> None:
     fake = Behaviour(
         mode="close_mid",

@@ -100,6 +100,9 @@ def test_render_plan_places_every_layer_inside_the_frame(aspect: str) -> None:
     assert other.digest() != plan.digest()
 
 
+@pytest.mark.reliability(
+    "input", "copy text and file names with ffmpeg filter syntax: kept out of the filter graph"
+)
 def test_graph_keeps_merchant_text_and_paths_out_of_the_filter() -> None:
     t = get_template("showcase")
     nasty = {**FIELDS, "headline": "50% off'; drawtext=text=pwn:[out]", "store": "a,b;c"}

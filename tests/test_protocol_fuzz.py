@@ -181,18 +181,23 @@ def parse_or_refuse(raw: str | bytes) -> protocol.ClientEvent | ProtocolError:
         return exc
 
 
+@pytest.mark.reliability("input", "Realtime event parser: random text", tried=FUZZ.max_examples)
 @FUZZ
 @given(st.text())
 def test_parse_any_text(raw: str) -> None:
     parse_or_refuse(raw)
 
 
+@pytest.mark.reliability("input", "Realtime event parser: random bytes", tried=FUZZ.max_examples)
 @FUZZ
 @given(st.binary())
 def test_parse_any_bytes(raw: bytes) -> None:
     parse_or_refuse(raw)
 
 
+@pytest.mark.reliability(
+    "input", "Realtime event parser: random JSON values", tried=FUZZ.max_examples
+)
 @FUZZ
 @given(json_values)
 def test_parse_any_json_value(value: Any) -> None:
@@ -202,6 +207,9 @@ def test_parse_any_json_value(value: Any) -> None:
         assert isinstance(result, ProtocolError) and result.code == "invalid_event"
 
 
+@pytest.mark.reliability(
+    "input", "Realtime event parser: random client-event objects", tried=FUZZ.max_examples
+)
 @FUZZ
 @given(client_objects())
 def test_parse_any_client_object(obj: dict[str, Any]) -> None:
@@ -440,12 +448,18 @@ class Fuzzer:
                 self.check()
 
 
+@pytest.mark.reliability(
+    "input", "turn state machine: random event/audio/transcript sequences", tried=FUZZ.max_examples
+)
 @FUZZ
 @given(ops)
 def test_session_never_raises_on_any_sequence(script: list[tuple[Any, ...]]) -> None:
     Fuzzer(strict=False).run(script)
 
 
+@pytest.mark.reliability(
+    "input", "turn state machine: never two audible responses", tried=FUZZ.max_examples
+)
 @FUZZ
 @given(ops)
 def test_session_keeps_at_most_one_audible_response(script: list[tuple[Any, ...]]) -> None:

@@ -53,6 +53,7 @@ def test_copy_renders_narration_per_language() -> None:
     assert bare.narration == "Summer sale. Shop now."
 
 
+@pytest.mark.reliability("input", "copy text with Jinja syntax: treated as data")
 def test_merchant_text_is_data_not_template_code() -> None:
     t = get_template("sale")
     evil = {**FIELDS, "headline": "{{ 7*7 }} {% for x in range(3) %}x{% endfor %}"}
@@ -60,6 +61,7 @@ def test_merchant_text_is_data_not_template_code() -> None:
     assert copy.headline == "{{ 7*7 }} {% for x in range(3) %}x{% endfor %}"
 
 
+@pytest.mark.reliability("input", "template trying attribute escapes: sandboxed Jinja refuses")
 def test_sandbox_blocks_attribute_escapes_in_templates() -> None:
     with pytest.raises(TemplateError, match=r"unsafe|access"):
         render_copy("{{ headline.__class__.__mro__ }}", FIELDS, where="test")

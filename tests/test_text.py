@@ -153,6 +153,7 @@ def test_words_are_not_split_when_they_fit() -> None:
     assert [word for line in lines for word in line.split(" ")] == text.split(" ")
 
 
+@pytest.mark.reliability("input", "Korean (CJK) copy wraps inside its box")
 def test_korean_breaks_at_spaces_only(tmp_path: Path) -> None:
     rendered = render_text(KOREAN, 420, 600, TextStyle(max_size=60, min_size=60), tmp_path)
     assert len(rendered.lines) > 1
@@ -200,6 +201,7 @@ def test_uppercase_option() -> None:
     assert lines == ["ORDER NOW"]
 
 
+@pytest.mark.reliability("input", "right-to-left, emoji-only and control-character copy")
 def test_right_to_left_and_emoji_only_text_never_crash(tmp_path: Path) -> None:
     for text in ("שלום עולם", "مرحبا بالعالم", "😀🎉"):
         rendered = render_text(text, 500, 200, TextStyle(), tmp_path)
@@ -419,6 +421,7 @@ def test_ocr_reads_back_a_korean_headline(tmp_path: Path) -> None:
         assert word in text, text
 
 
+@pytest.mark.reliability("input", "quotes, colons, %, brackets, backslashes: drawn literally (OCR)")
 def test_ffmpeg_syntax_text_renders_literally(tmp_path: Path) -> None:
     rendered = render_text(FFMPEG_SYNTAX, 1600, 400, TextStyle(color="#111111"), tmp_path)
     assert rendered.lines == (FFMPEG_SYNTAX,)

@@ -6,6 +6,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from voice.client import RealtimeClient
 from voice.testing import FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
 from voice.turns import TurnPolicy
@@ -54,6 +56,7 @@ async def test_spoken_turn_happy_path(tmp_path: Path) -> None:
     assert {"voice_to_voice", "asr", "endpointing"} <= set(turn["durations_ms"])
 
 
+@pytest.mark.reliability("fault", "hallucinated transcript (Whisper's 'Thank you.')")
 async def test_hallucinated_transcript_never_reaches_the_llm(tmp_path: Path) -> None:
     engines = fake_engines(asr=FakeTranscriber(texts=["Thank you."]))
     async with running_server(tmp_path, engines) as (url, _, _):
@@ -68,6 +71,7 @@ async def test_hallucinated_transcript_never_reaches_the_llm(tmp_path: Path) -> 
     assert turn["outcome"] == "no_speech" and "no_speech" in turn["recovery"]
 
 
+@pytest.mark.reliability("fault", "ASR raises: retried on the fallback model")
 async def test_asr_error_retries_on_the_fallback_model(tmp_path: Path) -> None:
     engines = fake_engines(
         asr=FakeTranscriber(fail={-1}), asr_fallback=FakeTranscriber(texts=["book a table"])
@@ -81,6 +85,7 @@ async def test_asr_error_retries_on_the_fallback_model(tmp_path: Path) -> None:
     assert turn["outcome"] == "spoken" and "asr_retry" in turn["recovery"]
 
 
+@pytest.mark.reliability("fault", "ASR raises on both models: spoken apology")
 async def test_asr_failing_twice_says_sorry(tmp_path: Path) -> None:
     engines = fake_engines(asr=FakeTranscriber(fail={-1}), asr_fallback=FakeTranscriber(fail={-1}))
     async with running_server(tmp_path, engines) as (url, _, _):
@@ -94,6 +99,7 @@ async def test_asr_failing_twice_says_sorry(tmp_path: Path) -> None:
     assert turn["outcome"] == "spoken" and turn["recovery"] == ["asr_retry", "asr_failed"]
 
 
+@pytest.mark.reliability("fault", "LLM times out: next backend answers")
 async def test_llm_timeout_falls_back_to_the_next_backend(tmp_path: Path) -> None:
     slow = FakeChat(first_token_delay_s=5.0, name="slow")
     engines = fake_engines(chat=[slow, FakeChat(reply="Here you go.", name="backup")])
@@ -108,6 +114,7 @@ async def test_llm_timeout_falls_back_to_the_next_backend(tmp_path: Path) -> Non
     assert "llm_fallback" in turn["recovery"] and turn["models"]["llm"] == "backup"
 
 
+@pytest.mark.reliability("fault", "every LLM fails: cached apology spoken")
 async def test_all_llms_failing_speak_the_cached_apology(tmp_path: Path) -> None:
     engines = fake_engines(chat=[FakeChat(error_after=0), FakeChat(error_after=0, name="b")])
     async with running_server(tmp_path, engines) as (url, _, _):
@@ -120,6 +127,7 @@ async def test_all_llms_failing_speak_the_cached_apology(tmp_path: Path) -> None
     assert turn["recovery"] == ["llm_fallback", "llm_all_failed"] and turn["outcome"] == "spoken"
 
 
+@pytest.mark.reliability("fault", "TTS raises on the first sentence: fallback engine")
 async def test_tts_error_continues_in_the_fallback_engine(tmp_path: Path) -> None:
     engines = fake_engines(tts=FakeSynthesizer(fail={1}))
     async with running_server(tmp_path, engines) as (url, _, _):
@@ -132,6 +140,7 @@ async def test_tts_error_continues_in_the_fallback_engine(tmp_path: Path) -> Non
     assert "tts_fallback" in turn["recovery"] and turn["outcome"] == "spoken"
 
 
+@pytest.mark.reliability("fault", "barge-in: caller talks over the answer")
 async def test_barge_in_cancels_and_truncates_to_what_was_played(tmp_path: Path) -> None:
     long_reply = " ".join(["This is a long answer that keeps going."] * 6)
     engines = fake_engines(chat=[FakeChat(reply=long_reply, token_delay_s=0.01)])
@@ -161,6 +170,7 @@ async def test_barge_in_cancels_and_truncates_to_what_was_played(tmp_path: Path)
     assert assistant == [heard]
 
 
+@pytest.mark.reliability("fault", "client drops mid-turn")
 async def test_disconnect_mid_turn_is_logged_as_abandoned(tmp_path: Path) -> None:
     engines = fake_engines(chat=[FakeChat(first_token_delay_s=2.0)])
     async with running_server(tmp_path, engines) as (url, _, _):
@@ -173,6 +183,7 @@ async def test_disconnect_mid_turn_is_logged_as_abandoned(tmp_path: Path) -> Non
     assert turn["outcome"] == "abandoned" and "abandoned" in turn["recovery"]
 
 
+@pytest.mark.reliability("input", "bad events and audio on a live session")
 async def test_bad_input_gets_an_error_and_the_session_goes_on(tmp_path: Path) -> None:
     async with running_server(tmp_path, fake_engines()) as (url, _, _):
         client = await RealtimeClient.open(url)
@@ -217,6 +228,7 @@ async def test_manual_commit_and_text_items(tmp_path: Path) -> None:
     assert_valid(client)
 
 
+@pytest.mark.reliability("input", "sessions beyond capacity or without a key")
 async def test_capacity_and_auth(tmp_path: Path) -> None:
     async with running_server(tmp_path, fake_engines(), voice={"max_sessions": 1}) as (url, _, _):
         first = await RealtimeClient.open(url)

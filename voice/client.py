@@ -15,10 +15,19 @@ from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from voice import audio as pcm
 
 CHUNK_MS = 40
+
+
+class SessionRefused(ConnectionError):
+    """The server closed the connection before the session started (at capacity, bad key)."""
+
+    def __init__(self, code: str | None, message: str, close_code: int | None) -> None:
+        super().__init__(f"session refused ({code}, close {close_code}): {message}")
+        self.code, self.message, self.close_code = code, message, close_code
 
 
 @dataclass
@@ -40,7 +49,14 @@ class RealtimeClient:
         ws = await connect(url, additional_headers=headers, max_size=None, compression=None)
         client = cls(ws)
         client._reader = asyncio.create_task(client._read())
-        await client.wait_for("session.created")
+        try:
+            await client.wait_for("session.created")
+        except ConnectionError:
+            errors = [r.event["error"] for r in client.events if r.event["type"] == "error"]
+            first = errors[0] if errors else {}
+            raise SessionRefused(
+                first.get("code"), first.get("message", "no reason given"), ws.close_code
+            ) from None
         return client
 
     async def _read(self) -> None:
@@ -48,6 +64,8 @@ class RealtimeClient:
             async for raw in self.ws:
                 self.events.append(Received(json.loads(raw), time.monotonic()))
                 self._arrived.set()
+        except ConnectionClosed:
+            pass  # a close with an error code (1008, 1013...): ws.close_code says which
         finally:
             self._arrived.set()
 

@@ -8,9 +8,13 @@ Each actor is a thin shell over one idempotent stage of :mod:`media.pipeline`:
 - **Fan-out without a results backend.** ``narrate`` enqueues one ``render`` per format; each
   render records its format in a Redis set, and the render that completes the set enqueues
   ``finalize``. If two renders both see it complete, finalize simply runs twice (idempotent).
-- **Retries.** A permanent error (bad photo, bad field) fails the job at once with its reason.
-  A transient one (timeout, Redis hiccup, an unexpected exception) is retried with backoff
-  by dramatiq; when retries run out, the job fails with the last reason. Nothing is silent.
+- **Retries.** A permanent error (bad photo, bad field, a read-only output directory) fails
+  the job at once with its reason. A transient one (timeout, a full disk, an unexpected
+  exception) is retried with backoff by dramatiq; when retries run out, the job fails with
+  the last reason. Nothing is silent.
+- **Redis down** (restarted, failing over) is no failure of the job: a stage waits for it
+  and runs again (:func:`_guard`), a render goes on meanwhile, and the broker keeps retries
+  and delayed messages through the outage (:mod:`workers.broker`).
 
 Actors are declared on a broker passed in (:func:`declare`), so the API process can enqueue
 by name without importing worker code, and tests can use their own broker.
@@ -18,6 +22,7 @@ by name without importing worker code, and tests can use their own broker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +32,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from media.errors import RenderCancelled
+from media.errors import RenderCancelled, storage_error
 from media.job import JobSpec
 from media.pipeline import (
     JobPaths,
@@ -42,6 +47,7 @@ from media.pipeline import (
 from voice.config import Settings
 from voice.errors import CastworkError
 from voice.logs import bound
+from workers.broker import REDIS_DOWN, until_redis_answers
 from workers.store import JobNotFound, JobStore
 
 log = logging.getLogger(__name__)
@@ -82,31 +88,61 @@ def _retries() -> int:
 
 
 def _guard(ctx: Context, job_id: str, stage: str, work: Callable[[], None]) -> None:
-    """Run one stage: skip finished jobs; turn errors into retries or a failed job."""
+    """Run one stage: skip finished jobs; turn errors into retries or a failed job.
+
+    Redis down (restarted, failing over) is nobody's fault and is not handed to dramatiq's
+    retry, which is a new message sent to the Redis that is down (see PatientRetries): the
+    stage waits here until Redis answers and runs again. Stages are idempotent, so what was
+    done before the outage is found and kept (a finished render is not rendered again), and
+    the message stays unacked in Redis meanwhile: a worker stopped while waiting loses
+    nothing, its message is redelivered."""
     with bound(job_id=job_id):
-        try:
-            if not ctx.store.start_stage(job_id, stage):
-                log.info("job %s is finished or cancelled; %s skipped", job_id, stage)
-                return
-            work()
-        except JobNotFound:
-            log.warning("job %s no longer exists; %s dropped", job_id, stage)
-        except RenderCancelled:
-            log.info("job %s cancelled during %s", job_id, stage)
-        except CastworkError as exc:
-            if exc.transient and _retries() < ctx.settings.jobs.max_retries:
-                log.warning("job %s %s: %s (will retry)", job_id, stage, exc)
-                raise
-            ctx.store.fail(job_id, exc.code, f"{stage}: {exc}")
-            log.warning("job %s failed in %s: %s", job_id, stage, exc)
-        except Exception as exc:
-            # Unknown trouble (disk, Redis, a bug): retry, then fail with the reason.
-            attempt = _retries() + 1
-            if attempt <= ctx.settings.jobs.max_retries:
+        until_redis_answers(
+            lambda: _run_stage(ctx, job_id, stage, work), what=f"job {job_id} {stage}"
+        )
+
+
+def _run_stage(ctx: Context, job_id: str, stage: str, work: Callable[[], None]) -> None:
+    try:
+        if not ctx.store.start_stage(job_id, stage):
+            log.info("job %s is finished or cancelled; %s skipped", job_id, stage)
+            return
+        work()
+    except REDIS_DOWN:
+        raise  # for _guard: not a failure of the job
+    except JobNotFound:
+        log.warning("job %s no longer exists; %s dropped", job_id, stage)
+    except RenderCancelled:
+        log.info("job %s cancelled during %s", job_id, stage)
+    except Exception as exc:
+        attempt = _retries() + 1
+        retries_left = attempt <= ctx.settings.jobs.max_retries
+        known = _known_error(exc)
+        if known is None:
+            # Unknown trouble (a bug, an OS error we do not classify): retry, then fail.
+            if retries_left:
                 log.warning("job %s %s attempt %d: %r (will retry)", job_id, stage, attempt, exc)
                 raise
             ctx.store.fail(job_id, "internal_error", f"{stage} failed {attempt} times: {exc}")
             log.exception("job %s failed in %s", job_id, stage)
+            return
+        if known.transient and retries_left:
+            log.warning("job %s %s attempt %d: %s (will retry)", job_id, stage, attempt, known)
+            raise
+        tries = f" (failed {attempt} times)" if known.transient else ""
+        ctx.store.fail(job_id, known.code, f"{stage}: {known}{tries}")
+        log.warning("job %s failed in %s: %s%s", job_id, stage, known, tries)
+
+
+def _known_error(exc: Exception) -> CastworkError | None:
+    """``exc`` as one of our errors (which say whether a retry can help), or None."""
+    if isinstance(exc, CastworkError):
+        return exc
+    if isinstance(exc, OSError):
+        # Disk full / read-only while writing job files from Python (PNG layers, JSON):
+        # the same classes as when ffmpeg reports it (media.errors.storage_error).
+        return storage_error(exc)
+    return None
 
 
 def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
@@ -142,8 +178,8 @@ def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
                 paths,
                 ctx.settings,
                 aspect,  # type: ignore[arg-type]
-                on_progress=_throttled(lambda s: ctx.store.progress(job_id, stage, s)),
-                should_cancel=lambda: ctx.store.is_cancelled(job_id),
+                on_progress=_throttled(lambda s: _report(ctx, job_id, stage, s)),
+                should_cancel=lambda: _cancelled(ctx, job_id),
             )
             if set(spec.formats) <= ctx.store.format_done(job_id, aspect):
                 enqueue(ctx.broker, FINALIZE, job_id)
@@ -169,6 +205,23 @@ def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
             options=options,
         )
     return made
+
+
+# While ffmpeg runs, progress and the cancel check are best effort: a Redis outage must not
+# kill a render that needs nothing from Redis until it ends (format_done, in _guard's care).
+
+
+def _report(ctx: Context, job_id: str, stage: str, share: float) -> None:
+    # A lost progress figure: the next one, or the stage's end, says more.
+    with contextlib.suppress(*REDIS_DOWN):
+        ctx.store.progress(job_id, stage, share)
+
+
+def _cancelled(ctx: Context, job_id: str) -> bool:
+    try:
+        return ctx.store.is_cancelled(job_id)
+    except REDIS_DOWN:
+        return False  # cannot tell now; a check after Redis is back sees the cancel
 
 
 def _throttled(report: Callable[[float], object], every_s: float = 0.5) -> Callable[[float], None]:

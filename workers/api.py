@@ -102,6 +102,7 @@ _MB = 1024 * 1024
 _JOB_ID = re.compile(r"[0-9a-f]{8,64}")
 # Printable ASCII without spaces: what clients send (UUIDs, ULIDs, random hex).
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_DIGITS = re.compile(r"[0-9]+")
 _MEDIA_TYPES = {".mp4": "video/mp4", ".jpg": "image/jpeg"}
 _ACCEPTED = "JPEG, PNG, WebP or HEIC"
 # The page is ours alone: no inline script, nothing from elsewhere.
@@ -363,9 +364,12 @@ class RequestGate:
                 return exc
         declared = headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            # ASCII digits only: str.isdigit() also passes "²", which int() refuses.
+            if not _DIGITS.fullmatch(declared):
                 return ApiError(400, "bad_request", "Content-Length is not a number")
-            if int(declared) > self.max_bytes:
+            # int() refuses strings of over 4,300 digits; any length that long is too large.
+            significant = declared.lstrip("0")
+            if len(significant) > 18 or int(significant or "0") > self.max_bytes:
                 return _BodyTooLarge(self.limit_mb)
         return None
 
@@ -594,7 +598,8 @@ router = APIRouter()
     responses={
         200: {"model": Job, "description": "The job this Idempotency-Key already created"},
         429: {"model": ErrorBody, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
-        **_error_responses(401, 413, 415, 422, 503),
+        # 400: a body that is not valid multipart (or a Content-Length that is not a number).
+        **_error_responses(400, 401, 413, 415, 422, 503),
     },
     summary="Submit an ad job",
 )
@@ -897,7 +902,9 @@ def create_app(
     app.state.ops = ops.OpsContext.build(
         settings.turn_log_path,
         settings.api.ops_keys,
-        keys_required=required,
+        # Merchant keys on loopback (say behind a reverse proxy) put keys in force too: the
+        # operator endpoints are open only where the API itself is.
+        keys_required=required or not keys.open,
         live_sessions=live_sessions,
     )
     app.add_exception_handler(ops.OpsDenied, _on_ops_denied)

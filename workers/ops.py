@@ -9,7 +9,7 @@
 
 These show how the service behaves for everyone, so merchant keys do not open them:
 ``api.ops_keys`` do (``Authorization: Bearer KEY`` or ``X-API-Key``). With no operator keys
-configured they are open only when the API itself is (bound to loopback, no keys required).
+configured they are open only when the API itself is (bound to loopback, no merchant keys).
 """
 
 from __future__ import annotations

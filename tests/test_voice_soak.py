@@ -1,0 +1,39 @@
+"""A short soak of the real voice server (bench/voice_soak.py runs the long one): after waves
+of callers, some hanging up mid-turn and some talking over the answer, the server's open
+descriptors, threads and asyncio tasks come back to their baseline and no session is left."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from voice import evalset, loadtest
+from voice.config import Settings
+from voice.tts import PiperSynthesizer
+
+pytestmark = pytest.mark.models
+
+
+def test_short_soak_gives_everything_back(
+    tmp_path: Path, settings: Settings, piper: PiperSynthesizer
+) -> None:
+    clips = evalset.build(piper, settings.data_dir / "evalset")
+    with loadtest.ServerProcess(tmp_path) as server:
+        # One wave after the warm-up one: three kinds of caller across the two waves.
+        report = asyncio.run(loadtest.soak(server, clips, 1.0, concurrency=2, every_s=2.0))
+        turns = server.turns()
+    assert report.sessions >= 2 and report.refused == 0
+    assert report.dropped >= 1 and report.barge_ins >= 1
+    assert report.settled_s is not None, (report.baseline, report.after)
+    drift = report.drift()
+    assert drift["fds"] <= 0 and drift["threads"] <= 0 and drift["tasks"] <= 0
+    assert drift["sessions"] == 0
+    # The peak saw sessions open: the samples were taken during the calls, not only between.
+    assert report.peak.sessions >= 1 and report.peak.tasks > report.baseline.tasks
+    # Short runs still fill allocator pools; the 10-minute bench judges the trend.
+    assert drift["rss_mb"] < 150
+    outcomes = {t.outcome for t in turns}
+    assert "abandoned" in outcomes and "spoken" in outcomes
+    assert not outcomes & {"failed", "in_progress"}, outcomes
