@@ -3,10 +3,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.mounts import tmpfs
 from voice.latency import REGISTRY, STAGES, TurnLog, TurnRecord, metrics_text
 
 
@@ -79,6 +82,7 @@ def test_json_line_written_and_parseable(tmp_path: Path) -> None:
         "durations_ms",
         "marks_ms",
         "extra",
+        "lineage",
     }
     assert first["outcome"] == "spoken" and first["recovery"] == ["asr_retry"]
     assert first["durations_ms"]["voice_to_voice"] == 960.0
@@ -152,16 +156,28 @@ def test_full_disk_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
     assert len(warnings) == 1
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_read_only_directory_does_not_raise(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
+@contextmanager
+def _read_only(folder: Path) -> Iterator[Path]:
+    """``folder``, unwritable: a read-only mount for root (root writes through a chmod 0500
+    directory), the directory's mode for anyone else (who may not mount)."""
+    if os.geteuid() == 0:
+        with tmpfs(folder, "ro"):
+            yield folder
+        return
+    folder.mkdir()
+    folder.chmod(0o500)
     try:
-        log = TurnLog(tmp_path / "turns.jsonl")
+        yield folder
+    finally:
+        folder.chmod(0o700)
+
+
+def test_read_only_directory_does_not_raise(tmp_path: Path) -> None:
+    with _read_only(tmp_path / "logs") as folder:
+        log = TurnLog(folder / "turns.jsonl")
         log.write(_record())
         log.close()
-    finally:
-        tmp_path.chmod(0o700)
-    assert not (tmp_path / "turns.jsonl").exists()
+        assert not (folder / "turns.jsonl").exists()
 
 
 def test_recovers_on_a_fresh_line_after_a_failed_write(tmp_path: Path) -> None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import TypeAdapter
 
+from voice.cases import CaseRecorder
 from voice.client import RealtimeClient
 from voice.config import Settings, load_settings
 from voice.latency import TurnLog
 from voice.server import VoiceServer
 from voice.testing import EnergyVad, FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
-from voice.turns import Engines, TurnPolicy
+from voice.turns import Engines, Runtime, TurnPolicy
 
 try:
     from openai.types.realtime import RealtimeServerEvent
@@ -43,12 +44,24 @@ def utterance(speech_ms: float = 800, pause_ms: float = 900) -> np.ndarray:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    tmp_path: Path, engines: Engines, *, policy: TurnPolicy | None = None, **settings: Any
+    tmp_path: Path,
+    engines: Engines,
+    *,
+    policy: TurnPolicy | None = None,
+    runtimes: Sequence[Runtime] = (),
+    cases: CaseRecorder | None = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[str, TurnLog, Settings]]:
     s = load_settings(data_dir=tmp_path, **settings)
     log = TurnLog(tmp_path / "turns.jsonl")
     server = VoiceServer(
-        s, engines, EnergyVad(), policy=policy or TurnPolicy(lead_ms=200), turn_log=log
+        s,
+        engines,
+        EnergyVad(),
+        policy=policy or TurnPolicy(lead_ms=200),
+        turn_log=log,
+        runtimes=runtimes,
+        cases=cases,
     )
     srv = await server.start("127.0.0.1", 0)
     port = next(iter(srv.sockets)).getsockname()[1]

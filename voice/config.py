@@ -14,7 +14,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -163,11 +163,93 @@ class VoiceServerSettings(_Section):
     port: Annotated[int, Field(ge=0, le=65_535)] = 8765
     # Required from clients unless the server binds only to loopback.
     api_keys: list[SecretStr] = []
-    max_sessions: Annotated[int, Field(ge=1, le=10_000)] = 8
-    max_sessions_per_key: Annotated[int, Field(ge=1, le=10_000)] = 4
+    # Capacity of the embedded models on 2 cores (bench/voice_load.py: 3 callers keep
+    # voice-to-voice P95 under 2 s, 4 do not). Beyond it a caller is refused, not slowed down
+    # for everyone. Raise both on a bigger machine or with remote models.
+    max_sessions: Annotated[int, Field(ge=1, le=10_000)] = 3
+    max_sessions_per_key: Annotated[int, Field(ge=1, le=10_000)] = 3
     session_max_s: Seconds = 1800.0
     idle_timeout_s: Seconds = 120.0
+    # A client whose socket takes nothing for this long (its outgoing queue full) is dropped:
+    # a caller that never reads must not hold the server's memory or its turn forever.
+    send_timeout_s: Seconds = 10.0
     max_message_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+
+
+# Settings an experiment arm may change: the models and how turns are detected, nothing
+# about the server (ports, keys, limits), so every arm runs in the same process.
+ARM_SECTIONS = ("asr", "llm", "tts", "vad")
+
+
+class ArmSettings(_Section):
+    """One named model configuration: dotted overrides of the asr/llm/tts/vad settings."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")]
+    weight: Annotated[float, Field(gt=0, le=1_000_000)] = 1.0
+    # e.g. {"asr.model" = "base"} or {"llm.backends" = [{kind = "openai", url = "...", ...}]}
+    overrides: dict[str, object] = {}
+
+    @field_validator("overrides")
+    @classmethod
+    def _check_overrides(cls, v: dict[str, object]) -> dict[str, object]:
+        for dotted in v:
+            if dotted.split(".", 1)[0] not in ARM_SECTIONS or "." not in dotted:
+                raise ValueError(
+                    f"{dotted!r}: an arm may override {', '.join(s + '.*' for s in ARM_SECTIONS)}"
+                )
+        return v
+
+
+class ExperimentSettings(_Section):
+    """A/B experiment: sessions split between named arms. No arms: no experiment."""
+
+    arms: list[ArmSettings] = []
+    # "session": each session drawn on its own; "key": all sessions of an API key in one arm.
+    split_by: Literal["session", "key"] = "session"
+    # Part of the hash: a new salt reshuffles who lands where (a new experiment).
+    salt: Annotated[str, Field(max_length=100)] = "castwork"
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentSettings:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must differ (got {', '.join(names)})")
+        return self
+
+
+CaptureReason = Literal[
+    "no_speech",
+    "asr_retry",
+    "asr_failed",
+    "llm_fallback",
+    "llm_all_failed",
+    "llm_cut_short",
+    "tts_fallback",
+    "tts_failed",
+    "barge_in",
+    "abandoned",
+    "slow",
+]
+
+
+class CaptureSettings(_Section):
+    """Failure-case capture (off by default): turns that needed a recovery branch or were slow
+    are kept with their audio, text, record and lineage, personal data masked."""
+
+    enabled: bool = False
+    # Default <data_dir>/cases.
+    dir: Path | None = None
+    # A turn with any of these recovery codes is captured ("slow" is the latency threshold).
+    reasons: list[CaptureReason] = list(get_args(CaptureReason))
+    # "slow": voice-to-voice above this.
+    slow_ms: Annotated[float, Field(gt=0, le=600_000)] = 2000.0
+    # Retention: the newest max_cases, none older than max_age_days.
+    max_cases: Annotated[int, Field(ge=1, le=10_000_000)] = 1000
+    max_age_days: Annotated[float, Field(gt=0, le=3650)] = 14.0
+    # Cases waiting to be written; beyond it a case is dropped (and counted), never waited for.
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 64
+    # Keep the audio of a case whose text held personal data (phone, e-mail, card...).
+    keep_audio_with_pii: bool = False
 
 
 class BrokerSettings(_Section):
@@ -234,7 +316,7 @@ class ApiSettings(_Section):
     # merchant, "local").
     keys: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")], SecretStr] = {}
     # Operator keys: the dashboard, /v1/ops/* and /metrics. Merchant keys never open them.
-    # Empty: those are open on a loopback address and closed otherwise.
+    # Empty: those are open where the API is (loopback, no merchant keys) and closed otherwise.
     ops_keys: list[SecretStr] = []
     max_request_mb: Annotated[int, Field(ge=1, le=2000)] = 80
     # Jobs a merchant may have queued or running at once.
@@ -269,6 +351,8 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     api: ApiSettings = ApiSettings()
     log: LogSettings = LogSettings()
+    experiment: ExperimentSettings = ExperimentSettings()
+    capture: CaptureSettings = CaptureSettings()
 
     @property
     def model_cache(self) -> Path:
@@ -277,6 +361,10 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.jobs.dir or self.data_dir / "jobs"
+
+    @property
+    def cases_dir(self) -> Path:
+        return self.capture.dir or self.data_dir / "cases"
 
     @property
     def turn_log_path(self) -> Path:

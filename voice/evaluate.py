@@ -162,7 +162,7 @@ async def run_arm(
     progress: Progress = lambda _: None,
 ) -> ArmResult:
     """Start a real voice server with the arm's settings, play every clip, stop it."""
-    from voice.factory import build_vad, load_engines, turn_policy
+    from voice.factory import load_runtimes
     from voice.latency import TurnLog
     from voice.server import VoiceServer
 
@@ -170,15 +170,26 @@ async def run_arm(
     await asyncio.to_thread(_fresh, turn_log_path)
     arm_settings = with_overrides(
         settings,
-        {**arm.overrides, "voice.host": "127.0.0.1", "voice.max_sessions": 4},
+        # One arm per server: a configured live experiment does not split the eval's sessions.
+        {
+            **arm.overrides,
+            "voice.host": "127.0.0.1",
+            "voice.max_sessions": 4,
+            "experiment.arms": [],
+        },
     )
     t0 = time.perf_counter()
-    engines = await asyncio.to_thread(load_engines, arm_settings)
-    vad = build_vad(arm_settings)
+    (runtime,) = await asyncio.to_thread(load_runtimes, arm_settings)
+    runtime.name = arm.name  # the turn records say which arm they came from
     load_s = time.perf_counter() - t0
     turn_log = TurnLog(turn_log_path)
     server = VoiceServer(
-        arm_settings, engines, vad, policy=turn_policy(arm_settings), turn_log=turn_log
+        arm_settings,
+        runtime.engines,
+        runtime.vad,
+        policy=runtime.policy,
+        turn_log=turn_log,
+        runtimes=[runtime],
     )
     srv = await server.start("127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]

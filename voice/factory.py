@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from voice import audio as pcm
+from voice import lineage
 from voice.asr import WhisperTranscriber
 from voice.audio import concat
 from voice.config import LlmBackend, Settings
 from voice.engines import ChatModel, Synthesizer
 from voice.errors import EngineError
+from voice.experiments import ArmConfig, arm_configs
 from voice.llm import LlamaCppChat, OpenAIChat
 from voice.models import resolve_asr, resolve_llm, resolve_tts, resolve_vad
 from voice.tts import EspeakSynthesizer, PiperSynthesizer
-from voice.turns import APOLOGY, Engines, TurnPolicy
+from voice.turns import APOLOGY, Engines, Runtime, TurnPolicy
 from voice.vad import SileroVad
+
+T = TypeVar("T")
 
 
 def build_vad(settings: Settings) -> SileroVad:
@@ -73,17 +82,7 @@ def build_fallback_tts(settings: Settings) -> Synthesizer | None:
 
 def load_engines(settings: Settings) -> Engines:
     """Load every engine a voice server needs, once, and pre-synthesise the apology clip."""
-    tts = build_tts(settings)
-    fallback = build_fallback_tts(settings)
-    apology = None
-    for engine in (tts, fallback):
-        if engine is None:
-            continue
-        try:
-            apology = (concat(list(engine.synthesize(APOLOGY))), engine.sample_rate)
-            break
-        except EngineError:
-            continue
+    tts, fallback, apology = _tts_pair(settings)
     asr_fallback = (
         build_asr(settings, settings.asr.fallback_model) if settings.asr.fallback_model else None
     )
@@ -95,6 +94,61 @@ def load_engines(settings: Settings) -> Engines:
         tts_fallback=fallback,
         apology=apology,
     )
+
+
+def load_runtimes(settings: Settings) -> list[Runtime]:
+    """One runtime per experiment arm (one in all without an experiment). Arms that configure
+    a model the same way share its loaded engine: an ASR-only experiment loads one LLM."""
+    configs = arm_configs(settings)  # every arm validated before any model loads
+    cache: dict[str, object] = {}
+
+    def once(kind: str, section: object, build: Callable[[], T]) -> T:
+        key = kind + ":" + json.dumps(section, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = build()
+        return cast(T, cache[key])
+
+    return [_runtime(arm, once) for arm in configs]
+
+
+def _runtime(arm: ArmConfig, once: Callable[[str, object, Callable[[], Any]], Any]) -> Runtime:
+    s = arm.settings
+    # A Whisper model is the same engine wherever it is used (primary or fallback).
+    asr = s.asr.model_dump(mode="json", exclude={"model", "fallback_model"})
+    tts, tts_fallback, apology = once("tts", s.tts.model_dump(mode="json"), lambda: _tts_pair(s))
+    fallback = s.asr.fallback_model
+    engines = Engines(
+        asr=once("asr", [asr, s.asr.model], lambda: build_asr(s)),
+        chat=once("llm", s.llm.model_dump(mode="json"), lambda: build_chat_chain(s)),
+        tts=tts,
+        asr_fallback=once("asr", [asr, fallback], lambda: build_asr(s, fallback))
+        if fallback
+        else None,
+        tts_fallback=tts_fallback,
+        apology=apology,
+    )
+    vad = once("vad", s.vad.model, lambda: build_vad(s))
+    return Runtime(
+        arm.name, engines, vad, turn_policy(s), s, weight=arm.weight, lineage=lineage.of_settings(s)
+    )
+
+
+def _tts_pair(
+    settings: Settings,
+) -> tuple[Synthesizer, Synthesizer | None, tuple[pcm.Float32Array, int] | None]:
+    """The TTS engine, its fallback and the apology clip pre-synthesised by the first that can."""
+    tts = build_tts(settings)
+    fallback = build_fallback_tts(settings)
+    apology = None
+    for engine in (tts, fallback):
+        if engine is None:
+            continue
+        try:
+            apology = (concat(list(engine.synthesize(APOLOGY))), engine.sample_rate)
+            break
+        except EngineError:
+            continue
+    return tts, fallback, apology
 
 
 def turn_policy(settings: Settings) -> TurnPolicy:

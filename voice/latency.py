@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,16 @@ TURNS_TOTAL = Counter(
     "castwork_turns_total", "Finished turns, by outcome.", ["outcome"], registry=REGISTRY
 )
 SESSIONS_ACTIVE = Gauge("castwork_sessions_active", "Voice sessions open now.", registry=REGISTRY)
+# Resources that must come back to baseline once sessions end (the soak benchmark watches them):
+# process_resident_memory_bytes and process_open_fds from the collector, threads and tasks here.
+ProcessCollector(registry=REGISTRY)
+THREADS = Gauge("castwork_threads", "Python threads alive in this process.", registry=REGISTRY)
+THREADS.set_function(threading.active_count)
+ASYNCIO_TASKS = Gauge(
+    "castwork_asyncio_tasks",
+    "Asyncio tasks not yet done on the serving event loop (set by the server that owns it).",
+    registry=REGISTRY,
+)
 
 
 def live_sessions() -> int:
@@ -78,6 +95,18 @@ def live_sessions() -> int:
 def metrics_text() -> bytes:
     """The Prometheus text exposition of :data:`REGISTRY`."""
     return generate_latest(REGISTRY)
+
+
+@dataclass
+class Evidence:
+    """What a captured failure case keeps beyond the record (see :mod:`voice.cases`). Held in
+    memory only until the turn is finished: never written to the turn log."""
+
+    audio: Any = None  # the user's speech for the turn, float32 at 16 kHz
+    transcript: str | None = None  # what the ASR returned
+    heard: str | None = None  # what the session took as the user's words
+    reply: str | None = None  # what the LLM wrote (or the canned reply)
+    spoken: str | None = None  # what was played before the turn ended (barge-in cuts it)
 
 
 @dataclass
@@ -94,6 +123,9 @@ class TurnRecord:
     recovery: list[str] = field(default_factory=list)
     outcome: str = "in_progress"
     extra: dict[str, object] = field(default_factory=dict)
+    # Which model files, instructions and settings produced the turn (voice.lineage).
+    lineage: dict[str, object] = field(default_factory=dict)
+    evidence: Evidence = field(default_factory=Evidence, repr=False, compare=False)
 
     def mark(self, name: str, at: float | None = None) -> None:
         """Record that ``name`` happened (now, or ``at``). The first write wins, so a stage
@@ -141,6 +173,7 @@ class TurnRecord:
             "durations_ms": {k: round(v, 1) for k, v in self.durations().items()},
             "marks_ms": {k: round((v - origin) * 1000, 1) for k, v in self.marks.items()},
             "extra": dict(self.extra),
+            "lineage": dict(self.lineage),
         }
 
 

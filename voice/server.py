@@ -16,8 +16,10 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -28,9 +30,11 @@ from websockets.http11 import Request, Response
 
 from voice import audio as pcm
 from voice import latency, protocol
+from voice.cases import CaseRecorder
 from voice.config import Settings
 from voice.engines import VoiceActivity
 from voice.errors import ConfigError, ProtocolError
+from voice.experiments import NO_ARM, assign
 from voice.latency import TurnLog, TurnRecord
 from voice.logs import bound
 from voice.session import (
@@ -44,12 +48,12 @@ from voice.session import (
     Transcribe,
     VoiceSession,
 )
-from voice.turns import Engines, ResponseRunner, TurnPolicy, transcribe
+from voice.turns import Engines, ResponseRunner, Runtime, TurnPolicy, transcribe
 from voice.vad import FRAME_SAMPLES
 
 log = logging.getLogger(__name__)
 PATH = "/v1/realtime"
-_SEND_TIMEOUT_S = 10.0  # a client that reads nothing for this long is dropped
+_SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
 
 
 def key_id(authorization: str | None) -> str:
@@ -79,6 +83,8 @@ class VoiceServer:
         *,
         policy: TurnPolicy,
         turn_log: TurnLog,
+        runtimes: Sequence[Runtime] = (),
+        cases: CaseRecorder | None = None,
     ) -> None:
         v = settings.voice
         self.keys = {k.get_secret_value() for k in v.api_keys}
@@ -93,22 +99,54 @@ class VoiceServer:
             policy,
             turn_log,
         )
+        # The experiment's arms; without one, a single runtime of the engines given.
+        self.runtimes = list(runtimes) or [Runtime(NO_ARM, engines, vad, policy, settings)]
+        self.cases = cases
         self.sessions: Counter[str] = Counter()
         self.asr_busy = 0  # decodes in flight across sessions; partials wait for an idle ASR
 
     async def start(self, host: str | None = None, port: int | None = None) -> Server:
         v = self.settings.voice
+        bind = host if host is not None else v.host
+        # __init__ checked voice.host; an address given here (castwork voice --host) must
+        # pass the same rule, or a keyless server could listen on every interface.
+        if not self.keys and not is_loopback(bind):
+            raise ConfigError(
+                "voice.api_keys [CASTWORK_VOICE__API_KEYS]", f"required when binding to {bind}"
+            )
+        loop = asyncio.get_running_loop()
+        # Read at scrape time, which runs on this loop (process_request).
+        latency.ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
         return await serve(
             self._handle,
-            host if host is not None else v.host,
+            bind,
             port if port is not None else v.port,
             process_request=self._process_request,
             max_size=v.max_message_bytes,
             max_queue=32,
             ping_interval=20,
+            # The closing handshake with a client that reads nothing would wait forever.
+            close_timeout=min(v.send_timeout_s, 10.0),
             # Base64 audio barely compresses; deflating every frame cost a third of a core.
             compression=None,
         )
+
+    def pick(self, session_id: str, key: str) -> Runtime:
+        """The arm a new session is served by (see :mod:`voice.experiments`)."""
+        if len(self.runtimes) == 1:
+            return self.runtimes[0]
+        exp = self.settings.experiment
+        name = assign(
+            key if exp.split_by == "key" else session_id,
+            [(r.name, r.weight) for r in self.runtimes],
+            exp.salt,
+        )
+        return next(r for r in self.runtimes if r.name == name)
+
+    def finish_turn(self, turn: TurnRecord) -> None:
+        self.turn_log.write(turn)
+        if self.cases is not None:
+            self.cases.offer(turn)
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -151,6 +189,12 @@ class VoiceServer:
                 await ws.send(json.dumps(err))
                 await ws.close(1013, "at capacity")
             return
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:
+            # Bounded kernel buffering per caller (autotuning would allow megabytes): memory
+            # stays small with many sessions and a stalled reader shows within seconds. 128 KiB
+            # (doubled by the kernel) is about 2 s of 24 kHz audio, far above what real time needs on any network.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
         self.sessions[key] += 1
         latency.SESSIONS_ACTIVE.inc()
         try:
@@ -169,7 +213,9 @@ class Connection:
         self, server: VoiceServer, ws: ServerConnection, *, key: str = "anonymous"
     ) -> None:
         self.server, self.ws = server, ws
-        s = server.settings
+        session_id = protocol.new_id("sess")
+        self.rt = rt = server.pick(session_id, key)
+        s = rt.settings  # the arm's: its VAD, ASR guard, instructions and voice
         td = protocol.TurnDetection(
             threshold=s.vad.threshold,
             prefix_padding_ms=s.vad.prefix_padding_ms,
@@ -184,8 +230,8 @@ class Connection:
             no_speech_threshold=s.asr.no_speech_threshold,
             min_avg_logprob=s.asr.min_avg_logprob,
         )
-        self.core = VoiceSession(protocol.new_id("sess"), config, key=key)
-        self.vad = server.vad.fork()
+        self.core = VoiceSession(session_id, config, key=key, arm=rt.name, lineage=rt.lineage)
+        self.vad = rt.vad.fork()
         self.frames = pcm.FrameSplitter(FRAME_SAMPLES)
         self.decoder = pcm.StreamDecoder(config.input_format)
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
@@ -308,7 +354,7 @@ class Connection:
             self.open_turns[action.turn.turn_id] = action.turn
         self.server.asr_busy += 1
         try:
-            result, retried = await transcribe(self.server.engines, action.audio)
+            result, retried = await transcribe(self.rt.engines, action.audio)
         finally:
             self.server.asr_busy -= 1
         await self._do(
@@ -319,8 +365,8 @@ class Connection:
         cfg = self.core.config
         runner = ResponseRunner(
             action,
-            self.server.engines,
-            self.server.policy,
+            self.rt.engines,
+            self.rt.policy,
             self._send,
             output_format=cfg.output_format,
             voice=cfg.voice,
@@ -338,6 +384,8 @@ class Connection:
         finally:
             self.runners.pop(runner.start.response_id, None)
         turn = runner.turn
+        turn.evidence.reply = runner.reply_text()
+        turn.evidence.spoken = " ".join(text for text, _, _ in runner.spoken_segments())
         if runner.released.is_set():
             if runner.status == "completed":
                 turn.outcome = "spoken" if "audio" in runner.start.modalities else "text_only"
@@ -358,7 +406,7 @@ class Connection:
 
     def _finish_turn(self, turn: TurnRecord) -> None:
         self.open_turns.pop(turn.turn_id, None)
-        self.server.turn_log.write(turn)
+        self.server.finish_turn(turn)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -369,14 +417,27 @@ class Connection:
 
     async def _send(self, event: dict[str, Any]) -> None:
         try:
-            await asyncio.wait_for(self.outbox.put(event), _SEND_TIMEOUT_S)
+            await asyncio.wait_for(
+                self.outbox.put(event), self.server.settings.voice.send_timeout_s
+            )
         except TimeoutError:
-            log.warning("client is not reading; closing")
-            await self.ws.close(1008, "client not reading")
+            self._drop_stalled("outgoing queue full")
+
+    def _drop_stalled(self, why: str) -> None:
+        # No closing handshake: a close frame would queue behind everything it did not read.
+        log.warning("%s; dropping the connection", why)
+        self.ws.transport.abort()
 
     async def _writer(self) -> None:
+        timeout = self.server.settings.voice.send_timeout_s
         while (event := await self.outbox.get()) is not None:
-            await self.ws.send(json.dumps(event))
+            try:
+                # Answers are paced at real time, so a send that cannot finish for this long
+                # means the client's socket has taken nothing (its buffers and ours are full).
+                await asyncio.wait_for(self.ws.send(json.dumps(event)), timeout)
+            except TimeoutError:
+                self._drop_stalled(f"client read nothing for {timeout:.0f} s")
+                return
 
     async def _teardown(self, writer: asyncio.Task[None]) -> None:
         for runner in list(self.runners.values()):
@@ -385,6 +446,8 @@ class Connection:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if (speaking := self.core.open_turn) is not None:
+            if speaking.evidence.audio is None:
+                speaking.evidence.audio = self.core.speech_so_far()
             self.open_turns.setdefault(speaking.turn_id, speaking)
         for turn in list(self.open_turns.values()):
             if turn.outcome == "in_progress":
@@ -401,6 +464,25 @@ class Connection:
         log.info("session closed")
 
 
+def _eager_default_executor(loop: asyncio.AbstractEventLoop) -> None:
+    """Give the loop its thread pool (model calls run there) with every thread started now.
+
+    Python's pool starts threads one by one as calls overlap and never stops them, so the
+    thread count would creep up for hours and hide a real leak; started at once it stays flat
+    and any growth means something."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(32, (os.cpu_count() or 1) + 4)  # Python's own default size
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="castwork-worker")
+    ready = threading.Barrier(workers + 1)
+    for _ in range(workers):
+        pool.submit(ready.wait)  # each waits: the pool has to start a new thread for the next
+    ready.wait()
+    loop.set_default_executor(pool)
+
+
 async def serve_forever(
     settings: Settings,
     *,
@@ -411,20 +493,34 @@ async def serve_forever(
     """Load the engines, serve until SIGINT/SIGTERM (or ``stop``), then close sessions."""
     import signal
 
-    from voice.factory import build_vad, load_engines, turn_policy
+    from voice.factory import load_runtimes
 
+    _eager_default_executor(asyncio.get_running_loop())
     t0 = time.perf_counter()
-    engines = await asyncio.to_thread(load_engines, settings)
-    vad = build_vad(settings)
-    log.info(
-        "engines loaded in %.1f s: asr=%s llm=%s tts=%s",
-        time.perf_counter() - t0,
-        engines.asr.name,
-        ",".join(c.name for c in engines.chat),
-        engines.tts.name,
-    )
+    runtimes = await asyncio.to_thread(load_runtimes, settings)
+    for rt in runtimes:
+        log.info(
+            "engines loaded in %.1f s%s: asr=%s llm=%s tts=%s",
+            time.perf_counter() - t0,
+            "" if rt.name == NO_ARM else f" for arm {rt.name} (weight {rt.weight:g})",
+            rt.engines.asr.name,
+            ",".join(c.name for c in rt.engines.chat),
+            rt.engines.tts.name,
+        )
     turn_log = TurnLog(settings.turn_log_path)
-    server = VoiceServer(settings, engines, vad, policy=turn_policy(settings), turn_log=turn_log)
+    cases = CaseRecorder.from_settings(settings)
+    if cases is not None:
+        log.info("capturing failure cases into %s", settings.cases_dir)
+    first = runtimes[0]
+    server = VoiceServer(
+        settings,
+        first.engines,
+        first.vad,
+        policy=first.policy,
+        turn_log=turn_log,
+        runtimes=runtimes,
+        cases=cases,
+    )
     srv = await server.start(host, port)
     bound_to = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in srv.sockets)
     log.info("voice server on ws://%s%s (turn log %s)", bound_to, PATH, settings.turn_log_path)
@@ -437,3 +533,5 @@ async def serve_forever(
     srv.close()
     await srv.wait_closed()
     turn_log.close()
+    if cases is not None:
+        await asyncio.to_thread(cases.close)

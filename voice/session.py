@@ -27,6 +27,7 @@ from voice.audio import INTERNAL_RATE, Float32Array
 from voice.engines import Message, Transcript
 from voice.errors import ProtocolError
 from voice.latency import TurnRecord
+from voice.lineage import digest
 from voice.vad import FRAME_SAMPLES
 
 FRAME_MS = FRAME_SAMPLES * 1000 // INTERNAL_RATE  # 32
@@ -161,11 +162,15 @@ class VoiceSession:
         model: str = "castwork",
         key: str = "-",
         arm: str = "-",
+        lineage: dict[str, object] | None = None,
     ) -> None:
         self.id = session_id
         # Labels copied into every turn record: which API key (an id, never the secret) and
         # which experiment arm the session belongs to.
         self.key, self.arm = key, arm
+        # Model identities and settings hash of the session's arm (voice.lineage), copied into
+        # every turn record with the hash of the instructions each response used.
+        self.lineage = dict(lineage or {})
         self.config = config
         self.model = model
         self.items: dict[str, Item] = {}
@@ -515,6 +520,7 @@ class VoiceSession:
 
     def _commit(self, item_id: str, turn: TurnRecord, now: float, start_ms: float) -> list[Action]:
         audio = self._slice(start_ms, self._audio_ms)
+        turn.evidence.audio = audio
         previous = self._previous_id(item_id)
         self.items[item_id] = Item(item_id, "user", "", audio=True, status="in_progress")
         self._drop_buffer()
@@ -608,6 +614,7 @@ class VoiceSession:
         )
         if item:
             item.text, item.status = text, "completed"
+        turn.evidence.transcript, turn.evidence.heard = result.text, text
         if result.model:
             turn.models["asr"] = result.model
         out += [
@@ -672,6 +679,7 @@ class VoiceSession:
             params.instructions if params and params.instructions else self.config.instructions
         )
         messages: list[Message] = [{"role": "system", "content": instructions}]
+        turn.lineage["prompt"] = digest(instructions)
         for item in self.items.values():
             if item.text and item.status != "in_progress":
                 messages.append({"role": item.role, "content": item.text})
@@ -698,7 +706,13 @@ class VoiceSession:
     # --- helpers ------------------------------------------------------------------------------
 
     def _new_turn(self, now: float) -> TurnRecord:
-        return TurnRecord(session_id=self.id, turn_id=p.new_id("turn"), key=self.key, arm=self.arm)
+        return TurnRecord(
+            session_id=self.id,
+            turn_id=p.new_id("turn"),
+            key=self.key,
+            arm=self.arm,
+            lineage=dict(self.lineage),
+        )
 
     def _transcribe(
         self,
@@ -753,6 +767,12 @@ class VoiceSession:
     def open_turn(self) -> TurnRecord | None:
         """The turn the user is speaking in, if any (for a disconnect to log as abandoned)."""
         return self._turn
+
+    def speech_so_far(self) -> Float32Array:
+        """The audio of the turn the user is speaking in (empty when none)."""
+        if self._turn is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._slice(self._speech_start_ms, self._audio_ms)
 
     @property
     def response_active(self) -> bool:

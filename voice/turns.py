@@ -28,7 +28,8 @@ from typing import Any
 from voice import audio as pcm
 from voice import protocol as p
 from voice.chunker import SpeakableChunker
-from voice.engines import ChatModel, Synthesizer, Transcriber, Transcript
+from voice.config import Settings
+from voice.engines import ChatModel, Synthesizer, Transcriber, Transcript, VoiceActivity
 from voice.errors import EngineError
 from voice.latency import TurnRecord
 from voice.session import StartResponse, spoken_text
@@ -60,6 +61,19 @@ class TurnPolicy:
     # and the audio thrown away on barge-in.
     lead_ms: float = 800.0
     delta_ms: int = 200
+
+
+@dataclass
+class Runtime:
+    """What one experiment arm serves with (the whole server, without an experiment)."""
+
+    name: str
+    engines: Engines
+    vad: VoiceActivity
+    policy: TurnPolicy
+    settings: Settings
+    weight: float = 1.0
+    lineage: dict[str, object] = field(default_factory=dict)
 
 
 async def transcribe(engines: Engines, audio: pcm.Float32Array) -> tuple[Transcript | None, bool]:
@@ -361,6 +375,12 @@ class ResponseRunner:
 
     def _full_text(self) -> str:
         return " ".join(t for t, _, _ in self.segments).strip()
+
+    def reply_text(self) -> str:
+        """Everything the response meant to say: the LLM's words, else the pieces spoken."""
+        if self._llm_text:
+            return "".join(self._llm_text).strip()
+        return " ".join(text for text, _, _ in self.segments) or (self.start.canned_text or "")
 
     def spoken_segments(self) -> list[tuple[str, float, float]]:
         """What the conversation keeps: only the audio that was (probably) heard."""

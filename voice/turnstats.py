@@ -237,6 +237,41 @@ def summarize(turns: Sequence[Turn], by: Sequence[str] = ("model", "outcome")) -
 # --- comparison ---------------------------------------------------------------------------
 
 
+# --- noise ----------------------------------------------------------------------------------
+
+RESAMPLES = 1000
+
+
+def percentile_change_ci(
+    a: Sequence[float], b: Sequence[float], q: float, *, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """95% bootstrap interval of ``percentile(b, q) - percentile(a, q)``: each side resampled
+    with replacement ``resamples`` times (seeded: the same logs give the same interval)."""
+    rng = np.random.default_rng(seed)
+    va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diffs = []
+    for start in range(0, resamples, 100):  # in blocks: a long log must not need gigabytes
+        n = min(100, resamples - start)
+        pa = np.percentile(va[rng.integers(0, len(va), (n, len(va)))], q, axis=1)
+        pb = np.percentile(vb[rng.integers(0, len(vb), (n, len(vb)))], q, axis=1)
+        diffs.append(pb - pa)
+    lo, hi = np.percentile(np.concatenate(diffs), (2.5, 97.5))
+    return float(lo), float(hi)
+
+
+def rate_change_ci(ka: int, na: int, kb: int, nb: int) -> tuple[float, float]:
+    """95% interval of the change in a rate (kb/nb - ka/na), Agresti-Caffo: one success and
+    one failure added to each side, so small counts and rates of 0 or 1 stay honest."""
+    pa, pb = (ka + 1) / (na + 2), (kb + 1) / (nb + 2)
+    se = math.sqrt(pa * (1 - pa) / (na + 2) + pb * (1 - pb) / (nb + 2))
+    d = pb - pa
+    return d - 1.96 * se, d + 1.96 * se
+
+
+def _excludes_zero(ci: tuple[float, float] | None) -> bool:
+    return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+
 @dataclass(frozen=True)
 class Delta:
     metric: str
@@ -247,6 +282,14 @@ class Delta:
     p95_change_pct: float | None
     regression: bool
     note: str = ""
+    # 95% intervals of the changes, when the turns themselves were given to compare().
+    p50_ci: tuple[float, float] | None = None
+    p95_ci: tuple[float, float] | None = None
+
+    @property
+    def within_noise(self) -> bool | None:
+        """True when the P95 change could be chance (its interval holds 0); None: not assessed."""
+        return None if self.p95_ci is None else not _excludes_zero(self.p95_ci)
 
 
 @dataclass(frozen=True)
@@ -255,6 +298,11 @@ class RateDelta:
     a_rate: float
     b_rate: float
     regression: bool
+    ci: tuple[float, float] | None = None
+
+    @property
+    def within_noise(self) -> bool | None:
+        return None if self.ci is None else not _excludes_zero(self.ci)
 
 
 @dataclass(frozen=True)
@@ -277,7 +325,31 @@ class Comparison:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "regressions": self.regressions}
+        out = {**asdict(self), "regressions": self.regressions, "verdict": self.verdict()}
+        for d, j in zip(self.metrics, out["metrics"], strict=True):
+            j["within_noise"] = d.within_noise
+        for r, j in zip(self.recovery, out["recovery"], strict=True):
+            j["within_noise"] = r.within_noise
+        return out
+
+    def verdict(self) -> str:
+        """One sentence on voice-to-voice: how B differs from A and whether that is noise."""
+        d = next((d for d in self.metrics if d.metric == "voice_to_voice"), None)
+        if d is None or d.a is None or d.b is None or d.p95_change_ms is None:
+            return "voice-to-voice: not measured on both sides"
+        change = (
+            f"voice-to-voice P95 {d.a.p95:.0f} ms (A) vs {d.b.p95:.0f} ms (B), "
+            f"{d.p95_change_ms:+.0f} ms"
+        )
+        if d.p95_ci is None:
+            return change + " (noise not assessed)"
+        ci = f"95% CI {d.p95_ci[0]:+.0f} to {d.p95_ci[1]:+.0f} ms"
+        if d.within_noise:
+            return (
+                f"{change}: within noise ({ci}, {d.a.count} and {d.b.count} turns); "
+                "no difference shown, more turns would narrow it"
+            )
+        return f"{change}: a real difference ({ci}, {d.a.count} and {d.b.count} turns)"
 
 
 def compare(
@@ -290,12 +362,17 @@ def compare(
     min_delta_ms: float = 10.0,
     rate_threshold: float = 0.05,
     min_count: int = 10,
+    samples: tuple[Sequence[Turn], Sequence[Turn]] | None = None,
 ) -> Comparison:
     """B against A (the baseline). A metric regresses when its P95 grew by more than
     ``threshold_pct`` percent *and* by more than ``min_delta_ms`` (so a 2 ms stage going to
     3 ms is not a regression), with at least ``min_count`` values on both sides (fewer is
     noise: shown, marked, never flagged). A recovery branch regresses when its rate rose by
-    more than ``rate_threshold`` (0.05 = five percentage points)."""
+    more than ``rate_threshold`` (0.05 = five percentage points).
+
+    With ``samples`` (A's and B's turns) each change also gets a 95% interval (bootstrap for
+    percentiles, Agresti-Caffo for rates), and a change whose interval holds zero is called
+    within noise and never flagged: the gate fails on differences the data can show."""
     deltas = []
     for metric in METRICS:
         sa, sb = a.overall.stats.get(metric), b.overall.stats.get(metric)
@@ -307,13 +384,30 @@ def compare(
         few = min(sa.count, sb.count) < min_count
         worse = pct > threshold_pct and d95 > min_delta_ms
         note = f"fewer than {min_count} values: not judged" if few else ""
-        deltas.append(Delta(metric, sa, sb, sb.p50 - sa.p50, d95, pct, worse and not few, note))
+        p50_ci = p95_ci = None
+        if samples is not None:
+            va = [t.durations_ms[metric] for t in samples[0] if metric in t.durations_ms]
+            vb = [t.durations_ms[metric] for t in samples[1] if metric in t.durations_ms]
+            p50_ci = percentile_change_ci(va, vb, 50)
+            p95_ci = percentile_change_ci(va, vb, 95)
+            if worse and not few and not _excludes_zero(p95_ci):
+                worse, note = False, "within noise: not judged"
+        deltas.append(
+            Delta(
+                metric, sa, sb, sb.p50 - sa.p50, d95, pct, worse and not few, note, p50_ci, p95_ci
+            )
+        )
     rates = []
     for code in sorted(set(a.overall.recovery) | set(b.overall.recovery)):
-        ra = a.overall.recovery.get(code, (0, 0.0))[1]
-        rb = b.overall.recovery.get(code, (0, 0.0))[1]
+        ka, ra = a.overall.recovery.get(code, (0, 0.0))
+        kb, rb = b.overall.recovery.get(code, (0, 0.0))
         few = min(a.turns, b.turns) < min_count
-        rates.append(RateDelta(code, ra, rb, rb - ra > rate_threshold and not few))
+        worse = rb - ra > rate_threshold and not few
+        ci = None
+        if samples is not None:
+            ci = rate_change_ci(ka, a.turns, kb, b.turns)
+            worse = worse and _excludes_zero(ci)
+        rates.append(RateDelta(code, ra, rb, worse, ci))
     return Comparison(
         a_label,
         b_label,
@@ -391,12 +485,15 @@ def format_summary(s: Summary) -> str:
 
 
 def format_comparison(c: Comparison) -> str:
-    rows = [["stage (ms)", "n A", "n B", "P50 A", "P50 B", "P95 A", "P95 B", "P95 change", ""]]
+    noise = any(d.p95_ci is not None for d in c.metrics)
+    head = ["stage (ms)", "n A", "n B", "P50 A", "P50 B", "P95 A", "P95 B", "P95 change"]
+    rows = [[*head, *(["95% CI"] if noise else []), ""]]
     for d in c.metrics:
         pct = (
             "" if d.p95_change_pct is None else f"{d.p95_change_ms:+.0f} ({d.p95_change_pct:+.1f}%)"
         )
         flag = "REGRESSION" if d.regression else d.note
+        ci = [f"{d.p95_ci[0]:+.0f}..{d.p95_ci[1]:+.0f}" if d.p95_ci else ""] if noise else []
         rows.append(
             [
                 LABELS[d.metric],
@@ -407,32 +504,40 @@ def format_comparison(c: Comparison) -> str:
                 _ms(d.a.p95 if d.a else None),
                 _ms(d.b.p95 if d.b else None),
                 pct,
+                *ci,
                 flag,
             ]
         )
     lines = [f"A = {c.a_label} ({c.a_turns} turns)", f"B = {c.b_label} ({c.b_turns} turns)", ""]
-    lines += table(rows, right=lambda i: 0 < i < 8)
+    last = len(rows[0]) - 1
+    lines += table(rows, right=lambda i: 0 < i < last)
     if c.recovery:
         lines.append("")
         lines += table(
-            [["recovery", "rate A", "rate B", ""]]
+            [["recovery", "rate A", "rate B", "change, 95% CI (points)" if noise else "", ""]]
             + [
                 [
                     r.code,
                     f"{100 * r.a_rate:.1f}%",
                     f"{100 * r.b_rate:.1f}%",
-                    "REGRESSION" if r.regression else "",
+                    f"{100 * (r.b_rate - r.a_rate):+.1f} ({100 * r.ci[0]:+.1f}..{100 * r.ci[1]:+.1f})"
+                    if r.ci
+                    else "",
+                    "REGRESSION" if r.regression else ("within noise" if r.within_noise else ""),
                 ]
                 for r in c.recovery
             ],
-            right=lambda i: i in (1, 2),
+            right=lambda i: i in (1, 2, 3),
         )
     lines.append("")
     rule = (
         f"rule: P95 worse by > {c.threshold_pct:g}% and > {c.min_delta_ms:g} ms (n >= {c.min_count}),"
         f" or a recovery rate up by > {100 * c.rate_threshold:g} points"
     )
+    if noise:
+        rule += "; a change whose 95% CI holds 0 is within noise and not flagged"
     lines.append(rule)
+    lines.append(c.verdict())
     regs = c.regressions
     lines.append(f"{len(regs)} regression(s): {', '.join(regs)}" if regs else "no regression")
     return "\n".join(lines)

@@ -1,0 +1,372 @@
+"""Failure-case capture: turns that went wrong, kept (masked) to learn from.
+
+A turn that took a recovery branch (``no_speech``, ``asr_retry``, ``llm_fallback``,
+``barge_in``, ``abandoned``...) or whose voice-to-voice crossed ``capture.slow_ms`` becomes a
+*case*: a folder with ``case.json`` (transcripts, reply, turn record, lineage, settings) and,
+unless its text held personal data, ``audio.wav`` (the user's speech for the turn)::
+
+    <cases_dir>/20261121T101502-case_3f9a.../case.json, audio.wav
+
+Three parts, so the live turn never waits for a disk:
+
+- :func:`reasons` and :func:`build_case` are pure: which turns to keep, and the masked case.
+- :class:`CaseStore` writes a case atomically (a hidden temporary folder, fsynced, renamed
+  into place: a reader or a crash never sees half a case) and applies retention (newest
+  ``max_cases``, none older than ``max_age_days``).
+- :class:`CaseRecorder` is what the server calls when a turn ends: ``offer`` only puts the turn
+  on a bounded queue (a full queue drops the case and counts it); one writer thread builds and
+  stores cases.
+
+:func:`export` turns stored cases into an eval set (``castwork eval`` reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+
+from voice import audio as pcm
+from voice.config import CaptureSettings, Settings
+from voice.latency import REGISTRY, TurnRecord
+from voice.pii import mask
+
+log = logging.getLogger(__name__)
+
+CASES_CAPTURED = Counter(
+    "castwork_cases_captured_total",
+    "Failure cases written, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+CASES_DROPPED = Counter(
+    "castwork_cases_dropped_total",
+    "Failure cases not written, by why (queue_full, write_error).",
+    ["why"],
+    registry=REGISTRY,
+)
+CASE_FILE = "case.json"
+AUDIO_FILE = "audio.wav"
+_TMP_PREFIX = ".tmp-"
+
+
+def reasons(record: TurnRecord, capture: CaptureSettings) -> list[str]:
+    """Why this turn is a case (empty: it is not)."""
+    wanted: set[str] = set(capture.reasons)
+    out: list[str] = [code for code in dict.fromkeys(record.recovery) if code in wanted]
+    v2v = record.durations().get("voice_to_voice")
+    if "slow" in wanted and v2v is not None and v2v > capture.slow_ms:
+        out.append("slow")
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    """A case ready to store: ``data`` goes to case.json, ``audio`` (16 kHz) to audio.wav."""
+
+    case_id: str
+    data: dict[str, Any]
+    audio: pcm.Float32Array | None
+
+
+def shaping_settings(settings: Settings) -> dict[str, Any]:
+    """The settings in force for a turn, secrets masked (SecretStr dumps as '**********')."""
+    dumped: dict[str, Any] = settings.model_dump(
+        mode="json", include={"asr", "llm", "tts", "vad", "experiment"}
+    )
+    return dumped
+
+
+def build_case(
+    record: TurnRecord,
+    why: Sequence[str],
+    *,
+    settings: dict[str, Any],
+    keep_audio_with_pii: bool = False,
+    now: float | None = None,
+) -> Case:
+    """The case for a finished turn: every text masked, audio dropped when the text held
+    personal data (unless ``keep_audio_with_pii``)."""
+    ev = record.evidence
+    texts: dict[str, str | None] = {}
+    found: list[str] = []
+    for name in ("transcript", "heard", "reply", "spoken"):
+        value = getattr(ev, name)
+        if value is None:
+            texts[name] = None
+            continue
+        m = mask(value)
+        texts[name] = m.text
+        found += [k for k in m.kinds if k not in found]
+    audio = ev.audio if ev.audio is not None and len(ev.audio) else None
+    dropped = None
+    if audio is not None and found and not keep_audio_with_pii:
+        audio, dropped = None, "the turn's text held personal data (" + ", ".join(found) + ")"
+    data = {
+        "case_id": f"case_{record.turn_id.removeprefix('turn_')}",
+        "captured_at": time.time() if now is None else now,
+        "reasons": list(why),
+        "session_id": record.session_id,
+        "turn_id": record.turn_id,
+        "arm": record.arm,
+        **texts,
+        "personal_data": found,
+        "audio": AUDIO_FILE if audio is not None else None,
+        "audio_ms": round(len(audio) * 1000 / pcm.INTERNAL_RATE, 1) if audio is not None else 0,
+        "audio_dropped": dropped,
+        "record": record.to_json(),
+        "lineage": dict(record.lineage),
+        "settings": settings,
+    }
+    return Case(str(data["case_id"]), data, audio)
+
+
+class CaseStore:
+    """Cases as folders under ``root``; names sort by capture time."""
+
+    def __init__(self, root: Path, *, max_cases: int = 1000, max_age_days: float = 14.0) -> None:
+        self.root = root
+        self.max_cases = max_cases
+        self.max_age_s = max_age_days * 86400
+
+    def write(self, case: Case) -> Path:
+        """Store ``case`` atomically; returns its folder. Raises OSError (disk full...)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(float(case.data["captured_at"])))
+        final = self.root / f"{stamp}-{case.case_id}"
+        tmp = self.root / f"{_TMP_PREFIX}{case.case_id}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            if case.audio is not None:
+                (tmp / AUDIO_FILE).write_bytes(pcm.wav_bytes(case.audio, pcm.INTERNAL_RATE))
+            (tmp / CASE_FILE).write_text(json.dumps(case.data, ensure_ascii=False, indent=1))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(self.root)
+        return final
+
+    def folders(self) -> list[Path]:
+        """Stored cases, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(_TMP_PREFIX[0])
+        )
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply retention; also clear temporary folders a crash left. Returns cases removed."""
+        now = time.time() if now is None else now
+        removed = 0
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                if p.name.startswith(_TMP_PREFIX) and now - p.stat().st_mtime > 3600:
+                    shutil.rmtree(p, ignore_errors=True)
+        cases = self.folders()
+        for i, folder in enumerate(cases):
+            too_many = len(cases) - i > self.max_cases
+            if too_many or now - _captured_at(folder) > self.max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def cases(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """(folder, case.json) of each readable case, oldest first; unreadable ones skipped."""
+        for folder in self.folders():
+            try:
+                data = json.loads((folder / CASE_FILE).read_text())
+            except (OSError, ValueError):
+                log.warning("case %s unreadable; skipped", folder)
+                continue
+            if isinstance(data, dict):
+                yield folder, data
+
+
+def _captured_at(folder: Path) -> float:
+    stamp = folder.name.split("-", 1)[0]
+    try:
+        return time.mktime(time.strptime(stamp, "%Y%m%dT%H%M%S")) - time.timezone
+    except ValueError:
+        return folder.stat().st_mtime
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CaseRecorder:
+    """Takes finished turns from the server; writes the failure cases on its own thread."""
+
+    def __init__(self, store: CaseStore, capture: CaptureSettings, settings: Settings) -> None:
+        self.store, self.capture = store, capture
+        self._settings = shaping_settings(settings)
+        self._queue: queue.Queue[tuple[TurnRecord, list[str]] | None] = queue.Queue(
+            capture.queue_size
+        )
+        self.written = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="case-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CaseRecorder | None:
+        c = settings.capture
+        if not c.enabled:
+            return None
+        store = CaseStore(settings.cases_dir, max_cases=c.max_cases, max_age_days=c.max_age_days)
+        return cls(store, c, settings)
+
+    def offer(self, record: TurnRecord) -> bool:
+        """Queue ``record`` if it is a case. Never blocks: a full queue drops it, counted."""
+        why = reasons(record, self.capture)
+        if not why:
+            return False
+        try:
+            self._queue.put_nowait((record, why))
+        except queue.Full:
+            self.dropped += 1
+            CASES_DROPPED.labels(why="queue_full").inc()
+            return False
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued (up to ``timeout``), then stop the thread."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._queue.put(None, timeout=max(0.01, deadline - time.monotonic()))
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    break
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        since_prune = 0
+        with _suppress_log(OSError, "case retention"):
+            self.store.prune()
+        while (item := self._queue.get()) is not None:
+            record, why = item
+            try:
+                case = build_case(
+                    record,
+                    why,
+                    settings=self._settings,
+                    keep_audio_with_pii=self.capture.keep_audio_with_pii,
+                )
+                self.store.write(case)
+            except Exception as exc:  # a full disk must not kill the writer
+                self.dropped += 1
+                CASES_DROPPED.labels(why="write_error").inc()
+                log.warning("case for turn %s not written: %s", record.turn_id, exc)
+                continue
+            self.written += 1
+            for reason in why:
+                CASES_CAPTURED.labels(reason=reason).inc()
+            since_prune += 1
+            if since_prune >= 20 or len(self.store.folders()) > self.capture.max_cases:
+                since_prune = 0
+                with _suppress_log(OSError, "case retention"):
+                    self.store.prune()
+
+
+class _suppress_log:
+    def __init__(self, exc: type[BaseException], what: str) -> None:
+        self.exc, self.what = exc, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: object
+    ) -> bool:
+        if et is not None and issubclass(et, self.exc):
+            log.warning("%s failed: %s", self.what, ev)
+            return True
+        return False
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exported:
+    written: int
+    skipped: dict[str, int]  # why -> cases
+
+
+def export(
+    store: CaseStore,
+    out_dir: Path,
+    *,
+    reference: Callable[[pcm.Float32Array], str] | None = None,
+    only: Sequence[str] = (),
+    progress: Callable[[str], None] = lambda _: None,
+) -> Exported:
+    """Write each case that has audio as ``<case_id>.wav`` + ``<case_id>.txt`` (the reference
+    text), the layout :func:`voice.evalset.load_set` reads, plus ``cases.jsonl`` saying where
+    each came from. The reference is ``reference(audio)`` (a stronger model's transcript, a
+    draft for a person to correct) or, without one, the case's own masked transcript.
+    ``only``: keep cases with any of these reasons."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped: dict[str, int] = {}
+    written = 0
+    with open(out_dir / "cases.jsonl", "w") as manifest:
+        for folder, data in store.cases():
+            if only and not set(only) & set(data.get("reasons", [])):
+                skipped["reason not asked for"] = skipped.get("reason not asked for", 0) + 1
+                continue
+            wav = folder / AUDIO_FILE
+            if not data.get("audio") or not wav.is_file():
+                why = "no audio (personal data)" if data.get("audio_dropped") else "no audio"
+                skipped[why] = skipped.get(why, 0) + 1
+                continue
+            samples, rate = pcm.read_wav(wav)
+            audio = pcm.resample(samples, rate, pcm.INTERNAL_RATE)
+            if len(audio) < pcm.INTERNAL_RATE // 10:  # what an eval set refuses
+                skipped["audio under 0.1 s"] = skipped.get("audio under 0.1 s", 0) + 1
+                continue
+            if reference is not None:
+                text, source = mask(reference(audio)).text, "reference model"
+            else:
+                text, source = data.get("heard") or data.get("transcript") or "", "case transcript"
+            name = str(data.get("case_id") or folder.name)
+            shutil.copyfile(wav, out_dir / f"{name}.wav")
+            (out_dir / f"{name}.txt").write_text(text.strip() + "\n")
+            manifest.write(
+                json.dumps(
+                    {
+                        "clip": f"{name}.wav",
+                        "reference": text.strip(),
+                        "reference_from": source,
+                        "transcript": data.get("transcript"),
+                        "reasons": data.get("reasons", []),
+                        "arm": data.get("arm"),
+                        "lineage": data.get("lineage", {}),
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+            written += 1
+            progress(f"{name}: {', '.join(data.get('reasons', []))}")
+    return Exported(written, skipped)
