@@ -147,6 +147,15 @@ def test_eval_compares_tiny_and_base_on_the_bundled_set(tmp_path: Path) -> None:
         assert all(c["reply"] and c["reply_heard"] is not None for c in clips)
         assert arm["reply_intelligibility"]["wer"] < 0.5
         assert (out / arm["arm"] / "replies").is_dir()
+    # base against tiny.en on the same clips, each difference with its interval and a verdict.
+    (diff,) = report["differences"]
+    assert diff["arm"] == "base" and diff["baseline"] == "tiny.en"
+    wer_change = arms["base"]["asr"]["wer"] - arms["tiny.en"]["asr"]["wer"]
+    assert diff["wer_change"] == pytest.approx(wer_change, abs=1e-3)
+    lo, hi = diff["wer_ci"]
+    assert lo <= diff["wer_change"] <= hi
+    assert "differences from the first arm" in table
+    assert "base vs tiny.en: ASR WER" in table and ("within noise" in table or "real" in table)
 
 
 _BUILD_SUBSET = """

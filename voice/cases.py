@@ -154,6 +154,10 @@ class CaseStore:
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+            n = 1
+            while final.exists():  # the same turn offered twice must not overwrite the first
+                n += 1
+                final = self.root / f"{stamp}-{case.case_id}-{n}"
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

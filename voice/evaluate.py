@@ -22,7 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,17 @@ class ArmResult:
 
 
 async def play_clip(
-    url: str, clip: Clip, *, timeout_s: float = 60.0, quiet_after_s: float = 2.0
+    url: str,
+    clip: Clip,
+    *,
+    timeout_s: float = 60.0,
+    quiet_after_s: float = 2.0,
+    api_key: str | None = None,
 ) -> ClipResult:
     """One session, one user turn: stream the clip, keep the microphone open with silence
     until the answer is done (or the server stays silent ``quiet_after_s`` after an empty
     transcript: a ``no_speech`` turn gets no response)."""
-    client = await RealtimeClient.open(url)
+    client = await RealtimeClient.open(url, api_key=api_key)
     session_id = str(client.events[0].event["session"]["id"])
     silence = np.zeros(16_000 * CHUNK_MS // 1000, dtype=np.float32)
 
@@ -290,6 +295,97 @@ def score(arm: ArmResult, language: str = "en") -> ArmScore:
     )
 
 
+@dataclass(frozen=True)
+class Difference:
+    """One arm against the first, on the same clips, with 95% intervals."""
+
+    arm: str
+    baseline: str
+    wer_change: float | None  # fraction: +0.05 is five points worse
+    wer_ci: tuple[float, float] | None
+    v2v_p95_change_ms: float | None
+    v2v_p95_ci: tuple[float, float] | None
+
+    @staticmethod
+    def _says(ci: tuple[float, float] | None) -> str:
+        if ci is None:
+            return "not assessed"
+        return "within noise" if ci[0] <= 0 <= ci[1] else "a real difference"
+
+    def sentences(self) -> list[str]:
+        out = []
+        if self.wer_change is not None and self.wer_ci is not None:
+            lo, hi = (100 * x for x in self.wer_ci)
+            out.append(
+                f"{self.arm} vs {self.baseline}: ASR WER {100 * self.wer_change:+.1f} points "
+                f"(95% CI {lo:+.1f} to {hi:+.1f}): {self._says(self.wer_ci)}"
+            )
+        if self.v2v_p95_change_ms is not None and self.v2v_p95_ci is not None:
+            lo, hi = self.v2v_p95_ci
+            out.append(
+                f"{self.arm} vs {self.baseline}: voice-to-voice P95 "
+                f"{self.v2v_p95_change_ms:+.0f} ms (95% CI {lo:+.0f} to {hi:+.0f} ms): "
+                f"{self._says(self.v2v_p95_ci)}"
+            )
+        return out
+
+
+def paired_wer_change_ci(
+    a: Sequence[tuple[str, str]],
+    b: Sequence[tuple[str, str]],
+    language: str = "en",
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
+    """Corpus WER of B minus A over the same clips ((reference, hypothesis) in clip order),
+    and its 95% interval from resampling clips (pairs kept together: the clips' own
+    difficulty cancels out)."""
+    ea = np.array([textnorm.word_errors(r, h, language).edits for r, h in a], dtype=float)
+    eb = np.array([textnorm.word_errors(r, h, language).edits for r, h in b], dtype=float)
+    words = np.array([textnorm.word_errors(r, "", language).reference_words for r, _ in a])
+    change = (eb.sum() - ea.sum()) / max(words.sum(), 1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ea), (resamples, len(ea)))
+    diffs = (eb[idx].sum(axis=1) - ea[idx].sum(axis=1)) / np.maximum(words[idx].sum(axis=1), 1)
+    lo, hi = np.percentile(diffs, (2.5, 97.5))
+    return float(change), (float(lo), float(hi))
+
+
+def differences(results: Sequence[ArmResult], language: str = "en") -> list[Difference]:
+    """Each arm against the first: ASR WER (paired over clips) and server voice-to-voice P95."""
+    if len(results) < 2:
+        return []
+    base = results[0]
+
+    def v2v(arm: ArmResult) -> list[float]:
+        return [
+            float(r.record["durations_ms"]["voice_to_voice"])
+            for r in arm.clips
+            if r.record and "voice_to_voice" in r.record.get("durations_ms", {})
+        ]
+
+    out = []
+    for arm in results[1:]:
+        pairs = [
+            (x, y) for x in base.clips for y in arm.clips if x.clip == y.clip
+        ]  # the same clips, in the base arm's order
+        wer = wer_ci = None
+        if pairs:
+            wer, wer_ci = paired_wer_change_ci(
+                [(x.reference, x.transcript or "") for x, _ in pairs],
+                [(y.reference, y.transcript or "") for _, y in pairs],
+                language,
+            )
+        va, vb = v2v(base), v2v(arm)
+        p95 = ci = None
+        if va and vb:
+            p95 = float(np.percentile(vb, 95) - np.percentile(va, 95))
+            ci = turnstats.percentile_change_ci(va, vb, 95)
+        out.append(Difference(arm.arm.name, base.arm.name, wer, wer_ci, p95, ci))
+    return out
+
+
 def _pct(e: textnorm.WordErrors) -> str:
     if e.reference_words == 0:
         return "-"
@@ -341,6 +437,10 @@ def format_report(scores: Sequence[ArmScore], results: Sequence[ArmResult]) -> s
                 misheard.append(f"    {arm.arm.name:>10}: {r.transcript!r}")
     if misheard:
         lines += ["", "clips misheard by at least one arm:", *misheard]
+    diffs = differences(results)
+    if diffs:
+        lines += ["", "differences from the first arm (95% CI by resampling the clips):"]
+        lines += [f"  {line}" for d in diffs for line in d.sentences()]
     lines += [
         "",
         "WER: Whisper's English normalizer, then word edits / reference words over the set. "
@@ -390,7 +490,7 @@ def report_json(scores: Sequence[ArmScore], results: Sequence[ArmResult]) -> dic
                 ],
             }
         )
-    return {"arms": out}
+    return {"arms": out, "differences": [asdict(d) for d in differences(results)]}
 
 
 def write_outputs(out_dir: Path, scores: Sequence[ArmScore], results: Sequence[ArmResult]) -> None:

@@ -711,7 +711,8 @@ class VoiceSession:
             turn_id=p.new_id("turn"),
             key=self.key,
             arm=self.arm,
-            lineage=dict(self.lineage),
+            # The session's instructions now; a response with its own replaces the hash.
+            lineage={**self.lineage, "prompt": digest(self.config.instructions)},
         )
 
     def _transcribe(

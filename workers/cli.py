@@ -6,14 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from voice.config import Settings, load_settings
 from voice.errors import CastworkError, ConfigError
 from voice.logs import configure_logging
 
 if TYPE_CHECKING:
-    from voice.turnstats import Comparison, Parsed, TurnFilter
+    from voice.cases import CaseStore
+    from voice.turnstats import Comparison, Parsed, Turn, TurnFilter
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -218,14 +219,23 @@ def cmd_latency(args: argparse.Namespace, settings: Settings) -> int:
         return 1 if comparison.regressions else 0
     turns = [t for t in parsed.turns if keep(t)]
     summary = turnstats.summarize(turns, by)
+    try:
+        arm_comparisons = _arm_comparisons(args, turns, by)
+    except ValueError as exc:
+        print(f"castwork latency: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         out = summary.to_json()
         out["bad_lines"] = len(parsed.bad)
+        out["arm_comparisons"] = [c.to_json() for c in arm_comparisons]
         print(json.dumps(out, indent=1))
     elif not turns:
         print(f"no turns matched ({len(parsed.turns)} read)")
     else:
         print(turnstats.format_summary(summary))
+        for c in arm_comparisons:
+            print(f"\n## {c.b_label} against {c.a_label}\n")
+            print(turnstats.format_comparison(c))
     return 0
 
 
@@ -256,7 +266,7 @@ def _compare(
 
     from voice import turnstats
 
-    summaries = []
+    summaries, sides = [], []
     for spec in args.compare:
         if Path(spec).exists() or spec == "-":
             parsed, side = read([spec]), keep
@@ -268,6 +278,7 @@ def _compare(
         if not turns:
             raise ValueError(f"--compare {spec}: no turns match")
         summaries.append(turnstats.summarize(turns, by))
+        sides.append(turns)
     return turnstats.compare(
         summaries[0],
         summaries[1],
@@ -277,7 +288,115 @@ def _compare(
         min_delta_ms=args.min_delta_ms,
         rate_threshold=args.rate_threshold / 100,
         min_count=args.min_count,
+        samples=(sides[0], sides[1]),
     )
+
+
+def _arm_comparisons(
+    args: argparse.Namespace, turns: list[Turn], by: list[str]
+) -> list[Comparison]:
+    """Each experiment arm against the baseline arm (--baseline, else the first by name)."""
+    from voice import turnstats
+
+    arms: dict[str, list[Turn]] = {}
+    for t in turns:
+        arms.setdefault(t.arm, []).append(t)
+    if "arm" not in by or len(arms) < 2:
+        return []
+    base = args.baseline or sorted(arms)[0]
+    if base not in arms:
+        raise ValueError(f"--baseline {base}: no turns in that arm ({', '.join(sorted(arms))})")
+    return [
+        turnstats.compare(
+            turnstats.summarize(arms[base], ()),
+            turnstats.summarize(arms[name], ()),
+            a_label=f"arm {base}",
+            b_label=f"arm {name}",
+            threshold_pct=args.threshold,
+            min_delta_ms=args.min_delta_ms,
+            rate_threshold=args.rate_threshold / 100,
+            min_count=args.min_count,
+            samples=(arms[base], arms[name]),
+        )
+        for name in sorted(arms)
+        if name != base
+    ]
+
+
+def _case_store(args: argparse.Namespace, settings: Settings) -> CaseStore:
+    from pathlib import Path
+
+    from voice.cases import CaseStore
+
+    c = settings.capture
+    root = Path(args.dir) if args.dir else settings.cases_dir
+    return CaseStore(root, max_cases=c.max_cases, max_age_days=c.max_age_days)
+
+
+def cmd_cases_list(args: argparse.Namespace, settings: Settings) -> int:
+    """Captured failure cases: how many, why, with or without audio."""
+    from collections import Counter
+
+    store = _case_store(args, settings)
+    cases = [d for _, d in store.cases()]
+    reasons = Counter(r for d in cases for r in d.get("reasons", []))
+    arms = Counter(str(d.get("arm", "-")) for d in cases)
+    with_audio = sum(1 for d in cases if d.get("audio"))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dir": str(store.root),
+                    "cases": len(cases),
+                    "with_audio": with_audio,
+                    "reasons": dict(reasons.most_common()),
+                    "arms": dict(arms.most_common()),
+                },
+                indent=1,
+            )
+        )
+        return 0
+    print(f"{len(cases)} cases in {store.root} ({with_audio} with audio)")
+    for reason, n in reasons.most_common():
+        print(f"  {reason:<16} {n}")
+    if len(arms) > 1:
+        print("by arm: " + ", ".join(f"{a} {n}" for a, n in arms.most_common()))
+    return 0
+
+
+def cmd_cases_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Cases with audio → a folder `castwork eval` reads (WAV + reference text each)."""
+    from pathlib import Path
+
+    from voice.cases import export
+
+    store = _case_store(args, settings)
+    if not store.folders():
+        print(f"castwork cases: no cases in {store.root}", file=sys.stderr)
+        return 1
+    reference: Callable[[Any], str] | None = None
+    if args.reference != "none":
+        from voice.factory import build_asr
+
+        judge = build_asr(settings, args.reference)
+        reference = lambda audio: judge.transcribe(audio).text.strip()  # noqa: E731
+
+    out = Path(args.out_dir)
+    result = export(
+        store,
+        out,
+        reference=reference,
+        only=args.reason or (),
+        progress=lambda line: print(f"  {line}", file=sys.stderr),
+    )
+    skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.items()) or "none"
+    source = (
+        "the cases' own transcripts" if reference is None else f"transcribed by {args.reference}"
+    )
+    print(f"{result.written} clips written to {out} (references: {source}); skipped: {skipped}")
+    if result.written:
+        print(f"check the references, then: castwork eval {out} --asr tiny.en base")
+    return 0 if result.written else 1
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -432,6 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
+        "--baseline",
+        metavar="ARM",
+        help="with --by arm: the arm the others are compared with (default: first by name)",
+    )
+    p.add_argument(
         "--compare",
         nargs=2,
         metavar=("A", "B"),
@@ -476,6 +600,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: <data_dir>/eval/<time>)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "cases", help="captured failure cases (capture.enabled): list them or export an eval set"
+    )
+    cases = p.add_subparsers(dest="cases_command", required=True, metavar="{list,export}")
+    c = cases.add_parser("list", help="how many cases, and why")
+    c.add_argument("--dir", help="cases folder (default: capture.dir or <data_dir>/cases)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cases_list)
+    c = cases.add_parser(
+        "export",
+        help="cases with audio -> WAV + reference text, a set `castwork eval` reads",
+    )
+    c.add_argument("out_dir", metavar="DIR")
+    c.add_argument("--dir", help="cases folder (default: capture.dir or <data_dir>/cases)")
+    c.add_argument("--reason", action="append", help="only cases with this reason (repeatable)")
+    c.add_argument(
+        "--reference",
+        default="base",
+        help="Whisper model that writes draft references, or 'none' to use the cases' own "
+        "transcripts (default: base)",
+    )
+    c.set_defaults(func=cmd_cases_export)
 
     p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
     p.set_defaults(func=cmd_config)
