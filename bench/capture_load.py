@@ -57,8 +57,10 @@ async def _round(
     return [v for res in results for v in res.v2v_ms]
 
 
-def _side(server: loadtest.ServerProcess, client_v2v: list[float]) -> dict[str, Any]:
-    turns = server.turns()
+def _side(
+    server: loadtest.ServerProcess, client_v2v: list[float], warm: set[str]
+) -> dict[str, Any]:
+    turns = [t for t in server.turns() if t.session_id not in warm]
     v2v = [t.durations_ms["voice_to_voice"] for t in turns if "voice_to_voice" in t.durations_ms]
     s, c = turnstats.Stats.of(v2v), turnstats.Stats.of(client_v2v)
     return {
@@ -88,9 +90,11 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     client: dict[str, list[float]] = {"off": [], "on": []}
     with off, on:
         # A warm-up round each, not counted: first decodes and first answers are slower.
-        for server in (off, on):
+        warm: dict[str, set[str]] = {}
+        for name, server in (("off", off), ("on", on)):
             await _round(server, clips, args.sessions, 1, 99)
-            server.turn_log.unlink(missing_ok=True)
+            await asyncio.sleep(0.5)
+            warm[name] = {t.session_id for t in server.turns()}
         t0 = time.monotonic()
         for r in range(args.rounds):
             order = [("off", off), ("on", on)] if r % 2 == 0 else [("on", on), ("off", off)]
@@ -100,7 +104,10 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         seconds = time.monotonic() - t0
         await asyncio.sleep(1.0)  # the writer thread finishes the last cases
         dropped = _dropped(on)
-        sides = {"off": _side(off, client["off"]), "on": _side(on, client["on"])}
+        sides = {
+            "off": _side(off, client["off"], warm["off"]),
+            "on": _side(on, client["on"], warm["on"]),
+        }
     a, b = sides["off"]["server_v2v_ms"], sides["on"]["server_v2v_ms"]
     p95_a, p95_b = float(np.percentile(a, 95)), float(np.percentile(b, 95))
     lo, hi = turnstats.percentile_change_ci(a, b, 95)

@@ -163,11 +163,12 @@ class VoiceServerSettings(_Section):
     port: Annotated[int, Field(ge=0, le=65_535)] = 8765
     # Required from clients unless the server binds only to loopback.
     api_keys: list[SecretStr] = []
-    # Capacity of the embedded models on 2 cores (bench/voice_load.py: 3 callers keep
-    # voice-to-voice P95 under 2 s, 4 do not). Beyond it a caller is refused, not slowed down
-    # for everyone. Raise both on a bigger machine or with remote models.
-    max_sessions: Annotated[int, Field(ge=1, le=10_000)] = 3
-    max_sessions_per_key: Annotated[int, Field(ge=1, le=10_000)] = 3
+    # Capacity of the embedded models on 2 cores (bench/voice_load.py, threshold P95 2 s): 2
+    # callers held in every run; 3 gave P95 1995, 2479 and 2522 ms in three runs. Beyond it a
+    # caller is refused, not slowed down for everyone. Raise both on a bigger machine or with
+    # remote models.
+    max_sessions: Annotated[int, Field(ge=1, le=10_000)] = 2
+    max_sessions_per_key: Annotated[int, Field(ge=1, le=10_000)] = 2
     session_max_s: Seconds = 1800.0
     idle_timeout_s: Seconds = 120.0
     # A client whose socket takes nothing for this long (its outgoing queue full) is dropped:
