@@ -102,11 +102,13 @@ async def test_sessions_are_served_by_their_arm_and_labelled_with_it(tmp_path: P
     async with running_server(
         tmp_path, runtimes[0].engines, runtimes=runtimes, experiment=settings.experiment
     ) as (url, _, _):
-        ids = await _play(url, 8)
+        ids = await _play(url, 4)
+        while len({assign(i, TWO, "t") for i in ids}) < 2 and len(ids) < 40:
+            ids += await _play(url, 1)  # session ids are random: draw until both arms served
     turns = [json.loads(line) for line in (tmp_path / "turns.jsonl").read_text().splitlines()]
     arm_of = {t["session_id"]: t["arm"] for t in turns}
     assert arm_of == {i: assign(i, TWO, "t") for i in ids}
-    assert set(arm_of.values()) == {"a", "b"}  # 8 sessions: both arms (fixed ids, fixed salt)
+    assert set(arm_of.values()) == {"a", "b"}
     for t in turns:
         assert t["models"]["asr"] == f"asr-{t['arm']}"  # the arm's own engine answered
     used = {r.name: r.engines.asr.calls for r in runtimes}  # type: ignore[attr-defined]
@@ -179,8 +181,7 @@ def test_latency_by_arm_agrees_with_numpy_and_calls_noise_noise(tmp_path: Path) 
         assert stats["p95"] == pytest.approx(np.percentile(v, 95))
     (cmp,) = out["arm_comparisons"]
     v2v = next(m for m in cmp["metrics"] if m["metric"] == "voice_to_voice")
-    assert v2v["within_noise"] is True and not cmp["regressions"]
-    assert "within noise" in cmp["verdict"]
+    assert v2v["within_noise"] is True and "within noise" in cmp["verdict"]
 
     slower = [_turn("c", float(v), ["llm_fallback"], 200 + i) for i, v in enumerate(rng.normal(1500, 150, 60))]  # fmt: skip
     log.write_text("".join(json.dumps(r) + "\n" for r in rows + slower))
@@ -193,7 +194,7 @@ def test_latency_by_arm_agrees_with_numpy_and_calls_noise_noise(tmp_path: Path) 
     assert lo < v2v["p95_change_ms"] < hi
 
 
-def test_a_big_p95_change_on_few_turns_is_not_flagged() -> None:
+def test_a_big_p95_change_on_few_turns_is_called_noise() -> None:
     a = [turnstats.Turn.model_validate(_turn("a", v, i=i)) for i, v in enumerate([500.0] * 11 + [3000.0])]  # fmt: skip
     b = [turnstats.Turn.model_validate(_turn("b", v, i=i)) for i, v in enumerate([500.0] * 12)]
     c = turnstats.compare(
@@ -201,8 +202,9 @@ def test_a_big_p95_change_on_few_turns_is_not_flagged() -> None:
     )
     v2v = next(d for d in c.metrics if d.metric == "voice_to_voice")
     # One slow turn in twelve moves the P95 by a second and a half: the interval holds zero.
+    # The gate's fixed rule still flags it; the report says it could be chance.
     assert v2v.p95_change_ms and v2v.p95_change_ms > 1000 and v2v.within_noise
-    assert not c.regressions and "within noise" in turnstats.format_comparison(c)
+    assert "REGRESSION (within noise)" in turnstats.format_comparison(c)
 
 
 def test_rate_intervals_are_honest_for_small_counts() -> None:
@@ -264,7 +266,7 @@ async def test_two_asr_arms_over_the_same_clips_report_what_the_records_say(
     assert tiny.engines.chat is base.engines.chat and tiny.engines.tts is base.engines.tts
     assert tiny.vad is base.vad and tiny.engines.asr is not base.engines.asr
     assert tiny.lineage["models"]["asr"] != base.lineage["models"]["asr"]  # type: ignore[index]
-    clips = evalset.build(tiny.engines.tts, tmp_path / "clips", evalset.SENTENCES[:3])
+    clips = evalset.build(tiny.engines.tts, tmp_path / "clips", evalset.SENTENCES[:2])
     log_path = tmp_path / "turns.jsonl"
     log = TurnLog(log_path)
     server = VoiceServer(
@@ -305,9 +307,8 @@ async def test_two_asr_arms_over_the_same_clips_report_what_the_records_say(
         assert groups[arm]["outcomes"] == dict(outcomes)
     (cmp,) = out["arm_comparisons"]
     assert cmp["a_label"] == "arm base" and cmp["b_label"] == "arm tiny"
-    # Three turns an arm: far too few to call any difference real, and the report says so.
-    assert "within noise" in cmp["verdict"] or "a real difference" in cmp["verdict"]
     v2v = next(m for m in cmp["metrics"] if m["metric"] == "voice_to_voice")
     a = [r["durations_ms"]["voice_to_voice"] for r in by_arm["base"]]
     b = [r["durations_ms"]["voice_to_voice"] for r in by_arm["tiny"]]
     assert v2v["p95_change_ms"] == pytest.approx(np.percentile(b, 95) - np.percentile(a, 95))
+    assert f"{len(a)} and {len(b)} turns" in cmp["verdict"]  # the noise verdict, with its n
