@@ -270,11 +270,13 @@ def test_oversize_request_is_413_by_content_length(make_api: MakeApi) -> None:
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
-async def _post_chunks(
-    api: Api, chunks: list[bytes], headers: dict[str, str]
-) -> tuple[int, dict[str, Any], int]:
-    """POST /v1/jobs straight into the ASGI app, chunk by chunk, with no Content-Length;
-    return the status, the JSON body and how many chunks the app pulled."""
+async def asgi_call(
+    api: Api, method: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+) -> tuple[int, bytes, int]:
+    """One request to /v1/jobs straight into the ASGI app: headers exactly as given (no client
+    fixes them up, no Content-Length added), the body in ``chunks``, and any exception escapes
+    to the test instead of becoming a quiet 500. Returns the status, the body and how many
+    chunks the app pulled."""
     pulled = 0
 
     async def receive() -> Message:
@@ -297,19 +299,28 @@ async def _post_chunks(
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
         "path": "/v1/jobs",
         "raw_path": b"/v1/jobs",
         "root_path": "",
         "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "headers": headers,
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }
     await api.client.app(scope, receive, send)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body, pulled
+
+
+async def _post_chunks(
+    api: Api, chunks: list[bytes], headers: dict[str, str]
+) -> tuple[int, dict[str, Any], int]:
+    """POST chunk by chunk with no Content-Length: the status, the JSON body, chunks pulled."""
+    wire = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    status, body, pulled = await asgi_call(api, "POST", wire, chunks)
     return status, json.loads(body), pulled
 
 

@@ -40,7 +40,6 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import status_code_conformance
 from starlette.routing import Mount
-from starlette.types import Message
 from websockets.asyncio.client import connect
 
 from media.pipeline import NarrationEngines, job_root
@@ -650,38 +649,8 @@ def _multipart(
 async def _raw(
     api: Api, method: str, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> tuple[int, bytes]:
-    """One request straight into the ASGI app: headers exactly as given (no client fixes
-    them up), and any exception escapes to the test instead of becoming a quiet 500."""
-    sent: list[Message] = []
-    delivered = False
-
-    async def receive() -> Message:
-        nonlocal delivered
-        if delivered:
-            return {"type": "http.disconnect"}
-        delivered = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": "/v1/jobs",
-        "raw_path": b"/v1/jobs",
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-    }
-    await api.client.app(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    status, content, _ = await test_api.asgi_call(api, method, headers, [body])
+    return status, content
 
 
 @pytest.mark.reliability("input", "malformed requests: absurd headers, broken multipart, floods")

@@ -39,6 +39,7 @@ from prometheus_client import Counter
 from voice import audio as pcm
 from voice.config import CaptureSettings, Settings
 from voice.latency import REGISTRY, TurnRecord
+from voice.lineage import shaping_settings
 from voice.pii import mask
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,6 @@ class Case:
     case_id: str
     data: dict[str, Any]
     audio: pcm.Float32Array | None
-
-
-def shaping_settings(settings: Settings) -> dict[str, Any]:
-    """The settings in force for a turn, secrets masked (SecretStr dumps as '**********')."""
-    dumped: dict[str, Any] = settings.model_dump(
-        mode="json", include={"asr", "llm", "tts", "vad", "experiment"}
-    )
-    return dumped
 
 
 def build_case(
@@ -222,7 +215,12 @@ class CaseRecorder:
 
     def __init__(self, store: CaseStore, capture: CaptureSettings, settings: Settings) -> None:
         self.store, self.capture = store, capture
-        self._settings = shaping_settings(settings)
+        # What case.json records as the settings in force: the turn-shaping sections and the
+        # experiment (which arms existed).
+        self._settings = {
+            **shaping_settings(settings),
+            "experiment": settings.experiment.model_dump(mode="json"),
+        }
         self._queue: queue.Queue[tuple[TurnRecord, list[str]] | None] = queue.Queue(
             capture.queue_size
         )
@@ -266,8 +264,7 @@ class CaseRecorder:
 
     def _run(self) -> None:
         since_prune = 0
-        with _suppress_log(OSError, "case retention"):
-            self.store.prune()
+        self._prune()
         while (item := self._queue.get()) is not None:
             record, why = item
             try:
@@ -289,24 +286,13 @@ class CaseRecorder:
             since_prune += 1
             if since_prune >= 20 or len(self.store.folders()) > self.capture.max_cases:
                 since_prune = 0
-                with _suppress_log(OSError, "case retention"):
-                    self.store.prune()
+                self._prune()
 
-
-class _suppress_log:
-    def __init__(self, exc: type[BaseException], what: str) -> None:
-        self.exc, self.what = exc, what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: object
-    ) -> bool:
-        if et is not None and issubclass(et, self.exc):
-            log.warning("%s failed: %s", self.what, ev)
-            return True
-        return False
+    def _prune(self) -> None:
+        try:
+            self.store.prune()
+        except OSError as exc:  # retention runs again after the next writes
+            log.warning("case retention failed: %s", exc)
 
 
 # --- export -----------------------------------------------------------------------------------

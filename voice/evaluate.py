@@ -367,9 +367,8 @@ def differences(results: Sequence[ArmResult], language: str = "en") -> list[Diff
 
     out = []
     for arm in results[1:]:
-        pairs = [
-            (x, y) for x in base.clips for y in arm.clips if x.clip == y.clip
-        ]  # the same clips, in the base arm's order
+        theirs = {r.clip: r for r in arm.clips}
+        pairs = [(x, theirs[x.clip]) for x in base.clips if x.clip in theirs]  # same clips
         wer = wer_ci = None
         if pairs:
             wer, wer_ci = paired_wer_change_ci(

@@ -13,7 +13,7 @@ from voice.audio import concat
 from voice.config import LlmBackend, Settings
 from voice.engines import ChatModel, Synthesizer
 from voice.errors import EngineError
-from voice.experiments import ArmConfig, arm_configs
+from voice.experiments import arm_configs
 from voice.llm import LlamaCppChat, OpenAIChat
 from voice.models import resolve_asr, resolve_llm, resolve_tts, resolve_vad
 from voice.tts import EspeakSynthesizer, PiperSynthesizer
@@ -80,20 +80,12 @@ def build_fallback_tts(settings: Settings) -> Synthesizer | None:
     return EspeakSynthesizer(voice=settings.tts.espeak_voice)
 
 
+Once = Callable[[str, object, Callable[[], Any]], Any]
+
+
 def load_engines(settings: Settings) -> Engines:
     """Load every engine a voice server needs, once, and pre-synthesise the apology clip."""
-    tts, fallback, apology = _tts_pair(settings)
-    asr_fallback = (
-        build_asr(settings, settings.asr.fallback_model) if settings.asr.fallback_model else None
-    )
-    return Engines(
-        asr=build_asr(settings),
-        chat=build_chat_chain(settings),
-        tts=tts,
-        asr_fallback=asr_fallback,
-        tts_fallback=fallback,
-        apology=apology,
-    )
+    return _engines(settings, lambda kind, section, build: build())
 
 
 def load_runtimes(settings: Settings) -> list[Runtime]:
@@ -108,16 +100,28 @@ def load_runtimes(settings: Settings) -> list[Runtime]:
             cache[key] = build()
         return cast(T, cache[key])
 
-    return [_runtime(arm, once) for arm in configs]
+    return [
+        Runtime(
+            arm.name,
+            _engines(arm.settings, once),
+            once("vad", arm.settings.vad.model, lambda: build_vad(arm.settings)),  # noqa: B023 - called at once
+            turn_policy(arm.settings),
+            arm.settings,
+            weight=arm.weight,
+            lineage=lineage.of_settings(arm.settings),
+        )
+        for arm in configs
+    ]
 
 
-def _runtime(arm: ArmConfig, once: Callable[[str, object, Callable[[], Any]], Any]) -> Runtime:
-    s = arm.settings
+def _engines(s: Settings, once: Once) -> Engines:
+    """The engines for settings ``s``; ``once(kind, section, build)`` may hand back an engine
+    already built for the same section instead of calling ``build``."""
     # A Whisper model is the same engine wherever it is used (primary or fallback).
     asr = s.asr.model_dump(mode="json", exclude={"model", "fallback_model"})
     tts, tts_fallback, apology = once("tts", s.tts.model_dump(mode="json"), lambda: _tts_pair(s))
     fallback = s.asr.fallback_model
-    engines = Engines(
+    return Engines(
         asr=once("asr", [asr, s.asr.model], lambda: build_asr(s)),
         chat=once("llm", s.llm.model_dump(mode="json"), lambda: build_chat_chain(s)),
         tts=tts,
@@ -126,10 +130,6 @@ def _runtime(arm: ArmConfig, once: Callable[[str, object, Callable[[], Any]], An
         else None,
         tts_fallback=tts_fallback,
         apology=apology,
-    )
-    vad = once("vad", s.vad.model, lambda: build_vad(s))
-    return Runtime(
-        arm.name, engines, vad, turn_policy(s), s, weight=arm.weight, lineage=lineage.of_settings(s)
     )
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 from voice.config import LlmBackend, Settings
 from voice.models import ResolvedModel, resolve_asr, resolve_llm, resolve_tts, resolve_vad
@@ -67,10 +68,18 @@ def _llm_identity(backend: LlmBackend) -> str:
     return f"openai:{backend.model}@{backend.url}"
 
 
+SHAPING = ("asr", "llm", "tts", "vad")  # the settings that change what a turn says and when
+
+
+def shaping_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that shape a turn, secrets masked (mode="json" writes SecretStr as
+    '**********': keys never reach a hash or a case)."""
+    dumped: dict[str, Any] = settings.model_dump(mode="json", include=set(SHAPING))
+    return dumped
+
+
 def settings_digest(settings: Settings) -> str:
-    # mode="json" writes SecretStr as '**********': keys never reach the hash.
-    shaping = settings.model_dump(mode="json", include={"asr", "llm", "tts", "vad"})
-    return digest(json.dumps(shaping, sort_keys=True))
+    return digest(json.dumps(shaping_settings(settings), sort_keys=True))
 
 
 def of_settings(settings: Settings) -> dict[str, object]:
