@@ -378,3 +378,8 @@ def test_cases_commands(tmp_path: Path) -> None:
     ]
     empty = castwork("export", str(tmp_path / "x"), "--dir", str(tmp_path / "none"))
     assert empty.returncode == 1 and "no cases" in empty.stderr
+    (tmp_path / "a-file").write_text("")
+    onto_file = castwork(
+        "export", str(tmp_path / "a-file"), "--dir", str(store.root), "--reference", "none"
+    )
+    assert onto_file.returncode == 1 and "cannot write the set" in onto_file.stderr

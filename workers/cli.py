@@ -382,13 +382,17 @@ def cmd_cases_export(args: argparse.Namespace, settings: Settings) -> int:
         reference = lambda audio: judge.transcribe(audio).text.strip()  # noqa: E731
 
     out = Path(args.out_dir)
-    result = export(
-        store,
-        out,
-        reference=reference,
-        only=args.reason or (),
-        progress=lambda line: print(f"  {line}", file=sys.stderr),
-    )
+    try:
+        result = export(
+            store,
+            out,
+            reference=reference,
+            only=args.reason or (),
+            progress=lambda line: print(f"  {line}", file=sys.stderr),
+        )
+    except OSError as exc:  # DIR is a file, unwritable, or the disk is full
+        print(f"castwork cases: cannot write the set to {out}: {exc}", file=sys.stderr)
+        return 1
     skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.items()) or "none"
     source = (
         "the cases' own transcripts" if reference is None else f"transcribed by {args.reference}"
