@@ -159,6 +159,23 @@ def test_a_write_error_is_counted_and_the_writer_goes_on(tmp_path: Path) -> None
     assert recorder.dropped == 1 and recorder.written == 0
 
 
+def test_the_recorder_keeps_the_count_limit_as_it_writes(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, capture={"enabled": True, "max_cases": 2})
+    store = CaseStore(settings.cases_dir, max_cases=2)
+    for _ in range(3):  # left by an earlier run, over the limit already
+        store.write(build_case(_record(["no_speech"]), ["no_speech"], settings={}))
+    recorder = CaseRecorder(store, settings.capture, settings)
+    for i in range(5):
+        assert recorder.offer(_record(["barge_in"], audio=tone(100)))
+        if i == 2:
+            recorder.close()  # one writer's run, then a fresh one: the count starts over right
+            recorder = CaseRecorder(store, settings.capture, settings)
+    recorder.close()
+    assert len(store.folders()) == 2
+    kept = [json.loads((f / CASE_FILE).read_text())["reasons"] for f in store.folders()]
+    assert kept == [["barge_in"], ["barge_in"]]  # the newest
+
+
 # --- live sessions, one per recovery branch ----------------------------------------------------
 
 

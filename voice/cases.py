@@ -264,7 +264,7 @@ class CaseRecorder:
 
     def _run(self) -> None:
         since_prune = 0
-        self._prune()
+        stored = self._prune()
         while (item := self._queue.get()) is not None:
             record, why = item
             try:
@@ -284,15 +284,21 @@ class CaseRecorder:
             for reason in why:
                 CASES_CAPTURED.labels(reason=reason).inc()
             since_prune += 1
-            if since_prune >= 20 or len(self.store.folders()) > self.capture.max_cases:
+            stored += 1
+            # Counted, not listed: listing a thousand folders per case would cost the live
+            # turns GIL time for nothing.
+            if since_prune >= 20 or stored > self.capture.max_cases:
                 since_prune = 0
-                self._prune()
+                stored = self._prune()
 
-    def _prune(self) -> None:
+    def _prune(self) -> int:
+        """Apply retention; returns how many cases are stored after it."""
         try:
             self.store.prune()
+            return len(self.store.folders())
         except OSError as exc:  # retention runs again after the next writes
             log.warning("case retention failed: %s", exc)
+            return 0
 
 
 # --- export -----------------------------------------------------------------------------------
