@@ -11,6 +11,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import hmac
 import ipaddress
@@ -54,6 +56,26 @@ from voice.vad import FRAME_SAMPLES
 log = logging.getLogger(__name__)
 PATH = "/v1/realtime"
 _SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
+
+
+def _libc_trim() -> Any:
+    """glibc's malloc_trim, or None (musl, macOS...)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _libc_trim()
+
+
+def give_back_heap() -> None:
+    """Return freed heap pages to the OS. The native models (llama.cpp, CTranslate2, ONNX)
+    allocate and free large buffers on every turn from many threads; glibc keeps what they free
+    in per-thread arenas, so an idle server would otherwise sit on its busiest hour's memory.
+    ctypes drops the GIL for the call."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def key_id(authorization: str | None) -> str:
@@ -206,6 +228,8 @@ class VoiceServer:
         finally:
             self.sessions[key] -= 1
             latency.SESSIONS_ACTIVE.dec()
+            if not any(self.sessions.values()):  # the last caller left: give memory back
+                await asyncio.get_running_loop().run_in_executor(None, give_back_heap)
 
 
 class Connection:
