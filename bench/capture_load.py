@@ -4,7 +4,8 @@ Two real `castwork voice` servers (embedded models) run at once on this machine:
 capture off, one capturing *every* turn (capture.slow_ms = 1, audio kept: the worst case, a
 WAV and a JSON written per turn). They are driven in turn, never together, in rounds whose
 order alternates (off/on, on/off, ...), so slow drift of the machine falls on both alike. Each
-round: --sessions callers at once, --turns Piper-spoken clips each at real-time pace.
+round: --sessions callers at once, --turns Piper-spoken clips each at real-time pace. Both
+servers decode greedily (llm.temperature = 0), so both give the same answers.
 
 Printed: voice-to-voice P50/P95 per side (server-side from the turn logs, client-side too),
 the P95 change in percent with its 95% bootstrap interval, cases written and dropped. The
@@ -77,10 +78,14 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     settings = load_settings()
     clips = evalset.build(build_tts(settings), settings.data_dir / "evalset" / "bench")
     cases_dir = work / "cases"
-    off = loadtest.ServerProcess(work / "off")
+    # Greedy decoding on both: the same answers, so the same work, on each side (at the default
+    # temperature answer lengths vary several-fold and swamp a few-percent difference).
+    same = {"CASTWORK_LLM__TEMPERATURE": "0"}
+    off = loadtest.ServerProcess(work / "off", env=same)
     on = loadtest.ServerProcess(
         work / "on",
         env={
+            **same,
             "CASTWORK_CAPTURE__ENABLED": "true",
             "CASTWORK_CAPTURE__SLOW_MS": "1",
             "CASTWORK_CAPTURE__KEEP_AUDIO_WITH_PII": "true",

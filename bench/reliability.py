@@ -4,7 +4,7 @@ the ad-job burst, run for real on this machine, and their figures in one table.
     .venv/bin/python bench/reliability.py [--soak-minutes 10] [--burst-jobs 50]
                                           [--reuse DIR] [--out RELIABILITY.md]
 
-Steps (about 30 minutes on 2 cores with the defaults), each writing JSON into the work folder:
+Steps (about 35 minutes on 2 cores with the defaults), each writing JSON into the work folder:
   1. pytest -m reliability (tests marked @pytest.mark.reliability: faults injected, inputs
      refused), with --reliability-report rows.json
   2. bench/voice_load.py   -> load.json   (capacity, admission beyond it)
@@ -124,15 +124,7 @@ def render(
             out += ["", f"Where it breaks ({broke['sessions']} sessions), stage medians in ms "
                         f"(1 session → there): {grew or 'no single stage'}."]  # fmt: skip
         if adm := load.get("admission"):
-            alone = adm["alone"]
-            out += ["", f"Admission with `voice.max_sessions={load['capacity']}`: "
-                        f"{adm['extra']} extra callers dialing once a second made "
-                        f"{adm['attempts']} attempts, {adm['admitted_in']} admitted, the rest "
-                        f"got {_refusals(adm)}. The admitted callers' voice-to-voice P50/P95: "
-                        f"{adm['p50_ms']}/{adm['p95_ms']} ms while refused callers dialed, "
-                        f"{alone['p50_ms']}/{alone['p95_ms']} ms alone (same server, "
-                        f"{adm['turns']} and {alone['turns']} turns); "
-                        f"{adm['completed']}/{adm['turns']} completed."]  # fmt: skip
+            out += ["", _admission(adm, load["capacity"])]
     if soak:
         out += ["", "## Soak (bench/voice_soak.py)", ""]
         out += [
@@ -185,6 +177,32 @@ def render(
 
 
 _ROW_KEYS = {"test", "kind", "what", "outcome", "seconds", "tried", "refused"}
+
+
+def _admission(adm: dict[str, Any], capacity: int) -> str:
+    alone, ci = adm["alone"], adm.get("p95_change_ci_ms")
+    text = (
+        f"Admission with `voice.max_sessions={capacity}`: {adm['extra']} extra callers dialing "
+        f"once a second made {adm['attempts']} attempts, {adm['admitted_in']} admitted, the rest "
+        f"got {_refusals(adm)}. The admitted callers' voice-to-voice P50/P95: "
+        f"{adm['p50_ms']}/{adm['p95_ms']} ms while refused callers dialed, "
+        f"{alone['p50_ms']}/{alone['p95_ms']} ms alone (same server, "
+        f"{adm['turns']} and {alone['turns']} turns"
+    )
+    if ci:
+        text += (
+            f" over {adm['rounds']} alternating rounds; P95 {adm['p95_change_ms']:+d} ms, "
+            f"95% interval {ci[0]:+d} to {ci[1]:+d} ms, "
+            + ("within noise" if ci[0] <= 0 <= ci[1] else "outside noise")
+        )
+    text += f"); {adm['completed']}/{adm['turns']} completed."
+    if rc := adm.get("refusal_cost"):
+        text += (
+            f" A refusal costs the server {rc['cpu_ms_per_refusal']} ms of CPU "
+            f"({rc['attempts']} back-to-back refusals): {rc['core_share_at_pace_pct']}% of a "
+            f"core at {adm['extra']} attempts a second."
+        )
+    return text
 
 
 def _refusals(adm: dict[str, Any]) -> str:

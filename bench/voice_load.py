@@ -1,18 +1,21 @@
 """Voice capacity of this machine: ramp concurrent sessions until voice-to-voice P95 breaks.
 
 Ramp: the real `castwork voice` (embedded models) in its own process; at each level N
-simulated callers speak --turns Piper-spoken clips at real-time pace, each waiting for the
-answer. The level's client-side voice-to-voice P95 (last clip sample sent -> first answer
-audio received) is compared with --threshold-ms; the capacity is the last level under it.
-The ramp stops at the first level over it and prints which stages grew there.
+simulated callers speak Piper-spoken clips at real-time pace, each waiting for the answer,
+--level-turns turns in all (split between the callers: a P95 needs a few dozen samples, and
+over six it is only the slowest). The level's client-side voice-to-voice P95 (last clip
+sample sent -> first answer audio received) is compared with --threshold-ms; the capacity is
+the last level under it. The ramp stops at the first level over it and prints which stages
+grew there.
 
 Admission: the server is restarted with voice.max_sessions = capacity; the admitted callers
-talk alone, then again while --extra more keep dialing in once a second: every extra attempt
-must get an `error` (session_limit_reached) and a close, and the admitted callers must keep
-the latency they had alone (both phases side by side on one server).
+talk alone, and again while --extra more keep dialing in once a second, in --rounds
+alternating rounds: every extra attempt must get an `error` (session_limit_reached) and a
+close, and the admitted callers must keep the latency they had alone (P95 change with a 95%
+bootstrap interval: with two callers a phase's P95 swings by a second on its own).
 
-    .venv/bin/python bench/voice_load.py [--threshold-ms 2000] [--turns 3] [--max 16]
-                                         [--json FILE] [--out DIR]
+    .venv/bin/python bench/voice_load.py [--threshold-ms 2000] [--level-turns 24] [--max 16]
+                                         [--rounds 3] [--json FILE] [--out DIR]
 """
 
 from __future__ import annotations
@@ -67,14 +70,20 @@ def _figures(
     }
 
 
+def per_caller(level_turns: int, callers: int) -> int:
+    """Turns each caller speaks so that ``callers`` of them speak at least ``level_turns``."""
+    return -(-level_turns // callers)
+
+
 def ramp(
-    work: Path, clips: list[evalset.Clip], threshold: float, turns: int, top: int
+    work: Path, clips: list[evalset.Clip], threshold: float, level_turns: int, top: int
 ) -> tuple[list[dict[str, Any]], int]:
     levels: list[dict[str, Any]] = []
     capacity = 0
     with loadtest.ServerProcess(work / "ramp") as server:
         asyncio.run(_level(server.url, clips, 1, 1))  # warm-up: first decodes are slow
         for n in (level for level in LEVELS if level <= top):
+            turns = per_caller(level_turns, n)
             seen = {t.session_id for t in server.turns()}
             t0 = time.monotonic()
             results = asyncio.run(_level(server.url, clips, n, turns))
@@ -97,28 +106,49 @@ def ramp(
 
 
 def admission(
-    work: Path, clips: list[evalset.Clip], capacity: int, extra: int, turns: int
+    work: Path, clips: list[evalset.Clip], capacity: int, extra: int, turns: int, rounds: int
 ) -> dict[str, Any]:
-    """At max_sessions = capacity: the admitted callers alone, then the same callers while
-    ``extra`` more keep dialing in (one attempt a second each) — side by side in one server."""
+    """At max_sessions = capacity: the admitted callers alone, and the same callers while
+    ``extra`` more keep dialing in (one attempt a second each), in ``rounds`` alternating
+    rounds on one server (alone first in even rounds, last in odd ones, so drift in the
+    machine's speed falls on both sides).
+
+    Admitted callers stay on the line until all of them are done: a seat freed early would let
+    a dialer in, and the comparison would be of different loads.
+    """
     env = {
         "CASTWORK_VOICE__MAX_SESSIONS": str(capacity),
         "CASTWORK_VOICE__MAX_SESSIONS_PER_KEY": str(capacity),
+        # Greedy decoding: both sides get the same answers, so they do the same work. At the
+        # default temperature one answer runs 5 words and the next 40, and which phase drew the
+        # long ones decided the comparison.
+        "CASTWORK_LLM__TEMPERATURE": "0",
     }
     with loadtest.ServerProcess(work / "admission", env) as server:
         asyncio.run(_level(server.url, clips, 1, 1))
 
         async def phase(dialers: int) -> tuple[list[loadtest.SessionResult], list[Any]]:
+            finished, everyone_done = 0, asyncio.Event()
+
+            async def hold_seat() -> None:
+                nonlocal finished
+                finished += 1
+                if finished == capacity:
+                    everyone_done.set()
+                await everyone_done.wait()
+
             admitted = [
-                asyncio.create_task(loadtest.play_session(server.url, clips, turns, offset=i * 5))
+                asyncio.create_task(
+                    loadtest.play_session(server.url, clips, turns, offset=i * 5, linger=hold_seat)
+                )
                 for i in range(capacity)
             ]
             await asyncio.sleep(0.5)  # the admitted ones hold their places first
             refusals: list[Any] = []
 
             async def dial() -> None:
-                while not all(t.done() for t in admitted):
-                    r = await loadtest.play_session(server.url, clips, 1)
+                while not everyone_done.is_set():
+                    r = await loadtest.play_session(server.url, clips, 0)
                     refusals.append((r.refused, r.close_code))
                     await asyncio.sleep(1.0)
 
@@ -127,24 +157,99 @@ def admission(
             await asyncio.gather(*dialing)
             return results, refusals
 
-        figures = {}
-        for name, dialers in (("alone", 0), ("with_extra", extra)):
-            seen = {t.session_id for t in server.turns()}
-            t0 = time.monotonic()
-            results, refusals = asyncio.run(phase(dialers))
-            time.sleep(0.5)
-            new = [t for t in server.turns() if t.session_id not in seen]
-            fig = _figures(capacity, results, new, time.monotonic() - t0)
-            fig["attempts_refused"] = refusals
-            figures[name] = fig
+        sides: dict[str, dict[str, list[Any]]] = {
+            name: {"results": [], "turns": [], "refusals": []} for name in ("alone", "with_extra")
+        }
+        seconds = dict.fromkeys(sides, 0.0)
+        for r in range(rounds):
+            order = [("alone", 0), ("with_extra", extra)]
+            for name, dialers in order if r % 2 == 0 else order[::-1]:
+                seen = {t.session_id for t in server.turns()}
+                t0 = time.monotonic()
+                results, refusals = asyncio.run(phase(dialers))
+                time.sleep(0.5)
+                seconds[name] += time.monotonic() - t0
+                side = sides[name]
+                side["results"] += results
+                side["turns"] += [t for t in server.turns() if t.session_id not in seen]
+                side["refusals"] += refusals
+                v2v = turnstats.Stats.of([v for x in results for v in x.v2v_ms])
+                shown = "no answers" if v2v is None else f"P50/P95 {v2v.p50:.0f}/{v2v.p95:.0f} ms"
+                print(
+                    f"  round {r + 1}/{rounds} {name}: {shown}, {len(refusals)} attempts",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        cost = asyncio.run(_refusal_cost(server, capacity, extra))
+    figures = {
+        name: _figures(capacity, side["results"], side["turns"], seconds[name])
+        for name, side in sides.items()
+    }
+    alone_v2v = [v for x in sides["alone"]["results"] for v in x.v2v_ms]
+    extra_v2v = [v for x in sides["with_extra"]["results"] for v in x.v2v_ms]
+    lo, hi = turnstats.percentile_change_ci(alone_v2v, extra_v2v, 95)
+    refusals = sides["with_extra"]["refusals"]
     with_extra = figures["with_extra"]
+    change = with_extra["p95_ms"] - figures["alone"]["p95_ms"]
     return {
         **with_extra,
+        "rounds": rounds,
         "extra": extra,
-        "extra_refused": sorted(set(map(tuple, with_extra["attempts_refused"])), key=str),
-        "attempts": len(with_extra["attempts_refused"]),
-        "admitted_in": sum(r[0] is None for r in with_extra["attempts_refused"]),
+        "extra_refused": sorted(set(map(tuple, refusals)), key=str),
+        "attempts": len(refusals),
+        "admitted_in": sum(x[0] is None for x in refusals),
+        "p95_change_ms": change,
+        "p95_change_ci_ms": [round(lo), round(hi)],
+        "p95_change_pct": round(100 * change / figures["alone"]["p95_ms"], 1),
         "alone": figures["alone"],
+        "refusal_cost": cost,
+    }
+
+
+async def _refusal_cost(
+    server: loadtest.ServerProcess, capacity: int, dialers: int, seconds: float = 10.0
+) -> dict[str, float]:
+    """Server CPU per refused attempt: the seats held by silent callers for ``seconds`` with
+    nobody dialing, then as long again with ``dialers`` dialing back to back."""
+    done = asyncio.Event()
+
+    async def wait_done() -> None:
+        await done.wait()
+
+    holders = [
+        asyncio.create_task(loadtest.play_session(server.url, [], 0, linger=wait_done))
+        for _ in range(capacity)
+    ]
+    await asyncio.sleep(1.0)
+    attempts = 0
+    dialing = asyncio.Event()
+
+    async def dial() -> None:
+        nonlocal attempts
+        while dialing.is_set():
+            r = await loadtest.play_session(server.url, [], 0)
+            attempts += r.refused is not None
+
+    cpu = []
+    for with_dialers in (False, True):
+        before = await asyncio.to_thread(server.resources)
+        if with_dialers:
+            dialing.set()
+            tasks = [asyncio.create_task(dial()) for _ in range(dialers)]
+        await asyncio.sleep(seconds)
+        dialing.clear()
+        if with_dialers:
+            await asyncio.gather(*tasks)
+        cpu.append((await asyncio.to_thread(server.resources)).cpu_s - before.cpu_s)
+    done.set()
+    await asyncio.gather(*holders)
+    per_ms = 1000 * (cpu[1] - cpu[0]) / max(attempts, 1)
+    return {
+        "attempts": attempts,
+        "per_second": round(attempts / seconds, 1),
+        "cpu_ms_per_refusal": round(per_ms, 2),
+        # At the bench's pace (each extra caller once a second): the share of one core.
+        "core_share_at_pace_pct": round(per_ms * dialers / 10, 2),
     }
 
 
@@ -153,9 +258,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--threshold-ms", type=float, default=2000.0)
-    ap.add_argument("--turns", type=int, default=3, help="turns per session at each level")
+    ap.add_argument(
+        "--level-turns", type=int, default=24, help="turns at each level, split between callers"
+    )
     ap.add_argument("--max", type=int, default=16, help="highest level tried")
     ap.add_argument("--extra", type=int, default=2, help="callers beyond capacity")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="admission rounds (alone and with the extra callers)"
+    )
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--out", type=Path, help="keep turn logs and server logs here")
     args = ap.parse_args()
@@ -165,10 +275,10 @@ def main() -> int:
     clips = evalset.build(build_tts(settings), settings.data_dir / "evalset")
     print(
         f"# castwork voice load — {os.cpu_count()} cores; threshold P95 {args.threshold_ms:.0f} ms;"
-        f" {args.turns} turns per session per level",
+        f" {args.level_turns} turns per level",
         flush=True,
     )
-    levels, capacity = ramp(work, clips, args.threshold_ms, args.turns, args.max)
+    levels, capacity = ramp(work, clips, args.threshold_ms, args.level_turns, args.max)
     broke = levels[-1] if levels and levels[-1]["sessions"] != capacity else None
     print(f"capacity: {capacity} concurrent sessions with P95 <= {args.threshold_ms:.0f} ms")
     if broke is not None and levels:
@@ -183,13 +293,24 @@ def main() -> int:
         "capacity": capacity,
     }
     if capacity:
-        adm = admission(work, clips, capacity, args.extra, args.turns * 2)
+        adm = admission(
+            work, clips, capacity, args.extra, per_caller(args.level_turns, capacity), args.rounds
+        )
         alone = adm["alone"]
         print(
             f"admission at max_sessions={capacity}: {adm['extra']} extra callers dialing "
             f"made {adm['attempts']} attempts, got {adm['extra_refused']}; admitted P50/P95 "
             f"{adm['p50_ms']}/{adm['p95_ms']} ms with them vs {alone['p50_ms']}/"
-            f"{alone['p95_ms']} ms alone; {adm['completed']}/{adm['turns']} completed"
+            f"{alone['p95_ms']} ms alone over {adm['rounds']} alternating rounds: P95 "
+            f"{adm['p95_change_ms']:+d} ms ({adm['p95_change_pct']:+.1f}%, 95% interval "
+            f"{adm['p95_change_ci_ms'][0]:+d} to {adm['p95_change_ci_ms'][1]:+d} ms); "
+            f"{adm['completed']}/{adm['turns']} completed"
+        )
+        rc = adm["refusal_cost"]
+        print(
+            f"a refusal costs the server {rc['cpu_ms_per_refusal']} ms of CPU ({rc['attempts']}"
+            f" back-to-back refusals, {rc['per_second']}/s): {rc['core_share_at_pace_pct']}% "
+            f"of a core at {adm['extra']} attempts a second"
         )
         result["admission"] = adm
     if args.json:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +45,7 @@ class Resources:
     threads: int
     tasks: int
     sessions: int
+    cpu_s: float = 0.0  # the process's user + system CPU time so far
 
     @classmethod
     def parse(cls, text: str) -> Resources:
@@ -59,6 +61,7 @@ class Resources:
             threads=int(values["castwork_threads"]),
             tasks=int(values["castwork_asyncio_tasks"]),
             sessions=int(values["castwork_sessions_active"]),
+            cpu_s=values.get("process_cpu_seconds_total", 0.0),
         )
 
 
@@ -165,12 +168,14 @@ async def play_session(
     offset: int = 0,
     drop_after: int | None = None,
     barge_in: bool = False,
+    linger: Callable[[], Awaitable[None]] | None = None,
 ) -> SessionResult:
     """Speak ``turns`` clips at real-time pace, each after the previous answer.
 
     ``drop_after``: on that turn, hang up right after the clip (mid-turn, while the server is
     transcribing or answering). ``barge_in``: start the next clip as soon as the answer's first
-    audio arrives, talking over it.
+    audio arrives, talking over it. ``linger``: after the last turn, stay on the line (sending
+    silence) until it returns.
     """
     result = SessionResult()
     try:
@@ -211,6 +216,13 @@ async def play_session(
             if first_audio is not None and status == "completed":
                 result.v2v_ms.append((first_audio - end) * 1000)
             await client.stream(np.zeros(RATE // 2, dtype=np.float32), RATE)  # a breath
+        if linger is not None:
+            feeder = asyncio.create_task(_keep_silent(client, silence))
+            try:
+                await linger()
+            finally:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
     finally:
         await client.close()
     return result
