@@ -70,6 +70,14 @@ def _figures(
     }
 
 
+def _wait_idle(server: loadtest.ServerProcess, timeout: float = 15.0) -> None:
+    """Until the server has let go of every session: a caller's close reaches the server a
+    moment after the client returns, and a phase started sooner finds its seats still taken."""
+    deadline = time.monotonic() + timeout
+    while server.resources().sessions and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def per_caller(level_turns: int, callers: int) -> int:
     """Turns each caller speaks so that ``callers`` of them speak at least ``level_turns``."""
     return -(-level_turns // callers)
@@ -84,6 +92,7 @@ def ramp(
         asyncio.run(_level(server.url, clips, 1, 1))  # warm-up: first decodes are slow
         for n in (level for level in LEVELS if level <= top):
             turns = per_caller(level_turns, n)
+            _wait_idle(server)
             seen = {t.session_id for t in server.turns()}
             t0 = time.monotonic()
             results = asyncio.run(_level(server.url, clips, n, turns))
@@ -164,6 +173,7 @@ def admission(
         for r in range(rounds):
             order = [("alone", 0), ("with_extra", extra)]
             for name, dialers in order if r % 2 == 0 else order[::-1]:
+                _wait_idle(server)
                 seen = {t.session_id for t in server.turns()}
                 t0 = time.monotonic()
                 results, refusals = asyncio.run(phase(dialers))
@@ -180,6 +190,7 @@ def admission(
                     file=sys.stderr,
                     flush=True,
                 )
+        _wait_idle(server)
         cost = asyncio.run(_refusal_cost(server, capacity, extra))
     figures = {
         name: _figures(capacity, side["results"], side["turns"], seconds[name])

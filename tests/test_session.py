@@ -809,6 +809,35 @@ def test_next_turn_after_a_response_includes_the_history() -> None:
     ]
 
 
+def test_history_is_bounded_and_forgets_in_blocks_so_the_prompt_start_holds() -> None:
+    # Each turn adds 15 + 17 characters; the bound is 100, so it is crossed at the 4th turn.
+    d = Driver(history_chars=100)
+    seen = []
+    for i in range(8):
+        start = d.answered_turn(Transcript(f"question {i:02d}....", 0.01, -0.2, "fake-asr"))
+        seen.append([m["content"] for m in start.messages[1:]])
+        d.done(start.response_id, "completed", [(f"answer {i:02d}.........", 0.0, 900.0)])
+    for history in seen:
+        assert history[-1].startswith("question")  # what was just said is always there
+        assert sum(map(len, history)) <= 100
+    # Within the bound nothing is dropped; past it, down to half, and then the oldest kept
+    # message stays first for the next turns (llama.cpp reuses the cached prefix).
+    assert seen[2][0] == "question 00...." and len(seen[2]) == 5
+    assert len(seen[3]) < len(seen[2]) and sum(map(len, seen[3])) <= 50
+    assert seen[4][0] == seen[3][0]
+    # Everything still is in the conversation the client sees.
+    assert len(d.session.items) == 16
+
+
+def test_a_single_long_utterance_is_kept_even_over_the_history_bound() -> None:
+    d = Driver(history_chars=10)
+    start = d.answered_turn(Transcript("a rather long question indeed", 0.01, -0.2, "fake-asr"))
+    assert [m["content"] for m in start.messages] == [
+        "Be helpful.",
+        "a rather long question indeed",
+    ]
+
+
 def test_turn_committed_during_a_response_is_answered_by_a_later_response_create() -> None:
     d = Driver()
     manual(d)

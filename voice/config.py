@@ -121,6 +121,11 @@ class LlmSettings(_Section):
     # Spoken answers should be short; SmolLM2 ignores "be brief" otherwise.
     max_tokens: Annotated[int, Field(ge=1, le=4096)] = 60
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.3
+    # Past conversation sent with each turn, in characters (~4 per token). Without a bound a
+    # long call slows every turn (a 12-turn call's prompt took the first token from 200 to 380
+    # ms with two callers) and finally overflows the model's context. Oldest items go in blocks,
+    # down to half this, so the cached prompt prefix survives most turns.
+    history_chars: Annotated[int, Field(ge=0, le=1_000_000)] = 2400
     instructions: str = (
         "You are Castwork, a friendly voice assistant. Answer in one or two short, "
         "plain sentences that sound natural when spoken."

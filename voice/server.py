@@ -253,6 +253,7 @@ class Connection:
             partial_every_ms=s.vad.partial_every_ms,
             no_speech_threshold=s.asr.no_speech_threshold,
             min_avg_logprob=s.asr.min_avg_logprob,
+            history_chars=s.llm.history_chars,
         )
         self.core = VoiceSession(session_id, config, key=key, arm=rt.name, lineage=rt.lineage)
         self.vad = rt.vad.fork()

@@ -103,6 +103,8 @@ class SessionConfig:
     # The hallucination guard's thresholds (settings.asr).
     no_speech_threshold: float = 0.6
     min_avg_logprob: float = -1.0
+    # Past conversation sent to the model, in characters (settings.llm.history_chars).
+    history_chars: int = 2400
 
     def session_object(self, session_id: str, model: str) -> dict[str, Any]:
         def fmt(kind: str) -> dict[str, Any]:
@@ -174,6 +176,7 @@ class VoiceSession:
         self.config = config
         self.model = model
         self.items: dict[str, Item] = {}
+        self._forgotten: set[str] = set()  # items the model no longer sees (history bound)
         self._buffer: list[Float32Array] = []
         self._buffer_start_ms = 0.0  # global audio time of the buffer's first sample
         self._audio_ms = 0.0  # global audio time received so far
@@ -664,6 +667,24 @@ class VoiceSession:
         turn.mark("endpoint", now)
         return [self._start_response(turn, now, params=params)]
 
+    def _history(self, reserved: int) -> list[Message]:
+        """The finished items the model sees, within ``config.history_chars`` (``reserved``
+        counted too). Over the bound, the oldest are forgotten until half of it is used: the
+        prompt's start then stays the same for the next turns, and llama.cpp reuses its cache.
+        The newest item is always kept: it is what the user just said."""
+        kept = [
+            i
+            for i in self.items.values()
+            if i.text and i.status != "in_progress" and i.id not in self._forgotten
+        ]
+        total = reserved + sum(len(i.text) for i in kept)
+        if total > self.config.history_chars:
+            while len(kept) > 1 and total > self.config.history_chars // 2:
+                gone = kept.pop(0)
+                self._forgotten.add(gone.id)
+                total -= len(gone.text)
+        return [{"role": i.role, "content": i.text} for i in kept]
+
     def _start_response(
         self,
         turn: TurnRecord,
@@ -680,9 +701,7 @@ class VoiceSession:
         )
         messages: list[Message] = [{"role": "system", "content": instructions}]
         turn.lineage["prompt"] = digest(instructions)
-        for item in self.items.values():
-            if item.text and item.status != "in_progress":
-                messages.append({"role": item.role, "content": item.text})
+        messages += self._history(len(user_text or ""))
         if user_text:
             messages.append({"role": "user", "content": user_text.strip()})
         limit = (
