@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -17,6 +16,45 @@ from voice.engines import Message
 from voice.errors import EngineError, ModelError
 
 _DONE = object()
+
+
+class _Contexts:
+    """llama.cpp contexts, each remembering the messages it last evaluated.
+
+    A request takes the free context whose remembered messages are the longest prefix of its
+    own: llama.cpp then evaluates only the new tail. Taking any free one let two callers swap
+    two contexts every turn, each re-reading the other's whole history: over a dozen turns the
+    first token went from 0.2 to 2.2 s and then past the timeout. Ties go to the context that
+    answered last.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[tuple[Any, list[Message]]] = []
+        self._changed = threading.Condition()
+
+    def put(self, llama: Any, messages: Sequence[Message] = ()) -> None:
+        with self._changed:
+            self._free.append((llama, list(messages)))
+            self._changed.notify()
+
+    def take(self, messages: Sequence[Message]) -> Any:
+        """The best free context; waits while every context is answering someone else."""
+        with self._changed:
+            while not self._free:
+                self._changed.wait()
+            best = max(
+                range(len(self._free)), key=lambda i: (_shared(self._free[i][1], messages), i)
+            )
+            return self._free.pop(best)[0]
+
+
+def _shared(a: Sequence[Message], b: Sequence[Message]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class LlamaCppChat:
@@ -43,9 +81,7 @@ class LlamaCppChat:
                 "llama-cpp-python is not installed; run ./setup.sh (or: pip install llama-cpp-python)",
                 model=name,
             ) from exc
-        # Last in, first out: the context that answered last holds this conversation's prefix
-        # in its cache, so a lone session keeps reusing it.
-        self._free: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._contexts = _Contexts()
         for _ in range(parallel):
             try:
                 llama = Llama(
@@ -59,7 +95,7 @@ class LlamaCppChat:
                 raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc
             # Free the model before interpreter teardown, when llama.cpp's own __del__ fails.
             atexit.register(llama.close)
-            self._free.put(llama)
+            self._contexts.put(llama)
         self.name = name
 
     def _generate(
@@ -69,7 +105,7 @@ class LlamaCppChat:
         temperature: float,
         stop: threading.Event,
     ) -> Iterator[str]:
-        llama = self._free.get()  # waits while every context is answering someone else
+        llama = self._contexts.take(messages)
         try:
             chunks: Any = llama.create_chat_completion(
                 messages=list(messages),
@@ -83,7 +119,7 @@ class LlamaCppChat:
                 if text := chunk["choices"][0]["delta"].get("content"):
                     yield text
         finally:
-            self._free.put(llama)
+            self._contexts.put(llama, messages)
 
     async def stream(
         self, messages: Sequence[Message], *, max_tokens: int, temperature: float
