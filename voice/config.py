@@ -98,7 +98,11 @@ class LlmBackend(_Section):
     # One thread is the safe default on a shared 2-core box; raise it on a dedicated one.
     n_threads_batch: Annotated[int, Field(ge=1, le=256)] = 1
     # Answers generated at once (gguf: one llama.cpp context each, ~100 MB for the default).
-    parallel: Annotated[int, Field(ge=1, le=64)] = 2
+    # A caller can have two in flight (the speculative one started in a pause, and the one at
+    # the endpoint), and a context is held until its prompt is read even when the answer is
+    # dropped: with two contexts for two callers, histories were re-read turn after turn and
+    # the first token passed its timeout by the eighth turn. Give it 2 x voice.max_sessions.
+    parallel: Annotated[int, Field(ge=1, le=64)] = 4
     context_tokens: Annotated[int, Field(ge=256, le=131_072)] = 2048
 
     @model_validator(mode="after")
