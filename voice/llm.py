@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 from voice.engines import Message
 from voice.errors import EngineError, ModelError
+from voice.threads import started_pool
 
 _DONE = object()
 
@@ -97,6 +98,10 @@ class LlamaCppChat:
             atexit.register(llama.close)
             self._contexts.put(llama)
         self.name = name
+        # Its own threads, one per context: a generation holds its thread until the answer
+        # ends (or, dropped, until its prompt is read), and on the shared pool a few of them
+        # left Whisper and Piper calls queueing behind, which held the next answers longer.
+        self._threads = started_pool(parallel, "castwork-llm")
 
     def _generate(
         self,
@@ -137,7 +142,7 @@ class LlamaCppChat:
             finally:
                 loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
 
-        worker = loop.run_in_executor(None, produce)
+        worker = loop.run_in_executor(self._threads, produce)
         try:
             while (item := await pieces.get()) is not _DONE:
                 if isinstance(item, Exception):

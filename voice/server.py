@@ -490,22 +490,13 @@ class Connection:
 
 
 def _eager_default_executor(loop: asyncio.AbstractEventLoop) -> None:
-    """Give the loop its thread pool (model calls run there) with every thread started now.
-
-    Python's pool starts threads one by one as calls overlap and never stops them, so the
-    thread count would creep up for hours and hide a real leak; started at once it stays flat
-    and any growth means something."""
+    """Give the loop its thread pool (model calls run there), every thread started now."""
     import os
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
 
-    workers = min(32, (os.cpu_count() or 1) + 4)  # Python's own default size
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="castwork-worker")
-    ready = threading.Barrier(workers + 1)
-    for _ in range(workers):
-        pool.submit(ready.wait)  # each waits: the pool has to start a new thread for the next
-    ready.wait()
-    loop.set_default_executor(pool)
+    from voice.threads import started_pool
+
+    # Python's own default size.
+    loop.set_default_executor(started_pool(min(32, (os.cpu_count() or 1) + 4), "castwork-worker"))
 
 
 async def serve_forever(
