@@ -30,11 +30,11 @@ def test_a_conversation_goes_back_to_the_context_holding_its_history() -> None:
     assert pool.take(_talk("hi, I am Alice", "Hi Alice.", "and the weather")) == a
 
 
-def test_a_new_conversation_takes_the_context_that_answered_last() -> None:
+def test_a_new_conversation_takes_the_context_idle_longest() -> None:
     pool = _Contexts()
-    pool.put("A", _talk("old"))
-    pool.put("B", _talk("older"))
-    assert pool.take(_talk("new")) == "B"
+    pool.put("A", _talk("Carol's call, over"))
+    pool.put("B", _talk("Bob, still talking"))  # returned last: Bob is likely to come back
+    assert pool.take(_talk("new")) == "A"
 
 
 def test_take_waits_for_a_context_to_come_back() -> None:

@@ -26,7 +26,9 @@ class _Contexts:
     own: llama.cpp then evaluates only the new tail. Taking any free one let two callers swap
     two contexts every turn, each re-reading the other's whole history: over a dozen turns the
     first token went from 0.2 to 2.2 s and then past the timeout. Ties go to the context that
-    answered last.
+    has waited longest: the one another caller used last is that caller's cache, and taking it
+    (a caller's second request, while its speculative one holds its own context) started the
+    same swapping.
     """
 
     def __init__(self) -> None:
@@ -44,7 +46,7 @@ class _Contexts:
             while not self._free:
                 self._changed.wait()
             best = max(
-                range(len(self._free)), key=lambda i: (_shared(self._free[i][1], messages), i)
+                range(len(self._free)), key=lambda i: (_shared(self._free[i][1], messages), -i)
             )
             return self._free.pop(best)[0]
 
