@@ -135,7 +135,10 @@ class CaseStore:
     def write(self, case: Case) -> Path:
         """Store ``case`` atomically; returns its folder. Raises OSError (disk full...)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(float(case.data["captured_at"])))
+        at = float(case.data["captured_at"])
+        # Microseconds too: names order the cases for retention, and within one second the
+        # case ids alone would order them by chance.
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at)) + f".{int(at % 1 * 1e6):06d}"
         final = self.root / f"{stamp}-{case.case_id}"
         tmp = self.root / f"{_TMP_PREFIX}{case.case_id}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -195,7 +198,7 @@ class CaseStore:
 
 
 def _captured_at(folder: Path) -> float:
-    stamp = folder.name.split("-", 1)[0]
+    stamp = folder.name.split("-", 1)[0].split(".", 1)[0]
     try:
         return time.mktime(time.strptime(stamp, "%Y%m%dT%H%M%S")) - time.timezone
     except ValueError:
