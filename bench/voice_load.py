@@ -47,6 +47,10 @@ async def _level(
     )
 
 
+def _v2v(results: list[loadtest.SessionResult]) -> list[float]:
+    return [v for r in results for v in r.v2v_ms]
+
+
 def _stage_medians(turns: list[turnstats.Turn]) -> dict[str, float]:
     group = turnstats.group_of("level", turns)
     return {s: round(group.stats[s].p50) for s in turnstats.STAGES if s in group.stats}
@@ -55,7 +59,7 @@ def _stage_medians(turns: list[turnstats.Turn]) -> dict[str, float]:
 def _figures(
     n: int, results: list[loadtest.SessionResult], turns: list[turnstats.Turn], seconds: float
 ) -> dict[str, Any]:
-    v2v = turnstats.Stats.of([v for r in results for v in r.v2v_ms])
+    v2v = turnstats.Stats.of(_v2v(results))
     statuses = [s for r in results for s in r.statuses]
     return {
         "sessions": n,
@@ -183,7 +187,7 @@ def admission(
                 side["results"] += results
                 side["turns"] += [t for t in server.turns() if t.session_id not in seen]
                 side["refusals"] += refusals
-                v2v = turnstats.Stats.of([v for x in results for v in x.v2v_ms])
+                v2v = turnstats.Stats.of(_v2v(results))
                 shown = "no answers" if v2v is None else f"P50/P95 {v2v.p50:.0f}/{v2v.p95:.0f} ms"
                 print(
                     f"  round {r + 1}/{rounds} {name}: {shown}, {len(refusals)} attempts",
@@ -196,9 +200,9 @@ def admission(
         name: _figures(capacity, side["results"], side["turns"], seconds[name])
         for name, side in sides.items()
     }
-    alone_v2v = [v for x in sides["alone"]["results"] for v in x.v2v_ms]
-    extra_v2v = [v for x in sides["with_extra"]["results"] for v in x.v2v_ms]
-    lo, hi = turnstats.percentile_change_ci(alone_v2v, extra_v2v, 95)
+    lo, hi = turnstats.percentile_change_ci(
+        _v2v(sides["alone"]["results"]), _v2v(sides["with_extra"]["results"]), 95
+    )
     refusals = sides["with_extra"]["refusals"]
     with_extra = figures["with_extra"]
     change = with_extra["p95_ms"] - figures["alone"]["p95_ms"]

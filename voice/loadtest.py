@@ -9,13 +9,14 @@ load) is the server's alone, not shared with the clients' event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -184,7 +185,6 @@ async def play_session(
         result.refused, result.close_code = exc.code or "closed", exc.close_code
         return result
     result.session_id = client.events[0].event["session"]["id"] if client.events else None
-    silence = np.zeros(int(RATE * CHUNK_MS / 1000), dtype=np.float32)
     try:
         for t in range(turns):
             clip = clips[(offset + t) % len(clips)]
@@ -192,17 +192,13 @@ async def play_session(
             end = await client.stream(clip.audio(), RATE)
             if drop_after == t:
                 break  # the finally closes the socket mid-turn
-            feeder = asyncio.create_task(_keep_silent(client, silence))
-            try:
+            async with _silence(client):
                 if barge_in and t + 1 < turns:
                     await client.wait_for("response.output_audio.delta", after=after, timeout=60)
                     first = time.monotonic()
                     result.v2v_ms.append((first - end) * 1000)
                     continue
                 done = await client.wait_for("response.done", after=after, timeout=60)
-            finally:
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
             status = done["response"]["status"]
             result.statuses.append(status)
             first_audio = next(
@@ -217,20 +213,28 @@ async def play_session(
                 result.v2v_ms.append((first_audio - end) * 1000)
             await client.stream(np.zeros(RATE // 2, dtype=np.float32), RATE)  # a breath
         if linger is not None:
-            feeder = asyncio.create_task(_keep_silent(client, silence))
-            try:
+            async with _silence(client):
                 await linger()
-            finally:
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
     finally:
         await client.close()
     return result
 
 
-async def _keep_silent(client: RealtimeClient, silence: np.ndarray) -> None:
-    while True:
-        await client.stream(silence, RATE)
+@contextlib.asynccontextmanager
+async def _silence(client: RealtimeClient) -> AsyncIterator[None]:
+    """Send silence at real-time pace while the body runs, as an open microphone does."""
+    chunk = np.zeros(int(RATE * CHUNK_MS / 1000), dtype=np.float32)
+
+    async def feed() -> None:
+        while True:
+            await client.stream(chunk, RATE)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        yield
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
 
 
 @dataclass

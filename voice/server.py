@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import socket
 import time
 from collections import Counter
@@ -50,6 +51,7 @@ from voice.session import (
     Transcribe,
     VoiceSession,
 )
+from voice.threads import started_pool
 from voice.turns import Engines, ResponseRunner, Runtime, TurnPolicy, transcribe
 from voice.vad import FRAME_SAMPLES
 
@@ -491,10 +493,6 @@ class Connection:
 
 def _eager_default_executor(loop: asyncio.AbstractEventLoop) -> None:
     """Give the loop its thread pool (model calls run there), every thread started now."""
-    import os
-
-    from voice.threads import started_pool
-
     # Python's own default size.
     loop.set_default_executor(started_pool(min(32, (os.cpu_count() or 1) + 4), "castwork-worker"))
 
