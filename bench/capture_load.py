@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from voice import evalset, loadtest, turnstats
 from voice.config import load_settings
 from voice.factory import build_tts
+from workers.cli import _count
 
 
 def _dropped(server: loadtest.ServerProcess) -> float:
@@ -139,9 +140,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--sessions", type=int, default=2, help="callers at once (2: under capacity)")
-    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--rounds", type=_count(1), default=6)
+    ap.add_argument(
+        "--sessions", type=_count(1), default=2, help="callers at once (2: under capacity)"
+    )
+    ap.add_argument("--turns", type=_count(1), default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="castwork-capture-") as tmp:

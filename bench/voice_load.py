@@ -33,6 +33,7 @@ from typing import Any
 from voice import evalset, loadtest, turnstats
 from voice.config import load_settings
 from voice.factory import build_tts
+from workers.cli import _count
 
 LEVELS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
 
@@ -274,12 +275,18 @@ def main() -> int:
     )
     ap.add_argument("--threshold-ms", type=float, default=2000.0)
     ap.add_argument(
-        "--level-turns", type=int, default=24, help="turns at each level, split between callers"
+        "--level-turns",
+        type=_count(1),
+        default=24,
+        help="turns at each level, split between callers",
     )
-    ap.add_argument("--max", type=int, default=16, help="highest level tried")
-    ap.add_argument("--extra", type=int, default=2, help="callers beyond capacity")
+    ap.add_argument("--max", type=_count(1), default=16, help="highest level tried")
+    ap.add_argument("--extra", type=_count(1), default=2, help="callers beyond capacity")
     ap.add_argument(
-        "--rounds", type=int, default=3, help="admission rounds (alone and with the extra callers)"
+        "--rounds",
+        type=_count(1),
+        default=3,
+        help="admission rounds (alone and with the extra callers)",
     )
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--out", type=Path, help="keep turn logs and server logs here")
