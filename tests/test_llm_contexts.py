@@ -47,3 +47,16 @@ def test_take_waits_for_a_context_to_come_back() -> None:
     pool.put("A")
     waiter.join(5)
     assert got == ["A"]
+
+
+def test_a_shared_system_prompt_alone_does_not_pull_a_new_conversation() -> None:
+    # Every conversation starts with the system prompt: a context that evaluated another
+    # caller's call matches it, one never used does not, and the used one must not win.
+    pool = _Contexts()
+    pool.put("fresh")
+    pool.put("carol", _talk("Carol's call", "Hi Carol.", "and more"))
+    assert pool.take(_talk("new caller")) == "fresh"
+    pool.put("fresh", _talk("new caller"))
+    # Carol comes back and finds her context; the new caller's second turn finds its own.
+    assert pool.take(_talk("Carol's call", "Hi Carol.", "and more", "Sure.", "bye")) == "carol"
+    assert pool.take(_talk("new caller", "Hello.", "next")) == "fresh"
