@@ -11,7 +11,15 @@ Printed: voice-to-voice P50/P95 per side (server-side from the turn logs, client
 the P95 change in percent with its 95% bootstrap interval, cases written and dropped. The
 target is a P95 change within 5%.
 
+On 2 shared cores a P95 over a few dozen turns swings by tens of percent on its own, so the
+side-by-side run can say "within noise" but not "under 5%". The bench therefore also measures
+what capture costs directly, in this process with the server's own recorder: what the live
+turn pays to hand a case over (``CaseRecorder.offer``), and the CPU the writer thread spends per
+case (masking, JSON, WAV, fsyncs) — the most it can take from the turns running beside it.
+``--direct-only`` runs just that part (seconds).
+
     .venv/bin/python bench/capture_load.py [--rounds 6] [--sessions 2] [--turns 3] [--json FILE]
+                                           [--direct-only]
 """
 
 from __future__ import annotations
@@ -30,9 +38,12 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from voice import audio as pcm
 from voice import evalset, loadtest, turnstats
+from voice.cases import CaseRecorder, CaseStore
 from voice.config import load_settings
 from voice.factory import build_tts
+from voice.latency import TurnRecord
 from workers.cli import _count
 
 
@@ -136,6 +147,51 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def direct_cost(clip: evalset.Clip, work: Path, n: int = 100) -> dict[str, Any]:
+    """What one case costs: the live turn's hand-over, and the writer thread's CPU for it."""
+    settings = load_settings()
+    capture = settings.capture.model_copy(update={"slow_ms": 1, "keep_audio_with_pii": True})
+    recorder = CaseRecorder(CaseStore(work, max_cases=n + 10), capture, settings)
+    audio = clip.audio()
+    offers: list[float] = []
+    for i in range(n):
+        r = TurnRecord(session_id="sess_bench", turn_id=f"turn_{i:06d}", recovery=["llm_fallback"])
+        r.mark("speech_end", 10.0)
+        r.mark("first_audio_sent", 11.5)
+        r.evidence.audio, r.evidence.transcript = audio, clip.text
+        r.evidence.heard, r.evidence.reply = clip.text, "Sorry, I did not catch that. " * 3
+        r.evidence.spoken = r.evidence.reply
+        t0 = time.perf_counter()
+        recorder.offer(r)
+        offers.append(time.perf_counter() - t0)
+        # One case at a time, as turns finish: the writer's CPU is measured per case.
+        while recorder.written + recorder.dropped < i + 1:
+            time.sleep(0.001)
+    cpu = recorder.cpu_seconds
+    recorder.close()
+    return {
+        "cases": n,
+        "audio_s": round(len(audio) / pcm.INTERNAL_RATE, 2),
+        "offer_us_p50": round(1e6 * float(np.percentile(offers, 50)), 1),
+        "offer_us_max": round(1e6 * max(offers), 1),
+        "writer_cpu_ms_per_case": round(1000 * cpu / n, 2),
+    }
+
+
+def _print_direct(d: dict[str, Any], v2v_p50: float | None) -> None:
+    share = (
+        f" ({100 * d['writer_cpu_ms_per_case'] / v2v_p50:.2f}% of the capturing side's"
+        " voice-to-voice P50)"
+        if v2v_p50
+        else ""
+    )
+    print(
+        f"direct cost per case ({d['cases']} cases, {d['audio_s']} s of audio each): the live "
+        f"turn's hand-over {d['offer_us_p50']} µs P50 (max {d['offer_us_max']} µs); the writer "
+        f"thread's CPU {d['writer_cpu_ms_per_case']} ms{share}"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,9 +202,17 @@ def main() -> int:
     )
     ap.add_argument("--turns", type=_count(1), default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--direct-only", action="store_true", help="only the direct cost (seconds)")
     args = ap.parse_args()
+    settings = load_settings()
+    clip = evalset.build(build_tts(settings), settings.data_dir / "evalset" / "bench")[0]
     with tempfile.TemporaryDirectory(prefix="castwork-capture-") as tmp:
+        direct = direct_cost(clip, Path(tmp) / "direct")
+        if args.direct_only:
+            _print_direct(direct, None)
+            return 0
         r = asyncio.run(run(args, Path(tmp)))
+    r["direct"] = direct
     print(
         f"# failure-case capture under load — {r['cores']} cores, {r['rounds']} rounds × "
         f"{r['sessions']} callers × {r['turns_per_session']} turns per side ({r['seconds']:.0f} s)"
@@ -172,6 +236,7 @@ def main() -> int:
         f"cases written {r['cases_written']} ({r['case_bytes'] / 1e6:.1f} MB), "
         f"dropped {r['cases_dropped']:.0f}"
     )
+    _print_direct(direct, r["on"]["server_p50"])
     if args.json:
         args.json.write_text(json.dumps(r, indent=1))
     return 0

@@ -229,6 +229,7 @@ class CaseRecorder:
         )
         self.written = 0
         self.dropped = 0
+        self.cpu_seconds = 0.0  # the writer thread's CPU for cases (what capture costs)
         self._thread = threading.Thread(target=self._run, name="case-writer", daemon=True)
         self._thread.start()
 
@@ -270,6 +271,7 @@ class CaseRecorder:
         stored = self._prune()
         while (item := self._queue.get()) is not None:
             record, why = item
+            started = time.thread_time()
             try:
                 case = build_case(
                     record,
@@ -283,6 +285,8 @@ class CaseRecorder:
                 CASES_DROPPED.labels(why="write_error").inc()
                 log.warning("case for turn %s not written: %s", record.turn_id, exc)
                 continue
+            finally:
+                self.cpu_seconds += time.thread_time() - started
             self.written += 1
             for reason in why:
                 CASES_CAPTURED.labels(reason=reason).inc()
