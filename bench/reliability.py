@@ -193,7 +193,14 @@ def _admission(adm: dict[str, Any], capacity: int) -> str:
         text += (
             f" over {adm['rounds']} alternating rounds; P95 {adm['p95_change_ms']:+d} ms, "
             f"95% interval {ci[0]:+d} to {ci[1]:+d} ms, "
-            + ("within noise" if ci[0] <= 0 <= ci[1] else "outside noise")
+            + (
+                "within noise"
+                if ci[0] <= 0 <= ci[1]
+                else "slower with the dialers, outside noise"
+                if ci[0] > 0
+                else "not slower; faster with the dialers by more than noise, which is the"
+                " machine most likely drifting between phases"
+            )
         )
     text += f"); {adm['completed']}/{adm['turns']} completed."
     if rc := adm.get("refusal_cost"):
