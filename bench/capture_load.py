@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from voice import audio as pcm
 from voice import evalset, loadtest, turnstats
 from voice.cases import CaseRecorder, CaseStore
-from voice.config import load_settings
+from voice.config import Settings, load_settings
 from voice.factory import build_tts
 from voice.latency import TurnRecord
 from workers.cli import _count
@@ -147,9 +147,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def direct_cost(clip: evalset.Clip, work: Path, n: int = 100) -> dict[str, Any]:
+def direct_cost(settings: Settings, clip: evalset.Clip, work: Path, n: int = 100) -> dict[str, Any]:
     """What one case costs: the live turn's hand-over, and the writer thread's CPU for it."""
-    settings = load_settings()
     capture = settings.capture.model_copy(update={"slow_ms": 1, "keep_audio_with_pii": True})
     recorder = CaseRecorder(CaseStore(work, max_cases=n + 10), capture, settings)
     audio = clip.audio()
@@ -207,7 +206,7 @@ def main() -> int:
     settings = load_settings()
     clip = evalset.build(build_tts(settings), settings.data_dir / "evalset" / "bench")[0]
     with tempfile.TemporaryDirectory(prefix="castwork-capture-") as tmp:
-        direct = direct_cost(clip, Path(tmp) / "direct")
+        direct = direct_cost(settings, clip, Path(tmp) / "direct")
         if args.direct_only:
             _print_direct(direct, None)
             return 0

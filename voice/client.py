@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +127,22 @@ class RealtimeClient:
         if realtime:  # hold the pace across calls: a microphone cannot send the future early
             await asyncio.sleep(max(0.0, start + n * CHUNK_MS / 1000 - time.monotonic()))
         return sent_at
+
+    @contextlib.asynccontextmanager
+    async def silence(self, rate: int = 16_000) -> AsyncIterator[None]:
+        """Send silence at real-time pace while the body runs, as an open microphone does."""
+        chunk = np.zeros(int(rate * CHUNK_MS / 1000), dtype=np.float32)
+
+        async def feed() -> None:
+            while True:
+                await self.stream(chunk, rate)
+
+        feeder = asyncio.create_task(feed())
+        try:
+            yield
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
 
     def types(self, after: int = 0) -> list[str]:
         return [r.event["type"] for r in self.events[after:]]

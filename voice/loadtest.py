@@ -9,14 +9,13 @@ load) is the server's alone, not shared with the clients' event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +25,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from voice import evalset, turnlog_reader, turnstats
-from voice.client import CHUNK_MS, RealtimeClient, SessionRefused
+from voice.client import RealtimeClient, SessionRefused
 
 RATE = 16_000
 
@@ -192,7 +191,7 @@ async def play_session(
             end = await client.stream(clip.audio(), RATE)
             if drop_after == t:
                 break  # the finally closes the socket mid-turn
-            async with _silence(client):
+            async with client.silence(RATE):
                 if barge_in and t + 1 < turns:
                     await client.wait_for("response.output_audio.delta", after=after, timeout=60)
                     first = time.monotonic()
@@ -213,28 +212,11 @@ async def play_session(
                 result.v2v_ms.append((first_audio - end) * 1000)
             await client.stream(np.zeros(RATE // 2, dtype=np.float32), RATE)  # a breath
         if linger is not None:
-            async with _silence(client):
+            async with client.silence(RATE):
                 await linger()
     finally:
         await client.close()
     return result
-
-
-@contextlib.asynccontextmanager
-async def _silence(client: RealtimeClient) -> AsyncIterator[None]:
-    """Send silence at real-time pace while the body runs, as an open microphone does."""
-    chunk = np.zeros(int(RATE * CHUNK_MS / 1000), dtype=np.float32)
-
-    async def feed() -> None:
-        while True:
-            await client.stream(chunk, RATE)
-
-    feeder = asyncio.create_task(feed())
-    try:
-        yield
-    finally:
-        feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
 
 
 @dataclass

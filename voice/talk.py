@@ -7,10 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from voice import audio as pcm
-from voice.client import CHUNK_MS, RealtimeClient
+from voice.client import RealtimeClient
 
 
 def _describe(ev: dict[str, Any]) -> str:
@@ -38,22 +36,14 @@ async def talk(
     print(f"connected to {url}; streaming {speech_s:.2f} s of {wav.name} at real-time pace")
     t0 = time.monotonic()
     last_sample_at = await client.stream(samples, rate)
-    # Keep the "microphone" open with silence, as a real client would, until the answer ends.
-    silence = np.zeros(int(rate * CHUNK_MS / 1000), dtype=np.float32)
-
-    async def keep_streaming() -> None:
-        while True:
-            await client.stream(silence, rate)
-
-    feeder = asyncio.create_task(keep_streaming())
     try:
-        done = await client.wait_for("response.done", timeout=timeout_s)
+        # Keep the "microphone" open with silence, as a real client would, until the answer ends.
+        async with client.silence(rate):
+            done = await client.wait_for("response.done", timeout=timeout_s)
     except (TimeoutError, ConnectionError) as exc:
         print(f"no answer: {exc}")
         return 1
     finally:
-        feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
         await client.close()
 
     deltas = 0
