@@ -84,6 +84,16 @@ def test_a_case_is_masked_and_loses_its_audio_when_the_text_held_personal_data()
     )
     masked = build_case(korean, ["no_speech"], settings={}).data["heard"]
     assert masked == "제 번호는 [PHONE]이고 주민번호는 [RRN]입니다"
+    # A number read out digit by digit is personal data too: its audio is not kept.
+    for said in (
+        "it's oh one oh, nine eight seven six, five four three two",
+        "공일공 구팔칠육에 오사삼이요",
+    ):
+        spoken = build_case(
+            _record(["no_speech"], audio=speech, heard=said), ["no_speech"], settings={}
+        )
+        assert spoken.audio is None and spoken.data["personal_data"] == ["number"]
+        assert "[NUMBER]" in spoken.data["heard"]
 
 
 def _case(i: int, captured_at: float) -> Case:

@@ -31,6 +31,17 @@ from voice.pii import mask
         ("이메일은 minsu.kim@naver.com 입니다", "이메일은 [EMAIL] 입니다", ("email",)),
         ("카드 번호 5500 0000 0000 0004", "카드 번호 [CARD]", ("card",)),
         ("계좌 110-123-456789 로 보내주세요", "계좌 [NUMBER] 로 보내주세요", ("number",)),
+        # Numbers read out digit by digit, as a caller says them and an ASR writes them.
+        (
+            "my number is oh one oh, one two three four, five six seven eight",
+            "my number is [NUMBER]",
+            ("number",),
+        ),
+        ("call five five five double one two three four", "call [NUMBER]", ("number",)),
+        ("it's zero one zero 1234 5678 thanks", "it's [NUMBER] thanks", ("number",)),
+        ("제 번호는 공일공에 일이삼사에 오육칠팔 이에요", "제 번호는 [NUMBER] 이에요", ("number",)),
+        ("공일공 일이삼사 오육칠팔로 연락 주세요", "[NUMBER]로 연락 주세요", ("number",)),
+        ("번호는 010 일이삼사 5678", "번호는 [NUMBER]", ("number",)),
         # Several kinds in one reply.
         (
             "Email a@b.io or call 010-9876-5432.",
@@ -54,6 +65,12 @@ def test_personal_data_is_masked(text: str, expected: str, kinds: tuple[str, ...
         "오늘 오후 3시에 만나요. 가격은 15,000원입니다.",
         "Order 25 boxes of 12 and a 2024 calendar.",
         "Room 1203, floor 12.",
+        # Digit words that do not add up to a number someone could be reached by.
+        "I have one dog and two cats and three fish.",
+        "Oh, one more thing: press one, two or three.",
+        "triple seven, oh four two",
+        "이사 가는 날은 이일이에요. 오늘 오후 세시에 만나요.",
+        "삼성 오일 구일 사이",
     ],
 )
 def test_ordinary_numbers_are_left_alone(text: str) -> None:

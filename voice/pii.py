@@ -14,7 +14,9 @@ runs first, so a card number is not half-masked as a phone number.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 _SEP = r"[ .\-]?"  # between digit groups, as ASR and people write them
 
@@ -45,13 +47,76 @@ _PHONE = re.compile(
 # Whatever is left with 9 or more digits in a row (account numbers, passport numbers...).
 _LONG_NUMBER = re.compile(r"(?<!\d)\d(?:[ \-]?\d){8,}(?!\d)")
 
-PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+# Numbers read out digit by digit, as callers give a phone or card number and as an ASR writes
+# them: "oh one oh, one two three four", "double five", "공일공 일이삼사에 오육칠팔". A run of
+# digit words (and digit groups) that adds up to 7 or more digits is masked: no ordinary
+# sentence says seven digits one by one, and the shortest local phone numbers have seven.
+_EN_DIGITS = r"(?:zero|oh|o|one|two|three|four|five|six|seven|eight|nine)"
+_EN_TOKEN = rf"(?:(?:double|triple)[ \-]{_EN_DIGITS}|{_EN_DIGITS}|\d+)"
+_EN_RUN = re.compile(rf"\b{_EN_TOKEN}(?:[ ,\-]+{_EN_TOKEN})*\b", re.IGNORECASE)
+# Sino-Korean digits. A group is a whole word of them (so 오늘, 회사, 이사 never match);
+# callers often end a group with 에 ("공일공에 일이삼사"), and the last group may carry a
+# particle ("...오육칠팔로"). The last group has two digits or more, so that a particle word
+# such as "이에요" after a number is not read as one more digit.
+_KO_D = r"[공영일이삼사오육륙칠팔구]"
+_KO_SEP = r"(?:에?[ ,\-]+|에)"
+_KO_PARTICLE = r"번?(?:으로|로|이에요|예요|에요|입니다|이고|이요|은|는|을|를|이|가|와|과|고|요)?"
+_KO_RUN = re.compile(
+    rf"(?<![가-힣\d])(?:(?:{_KO_D}+|\d+){_KO_SEP})*(?:{_KO_D}{{2,}}|\d{{2,}})"
+    rf"(?={_KO_PARTICLE}(?![가-힣\d]))"
+)
+_KO_DIGIT = re.compile(r"[공영일이삼사오육륙칠팔구0-9]")
+_EN_COUNTED = re.compile(rf"\b(?:(double|triple)[ \-])?({_EN_DIGITS}\b|\d+)", re.IGNORECASE)
+
+
+def _digits_said(run: str, korean: bool) -> int:
+    """How many digits a run of digit words says ("double five" is two, "4111" four)."""
+    if korean:
+        return len(_KO_DIGIT.findall(run))
+    total = 0
+    for repeat, word in _EN_COUNTED.findall(run):
+        times = {"": 1, "double": 2, "triple": 3}[repeat.lower()]
+        total += len(word) * times if word.isdigit() else times
+    return total
+
+
+class _SpokenNumber:
+    """A pattern-like object (``subn``) for digit-by-digit numbers in English and Korean."""
+
+    def subn(self, tag: str, text: str) -> tuple[str, int]:
+        found = 0
+
+        def replacer(korean: bool) -> Callable[[re.Match[str]], str]:
+            spoken = re.compile(r"[^\d\W]" if not korean else r"[공영일이삼사오육륙칠팔구]")
+
+            def one(m: re.Match[str]) -> str:
+                nonlocal found
+                run = m.group(0)
+                # Runs of figures alone are the other patterns' business.
+                if _digits_said(run, korean) < 7 or not spoken.search(run):
+                    return run
+                found += 1
+                return tag
+
+            return one
+
+        text = _EN_RUN.sub(replacer(False), text)
+        text = _KO_RUN.sub(replacer(True), text)
+        return text, found
+
+
+class _Pattern(Protocol):
+    def subn(self, repl: str, string: str) -> tuple[str, int]: ...
+
+
+PATTERNS: tuple[tuple[str, _Pattern], ...] = (
     ("email", _EMAIL),
     ("email", _SPOKEN_EMAIL),
     ("rrn", _RRN),
     ("card", _CARD),
     ("phone", _PHONE),
     ("number", _LONG_NUMBER),
+    ("number", _SpokenNumber()),
 )
 TAGS = {
     "email": "[EMAIL]",
