@@ -11,7 +11,7 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,13 +87,46 @@ class RealtimeClient:
         self, type_: str, *, after: int = 0, timeout: float = 30.0, **match: Any
     ) -> dict[str, Any]:
         """The first event of ``type_`` (matching ``match`` fields) at index >= ``after``."""
+        i = await self._wait(
+            type_,
+            lambda ev: all(ev.get(k) == v for k, v in match.items()),
+            after,
+            time.monotonic() + timeout,
+            timeout,
+        )
+        return self.events[i].event
+
+    async def wait_for_answer(self, *, after: int = 0, timeout: float = 30.0) -> dict[str, Any]:
+        """The ``response.done`` of the response that answers the first user turn committed at
+        index >= ``after``. A response from before that turn (one being cancelled, say) may
+        still end after ``after``: the first ``response.done`` is not always this turn's."""
         deadline = time.monotonic() + timeout
+        committed = await self._wait(
+            "input_audio_buffer.committed", lambda ev: True, after, deadline, timeout
+        )
+        created = await self._wait(
+            "response.created", lambda ev: True, committed, deadline, timeout
+        )
+        rid = self.events[created].event["response"]["id"]
+        done = await self._wait(
+            "response.done", lambda ev: ev["response"]["id"] == rid, created, deadline, timeout
+        )
+        return self.events[done].event
+
+    async def _wait(
+        self,
+        type_: str,
+        match: Callable[[dict[str, Any]], bool],
+        after: int,
+        deadline: float,
+        timeout: float,
+    ) -> int:
+        """The index of the first event of ``type_`` at index >= ``after`` that ``match``es."""
         while True:
-            for r in self.events[after:]:
-                if r.event.get("type") == type_ and all(
-                    r.event.get(k) == v for k, v in match.items()
-                ):
-                    return r.event
+            for i in range(after, len(self.events)):
+                ev = self.events[i].event
+                if ev.get("type") == type_ and match(ev):
+                    return i
             if self._reader is not None and self._reader.done():
                 raise ConnectionError(f"connection closed before {type_}")
             left = deadline - time.monotonic()

@@ -121,6 +121,7 @@ class ResponseRunner:
         self._first_sent_at: float | None = None
         self._sent_ms = 0.0
         self._audio = "audio" in self.start.modalities
+        self._announced = False
 
     @property
     def turn(self) -> TurnRecord:
@@ -140,6 +141,10 @@ class ResponseRunner:
 
     async def run(self) -> None:
         self._work = asyncio.ensure_future(self._pipeline())
+        if self.reason is not None:
+            # Cancelled before this task first ran (a response.cancel right behind the
+            # response.create): cancel() found no work to stop, so stop it here, before it starts.
+            self._work.cancel()
         try:
             await self._work
             self.status = "completed"
@@ -274,6 +279,22 @@ class ResponseRunner:
     # --- stage 3: delivery ----------------------------------------------------------------------
 
     async def _deliver(self, sounds: asyncio.Queue[_Piece | None]) -> None:
+        await self._announce()
+        while (piece := await sounds.get()) is not None:
+            if self._audio and piece.audio is not None:
+                await self._send_audio(piece)
+            else:
+                self.segments.append((piece.text, self._sent_ms, self._sent_ms))
+                await self.send(
+                    p.event("response.output_text.delta", **self._where(), delta=piece.text + " ")
+                )
+
+    async def _announce(self) -> None:
+        """response.created and the empty output item, once: a response cancelled before it
+        delivered anything still opens before it closes."""
+        if self._announced:
+            return
+        self._announced = True
         s = self.start
         item = p.assistant_item(s.item_id, transcript="", audio=self._audio, status="in_progress")
         await self.send(p.event("response.created", response=self._response_object("in_progress")))
@@ -285,14 +306,6 @@ class ResponseRunner:
         await self.send(p.event("conversation.item.added", previous_item_id=None, item=item))
         part = {"type": "audio", "transcript": ""} if self._audio else {"type": "text", "text": ""}
         await self.send(p.event("response.content_part.added", **self._where(), part=part))
-        while (piece := await sounds.get()) is not None:
-            if self._audio and piece.audio is not None:
-                await self._send_audio(piece)
-            else:
-                self.segments.append((piece.text, self._sent_ms, self._sent_ms))
-                await self.send(
-                    p.event("response.output_text.delta", **self._where(), delta=piece.text + " ")
-                )
 
     async def _send_audio(self, piece: _Piece) -> None:
         assert piece.audio is not None
@@ -332,6 +345,7 @@ class ResponseRunner:
             await asyncio.sleep((ahead - self.policy.lead_ms) / 1000)
 
     async def _finish(self) -> None:
+        await self._announce()
         s = self.start
         transcript = (
             spoken_text(self.segments, self.played_ms)
