@@ -18,14 +18,13 @@ STAMP="$VENV/.castwork-setup"
 say() { printf '[setup] %s\n' "$*"; }
 
 # --- 1. Debian packages ------------------------------------------------------------------
-redis_answers() {
-  (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && read -r -t 2 line <&3 && [[ $line == +PONG* ]]) 2>/dev/null
-}
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v fc-list >/dev/null && fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk fontconfig)
-command -v redis-server >/dev/null || redis_answers || need+=(redis-server)
+# castwork serve starts a Redis of its own (with an append-only file) unless one that
+# persists answers on 6379: it needs the binary even where another Redis runs.
+command -v redis-server >/dev/null || need+=(redis-server)
 # setpriv (util-linux) makes ffmpeg die with the worker that started it.
 command -v setpriv >/dev/null || need+=(util-linux)
 # The test suite reads rendered frames back with OCR and drives the web page in Chromium.

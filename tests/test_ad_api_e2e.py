@@ -49,7 +49,7 @@ def test_api_job_to_three_checked_mp4s(redis_url: str, tmp_path: Path) -> None:
     jobs_dir = tmp_path / "jobs"
     settings = load_settings(broker={"url": redis_url}, jobs={"dir": jobs_dir})
     app = create_app(settings, store=JobStore.from_url(redis_url), broker=make_broker(settings))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1", headers={"X-Castwork-CSRF": "1"})
     files = [
         ("images", (f"{n}.jpg", photo_bytes(n), "image/jpeg"))
         for n in ("coffee", "chelsea", "rocket")

@@ -27,7 +27,7 @@ from media.pipeline import job_root
 from voice.config import Settings, load_settings
 from voice.errors import ConfigError
 from workers.actors import NARRATE, QUEUE
-from workers.api import create_app, keys_required
+from workers.api import CSRF_HEADER, create_app, keys_required
 from workers.store import JobStore
 
 if TYPE_CHECKING:
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from httpx2 import Response
 
 KEY_A, KEY_B = "key-for-alice-0123456789", "key-for-bob-9876543210"
+# Where a client on this machine reaches the API (a keyless API answers loopback names only),
+# and the header the page sends so that no other site's form can pass for it.
+LOCAL = "http://127.0.0.1:8000"
+PAGE_HEADERS = {CSRF_HEADER: "1"}
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
 AUTH_B = {"X-API-Key": KEY_B}
 
@@ -62,7 +66,8 @@ class Api:
 
     def __init__(self, settings: Settings, store: JobStore, broker: StubBroker) -> None:
         self.settings, self.store, self.broker = settings, store, broker
-        self.client = TestClient(create_app(settings, store=store, broker=broker))
+        app = create_app(settings, store=store, broker=broker)
+        self.client = TestClient(app, base_url=LOCAL, headers=PAGE_HEADERS)
 
     def submit(
         self,
@@ -273,10 +278,11 @@ def test_oversize_request_is_413_by_content_length(make_api: MakeApi) -> None:
 async def asgi_call(
     api: Api, method: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
 ) -> tuple[int, bytes, int]:
-    """One request to /v1/jobs straight into the ASGI app: headers exactly as given (no client
-    fixes them up, no Content-Length added), the body in ``chunks``, and any exception escapes
-    to the test instead of becoming a quiet 500. Returns the status, the body and how many
-    chunks the app pulled."""
+    """One request to /v1/jobs straight into the ASGI app: headers exactly as given after a
+    local client's Host and the page's CSRF header (no client fixes them up, no
+    Content-Length added), the body in ``chunks``, and any exception escapes to the test
+    instead of becoming a quiet 500. Returns the status, the body and how many chunks the
+    app pulled."""
     pulled = 0
 
     async def receive() -> Message:
@@ -305,7 +311,7 @@ async def asgi_call(
         "raw_path": b"/v1/jobs",
         "root_path": "",
         "query_string": b"",
-        "headers": headers,
+        "headers": [(b"host", b"127.0.0.1:8000"), (CSRF_HEADER.lower().encode(), b"1"), *headers],
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }

@@ -275,7 +275,7 @@ def test_operator_routes_are_closed_when_merchant_keys_are_in_force(api: Api) ->
     """On loopback (behind a reverse proxy, say) with merchant keys and no operator keys,
     /metrics and the dashboard's data are closed, as they are on a public address: keys are
     in force. They used to be open to anyone there."""
-    for path in ("/metrics", "/v1/ops/turns"):
+    for path in ("/metrics", "/v1/ops/turns", "/v1/ops/health"):
         for headers in ({}, AUTH_A, AUTH_B):
             r = api.client.get(path, headers=headers)
             assert r.status_code == 403, (path, headers, r.status_code)

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from voice.config import load_settings
 from voice.errors import ConfigError
+from voice.lineage import of_settings, shaping_settings
+from voice.redact import mask_url, redacted
 from workers.cli import main
 
 
@@ -75,3 +79,90 @@ def test_bad_config_file_is_named(tmp_path: Path) -> None:
         load_settings(broken)
     with pytest.raises(ConfigError, match="no such config file"):
         load_settings(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
+        ("amqp://user:pw@h", "amqp://user:***@h"),
+        ("rediss://default:p%40ss@[::1]:6380/1", "rediss://default:***@[::1]:6380/1"),
+        ("https://TOKEN@llm.example/v1", "https://***@llm.example/v1"),
+        ("https://h/v1?api_key=k&model=x", "https://h/v1?api_key=***&model=x"),
+        ("redis://h/0?password=pw&db=2", "redis://h/0?password=***&db=2"),
+        ("https://h/cb#access_token=t&state=1", "https://h/cb#access_token=***&state=1"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        ("redis://:pw@host:port/0", "***"),  # malformed: masked whole
+        ("http://[::1", "***"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_redacted_masks_urls_and_secret_named_values() -> None:
+    data = {
+        "url": "redis://:pw@h/0",
+        "instructions": "Say hello. See https://user:pw@example.com for more.",  # prose: kept
+        "arms": [{"overrides": {"llm.backends": [{"api_key": "sk-1", "model": "m"}]}}],
+        "port": 6379,
+        "api_key": None,
+    }
+    assert redacted(data) == {
+        **data,
+        "url": "redis://:***@h/0",
+        "arms": [{"overrides": {"llm.backends": [{"api_key": "**********", "model": "m"}]}}],
+    }
+
+
+def test_castwork_config_prints_no_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CASTWORK_BROKER__URL", "redis://:zz-secret-1@10.0.0.5:6379/0")
+    monkeypatch.setenv("CASTWORK_JOBS__STORE_URL", "redis://jobs:zz-secret-2@10.0.0.6/0")
+    monkeypatch.setenv(
+        "CASTWORK_LLM__BACKENDS",
+        '[{"kind": "openai", "url": "https://me:zz-secret-3@llm.example/v1?api_key=zz-secret-4",'
+        ' "model": "m", "api_key": "zz-secret-5"}]',
+    )
+    monkeypatch.setenv(
+        "CASTWORK_EXPERIMENT__ARMS",
+        '[{"name": "b", "overrides": {"llm.backends": [{"kind": "openai", '
+        '"url": "https://x:zz-secret-6@h/v1", "model": "m", "api_key": "zz-secret-7"}]}}]',
+    )
+    monkeypatch.setenv("CASTWORK_API__LINK_SECRET", "zz-secret-8-0123456789")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "zz-secret" not in out, [line for line in out.splitlines() if "zz-secret" in line]
+    printed = json.loads(out)
+    assert printed["broker"]["url"] == "redis://:***@10.0.0.5:6379/0"
+    assert printed["llm"]["backends"][0]["url"] == "https://me:***@llm.example/v1?api_key=***"
+
+
+def test_turn_lineage_and_cases_hold_no_llm_password() -> None:
+    settings = load_settings(
+        asr={"fallback_model": "none"},
+        llm={
+            "backends": [
+                {"kind": "openai", "url": "https://me:zz-secret@llm.example/v1", "model": "qwen"}
+            ]
+        },
+    )
+    models = of_settings(settings)["models"]
+    assert isinstance(models, dict)
+    assert models["llm"] == "openai:qwen@https://me:***@llm.example/v1"
+    assert "zz-secret" not in json.dumps(shaping_settings(settings))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"broker": {"url": "http://:zz-secret@h/0"}}, "broker.url"),
+        ({"api": {"link_secret": "zz-secret"}}, "api.link_secret"),  # too short
+    ],
+)
+def test_a_bad_secret_is_named_without_quoting_it(overrides: dict[str, Any], setting: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(**overrides)
+    assert setting in str(info.value) and "zz-secret" not in str(info.value)

@@ -46,7 +46,11 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 def app_for(settings: Settings, **kw: Any) -> TestClient:
     # The store is never touched by these endpoints: no Redis needed.
     store = JobStore.from_url("redis://127.0.0.1:1/0")
-    return TestClient(create_app(settings, store=store, broker=StubBroker(), **kw))
+    return TestClient(
+        create_app(settings, store=store, broker=StubBroker(), **kw),
+        base_url="http://127.0.0.1",
+        headers={"X-Castwork-CSRF": "1"},
+    )
 
 
 def js_round(x: float) -> int:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from voice.config import Settings, load_settings
@@ -23,3 +25,14 @@ def test_doctor_reports_a_dead_broker(settings: Settings) -> None:
     bad = load_settings(broker={"url": "redis://127.0.0.1:1/0"})
     results = run_checks(bad, only={"broker"})
     assert len(results) == 1 and not results[0].ok and "does not answer" in results[0].smoke
+
+
+def test_doctor_says_whether_the_broker_persists_and_hides_its_password(tmp_path: Path) -> None:
+    from tests.test_serve import redis_server
+
+    with redis_server(tmp_path, "--requirepass", "zz-secret", "--appendonly", "no") as port:
+        url = f"redis://:zz-secret@127.0.0.1:{port}/0"
+        (result,) = run_checks(load_settings(broker={"url": url}), only={"broker"})
+    assert result.ok and "keeps no append-only file" in result.smoke
+    text = report([result])
+    assert f"redis://:***@127.0.0.1:{port}/0" in text and "zz-secret" not in text

@@ -3,13 +3,19 @@ a RedisBroker, and an in-process dramatiq worker that renders the ad for real.
 
 A merchant's whole path: enter the API key, fill the form, upload two photos, watch the
 progress bar move, then play the result in the page's ``<video>`` and download it through
-the signed link. The driver is Playwright's Python API on Debian's Chromium
+the signed link. And the keyless API (loopback only) against pages of other sites in the
+same browser: DNS rebinding (``--host-resolver-rules`` points ``evil.test`` at 127.0.0.1),
+a cross-site upload, and a form from another page on this machine; none makes a job, while
+the page's own form still does. The driver is Playwright's Python API on Debian's Chromium
 (``/usr/bin/chromium``, never a downloaded browser build). A screenshot of the finished page
 is kept in ``tests/artifacts/`` (and copied to ``$CASTWORK_TEST_ARTIFACTS`` when set).
 """
 
 from __future__ import annotations
 
+import base64
+import http.server
+import io
 import os
 import shutil
 import socket
@@ -17,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,8 @@ from typing import Any
 import dramatiq
 import pytest
 import uvicorn
+from dramatiq.brokers.stub import StubBroker
+from fastapi import FastAPI
 from PIL import Image
 
 from media.pipeline import NarrationEngines
@@ -79,19 +88,12 @@ class Stack:
     store: JobStore
 
 
-@pytest.fixture
-def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """uvicorn + the app + a dramatiq worker, all in this process, on a private Redis."""
-    settings = load_settings(data_dir=tmp_path, api={"keys": {"shop": API_KEY}})
-    store = JobStore.from_url(redis_url)
-    store.prefix = f"web-{uuid.uuid4().hex[:12]}"
-    broker = make_broker(settings, redis_url)
-    declare(Context(settings, store, broker, NarrationEngines(settings)))
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=200)
-    worker.start()
+@contextmanager
+def _serving(app: FastAPI) -> Iterator[str]:
+    """uvicorn serving ``app`` on a free loopback port, in a thread; yields its URL."""
     port = _free_port()
     config = uvicorn.Config(
-        create_app(settings, store=store, broker=broker),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -103,12 +105,42 @@ def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     thread.start()
     try:
         _wait_until(lambda: server.started, 15, "uvicorn did not start")
-        yield Stack(f"http://127.0.0.1:{port}", settings, store)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.fixture
+def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """uvicorn + the app + a dramatiq worker, all in this process, on a private Redis."""
+    settings = load_settings(data_dir=tmp_path, api={"keys": {"shop": API_KEY}})
+    store = JobStore.from_url(redis_url)
+    store.prefix = f"web-{uuid.uuid4().hex[:12]}"
+    broker = make_broker(settings, redis_url)
+    declare(Context(settings, store, broker, NarrationEngines(settings)))
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=200)
+    worker.start()
+    try:
+        with _serving(create_app(settings, store=store, broker=broker)) as url:
+            yield Stack(url, settings, store)
+    finally:
         worker.stop(timeout=10_000)
         broker.close()
+        store.r.close()
+
+
+@pytest.fixture
+def keyless(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """The app as `castwork serve` runs it by default: no keys, loopback only. Jobs are
+    queued on a stub broker and never run: these tests are about who may queue one."""
+    settings = load_settings(data_dir=tmp_path)
+    store = JobStore.from_url(redis_url)
+    store.prefix = f"web-{uuid.uuid4().hex[:12]}"
+    try:
+        with _serving(create_app(settings, store=store, broker=StubBroker())) as url:
+            yield Stack(url, settings, store)
+    finally:
         store.r.close()
 
 
@@ -297,5 +329,149 @@ def test_the_page_shows_which_field_is_wrong(chromium: Path, stack: Stack, tmp_p
             assert "notes.jpg" in images_error.inner_text()
             assert "not an image" in images_error.inner_text()
             assert page.locator("#headline-error").is_hidden()
+        finally:
+            browser.close()
+
+
+# --- Other sites, through the same browser ------------------------------------------------------
+
+# What an attacker's page does once loaded: a multipart upload of a real photo, as a plain
+# (no-cors) fetch, as a fetch that tries to add the page's header, and as a form.
+ATTACK_PAGE = """<!doctype html><html><body>
+<form id="f" method="post" enctype="multipart/form-data" action="{api}/v1/jobs">
+  <input name="headline" value="Sent by another site"></form>
+<script>
+(async () => {{
+  const bytes = Uint8Array.from(atob("{jpeg}"), (c) => c.charCodeAt(0));
+  const body = () => {{
+    const fd = new FormData();
+    fd.append("headline", "Sent by another site");
+    fd.append("images", new Blob([bytes], {{type: "image/jpeg"}}), "p.jpg");
+    return fd;
+  }};
+  const results = [];
+  for (const options of [
+    {{method: "POST", body: body(), mode: "no-cors"}},
+    {{method: "POST", body: body(), headers: {{"X-Castwork-CSRF": "1"}}}},
+  ]) {{
+    try {{ await fetch("{api}/v1/jobs", options); results.push("sent"); }}
+    catch (err) {{ results.push("blocked"); }}
+  }}
+  document.title = results.join(",");
+  document.getElementById("f").submit();
+}})();
+</script></body></html>"""
+
+
+@contextmanager
+def _attacker_site(html: str) -> Iterator[int]:
+    """A page of another site, served on a free loopback port; yields the port."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, name="attacker", daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _post_statuses(page: Any) -> list[int]:
+    """The statuses of the POSTs ``page`` makes from now on (filled in as they answer)."""
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if r.request.method == "POST" else None)
+    return statuses
+
+
+def _jpeg_b64() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(buf, "JPEG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+# evil.test resolves to this machine: what DNS rebinding makes of the attacker's own name.
+REBINDING_FLAGS = [
+    *CHROMIUM_FLAGS,
+    "--host-resolver-rules=MAP evil.test 127.0.0.1",
+    "--no-proxy-server",
+]
+
+
+@pytest.mark.reliability("input", "a keyless API and pages of other sites in a real browser")
+def test_other_sites_cannot_reach_a_keyless_api_from_the_browser(
+    chromium: Path, keyless: Stack
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    api_port = keyless.url.rsplit(":", 1)[1]
+    attack = ATTACK_PAGE.format(api=keyless.url, jpeg=_jpeg_b64())
+    with sync_playwright() as pw, _attacker_site(attack) as site_port:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=REBINDING_FLAGS)
+        try:
+            page = browser.new_page()
+            # DNS rebinding: the attacker's name, now pointing here, is not served.
+            rebound = page.goto(f"http://evil.test:{api_port}/v1/jobs")
+            assert rebound is not None and rebound.status == 400, rebound and rebound.text()
+            assert "untrusted_host" in rebound.text()
+            page.close()
+
+            # Uploads from another site (Origin http://evil.test:...), and from another page
+            # on this machine (a loopback Origin: only the missing header stops that one).
+            for origin, code in [
+                (f"http://evil.test:{site_port}", "cross_origin"),
+                (f"http://localhost:{site_port}", "csrf"),
+            ]:
+                page = browser.new_page()
+                posts = _post_statuses(page)
+                with page.expect_navigation(url=f"{keyless.url}/v1/jobs"):
+                    page.goto(origin)  # its script uploads, then submits the form
+                page.wait_for_load_state()
+                # The plain fetch and the form reached the API and were refused; the fetch
+                # with the page's header never left the browser (its preflight failed).
+                assert posts and all(status == 403 for status in posts), (origin, posts)
+                assert code in page.content(), (origin, page.content()[:500])
+                page.close()
+            assert keyless.store.list("local") == [], "another site made a job"
+        finally:
+            browser.close()
+
+
+def test_the_keyless_page_still_submits_its_form(
+    chromium: Path, keyless: Stack, photos: list[Path]
+) -> None:
+    """The page sends the CSRF header itself: without keys its form makes a job."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.goto(keyless.url)
+            page.wait_for_selector("#template option[value='sale']", state="attached")
+            assert page.locator("#auth[open]").count() == 0  # no key asked for
+            page.get_by_label("Headline").fill("Fresh roasted coffee")
+            page.get_by_label("Product photos").set_input_files([str(p) for p in photos])
+            page.get_by_role("button", name="Make my ad").click()
+            page.wait_for_selector("#job:not([hidden])")
+            assert page.get_attribute("#job", "data-status") == "queued"
+            (job,) = keyless.store.list("local")
+            assert job.fields["headline"] == "Fresh roasted coffee"
+            assert problems == [], problems
         finally:
             browser.close()

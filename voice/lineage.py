@@ -8,9 +8,10 @@ which model wrote what, even after the configuration changed::
 
 A model that ships in a package is named by package and version; a model given as a path is
 named by the SHA-256 of its file (or of every file in its folder), computed once per file
-version (path, size, mtime) and cached; a remote model is named by its URL and model name,
-which is all we can know of it. The settings hash covers the sections that shape a turn
-(asr, llm, tts, vad), secrets left out, so two servers with the same hash answer alike.
+version (path, size, mtime) and cached; a remote model is named by its URL (a password in it
+masked) and model name, which is all we can know of it. The settings hash covers the
+sections that shape a turn (asr, llm, tts, vad), secrets left out, so two servers with the
+same hash answer alike.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from voice.config import LlmBackend, Settings
 from voice.models import ResolvedModel, resolve_asr, resolve_llm, resolve_tts, resolve_vad
+from voice.redact import mask_url, redacted
 
 _lock = threading.Lock()
 _digests: dict[tuple[str, int, int], str] = {}
@@ -65,7 +67,7 @@ def model_identity(model: ResolvedModel) -> str:
 def _llm_identity(backend: LlmBackend) -> str:
     if backend.kind == "gguf":
         return model_identity(resolve_llm(backend.model))
-    return f"openai:{backend.model}@{backend.url}"
+    return f"openai:{backend.model}@{mask_url(str(backend.url))}"
 
 
 SHAPING = ("asr", "llm", "tts", "vad")  # the settings that change what a turn says and when
@@ -73,8 +75,9 @@ SHAPING = ("asr", "llm", "tts", "vad")  # the settings that change what a turn s
 
 def shaping_settings(settings: Settings) -> dict[str, Any]:
     """The settings that shape a turn, secrets masked (mode="json" writes SecretStr as
-    '**********': keys never reach a hash or a case)."""
-    dumped: dict[str, Any] = settings.model_dump(mode="json", include=set(SHAPING))
+    '**********', and :func:`~voice.redact.redacted` masks passwords in URLs: keys never
+    reach a hash or a case)."""
+    dumped: dict[str, Any] = redacted(settings.model_dump(mode="json", include=set(SHAPING)))
     return dumped
 
 

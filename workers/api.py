@@ -14,7 +14,7 @@ Endpoints (all JSON except files and the page; the OpenAPI schema is at ``/opena
     GET  /v1/jobs/{id}/files/{name}    one output file (names from workers.jobs.outputs)
     GET  /v1/templates                 the templates a job can name
     GET  /v1/config                    what the page needs: limits, whether a key is needed
-    GET  /healthz                      Redis answers?
+    GET  /healthz                      ok or unavailable (details: /v1/ops/health, ops key)
     GET  /                             the web page (static files under /static/)
 
 Choices worth knowing:
@@ -25,8 +25,18 @@ Choices worth knowing:
   a loopback address (:func:`keys_required`); otherwise ``create_app`` refuses to start.
   A merchant's view is its own: another merchant's job id is a 404, word for word the same
   as an id that does not exist.
-* **Download links** carry an expiring HMAC signature (keyed with the merchant's API key)
-  when keys are in force, because a ``<video src>`` or a plain link cannot send a header.
+* **Other sites** (:mod:`voice.origins`). Without keys the API trusts that only this machine
+  reaches it, so a web page must not reach it through the visitor's browser: it answers only
+  loopback ``Host`` names (DNS rebinding sends the attacker's name), refuses a state-changing
+  request whose ``Origin`` is not a loopback page, and wants the :data:`CSRF_HEADER` on
+  those, which no cross-site form can send (nor a cross-site fetch: a custom header needs a
+  CORS preflight, which this API never grants); the page sends it, and so must a script
+  (``curl -H 'X-Castwork-CSRF: 1'``). With keys, the key header does that job; the
+  ``Host`` must then be one of ``api.allowed_hosts`` and an ``Origin`` the API's own.
+* **Download links** carry an expiring HMAC signature when keys are in force, because a
+  ``<video src>`` or a plain link cannot send a header. The signing key is the server's
+  link secret (``api.link_secret``, else ``<data_dir>/link-secret``) derived per merchant,
+  never a merchant's API key, which would then sit one HMAC away from every link.
 * **Request size.** A request whose ``Content-Length`` is over ``api.max_request_mb`` is
   refused before a byte is read; a body without one is counted as it streams and cut off at
   the same limit. Starlette spools file parts to disk past 1 MB, so at most one capped body
@@ -44,12 +54,15 @@ pool, so the event loop never waits on them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-import ipaddress
 import logging
 import math
+import os
 import re
+import secrets
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -83,6 +96,7 @@ from media.images import safe_name, sniff_format
 from media.templates import ASPECTS, Template, _bundled, load_templates
 from voice.config import Settings
 from voice.errors import CapacityError, ConfigError
+from voice.origins import is_loopback, origin_allowed, trusted_host
 from workers import ops
 from workers.actors import QUEUE
 from workers.jobs import Upload, outputs, submit
@@ -104,6 +118,12 @@ _JOB_ID = re.compile(r"[0-9a-f]{8,64}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _DIGITS = re.compile(r"[0-9]+")
 _MEDIA_TYPES = {".mp4": "video/mp4", ".jpg": "image/jpeg"}
+# Methods that change something: what a page from another site must not be able to send.
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Without keys, a state-changing request must carry this header (any value): a form on
+# another site cannot send one, and a fetch from there cannot without a CORS preflight.
+CSRF_HEADER = "X-Castwork-CSRF"
+LINK_SECRET_FILE = "link-secret"
 _ACCEPTED = "JPEG, PNG, WebP or HEIC"
 # The page is ours alone: no inline script, nothing from elsewhere.
 _PAGE_CSP = (
@@ -185,7 +205,7 @@ class ClientConfig(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
-    redis: str
+    redis: Literal["ok", "unavailable"]
 
 
 # --- Errors -------------------------------------------------------------------------------
@@ -234,22 +254,13 @@ def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 # --- Auth ---------------------------------------------------------------------------------
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name other than localhost, or 0.0.0.0-style wildcards
-        return False
-
-
 def keys_required(settings: Settings) -> bool:
     """Whether the API must have keys: whenever it can be reached from another machine."""
     return not is_loopback(settings.api.host)
 
 
 class Keys:
-    """Merchant API keys: the one place that compares them, and signs download links."""
+    """Merchant API keys: the one place that compares them."""
 
     def __init__(self, keys: Mapping[str, SecretStr], *, required: bool) -> None:
         if required and not keys:
@@ -264,6 +275,9 @@ class Keys:
     def open(self) -> bool:
         """No keys configured (loopback only): everyone is the merchant "local"."""
         return not self._keys
+
+    def has(self, merchant: str) -> bool:
+        return merchant in self._keys
 
     def merchant_for(self, key: str) -> str | None:
         given = key.encode()
@@ -286,13 +300,6 @@ class Keys:
             raise _unauthorized("the API key is not valid")
         return merchant
 
-    def signature(self, merchant: str, job_id: str, name: str, expires: int) -> str | None:
-        secret = self._keys.get(merchant)
-        if secret is None:
-            return None
-        message = f"{job_id}/{name}/{expires}".encode()
-        return hmac.new(secret, message, hashlib.sha256).hexdigest()
-
 
 def _bearer_token(authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").partition(" ")
@@ -300,24 +307,64 @@ def _bearer_token(authorization: str | None) -> str | None:
 
 
 class Links:
-    """Download URLs for a job's files: plain when the API is open, signed otherwise."""
+    """Download URLs for a job's files: plain when the API is open, signed otherwise.
 
-    def __init__(self, keys: Keys, clock: Callable[[], float] = time.time) -> None:
-        self.keys, self.clock = keys, clock
+    The signing key is the link secret, derived per merchant (an HMAC of the merchant id), so
+    that it holds nothing a merchant knows. A merchant whose key is withdrawn gets no link,
+    and the links already handed out stop working with it."""
+
+    def __init__(
+        self, keys: Keys, secret: bytes | None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.keys, self.secret, self.clock = keys, secret, clock
 
     def url(self, record: JobRecord, name: str) -> str:
         path = f"/v1/jobs/{record.id}/files/{name}"
-        if self.keys.open:
-            return path
         expires = math.ceil((self.clock() + _LINK_TTL_S) / _LINK_ROUND_S) * _LINK_ROUND_S
-        signature = self.keys.signature(record.merchant, record.id, name, expires)
+        signature = self._signature(record.merchant, record.id, name, expires)
         return f"{path}?expires={expires}&signature={signature}" if signature else path
 
     def valid(self, record: JobRecord, name: str, expires: int, signature: str) -> bool:
-        expected = self.keys.signature(record.merchant, record.id, name, expires)
+        expected = self._signature(record.merchant, record.id, name, expires)
         if expected is None or expires < self.clock():
             return False
         return hmac.compare_digest(expected.encode(), signature.encode())
+
+    def _signature(self, merchant: str, job_id: str, name: str, expires: int) -> str | None:
+        if self.secret is None or self.keys.open or not self.keys.has(merchant):
+            return None
+        key = hmac.new(self.secret, f"link/{merchant}".encode(), hashlib.sha256).digest()
+        message = f"{job_id}/{name}/{expires}".encode()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def link_secret(settings: Settings) -> bytes:
+    """``api.link_secret``; else the secret in ``<data_dir>/link-secret``, made (random,
+    mode 0600) by the first server that needs it and kept for every restart after."""
+    if settings.api.link_secret is not None:
+        return settings.api.link_secret.get_secret_value().encode()
+    path = settings.data_dir / LINK_SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{LINK_SECRET_FILE}.")  # 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            # A hard link publishes the whole file at once and never replaces a secret that
+            # another server made meanwhile (then its secret is the one read below).
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    secret = path.read_text().strip()
+    if len(secret) < 32:
+        raise ConfigError(
+            "api.link_secret",
+            f"{path} holds no secret (under 32 characters); delete it to have a new one made",
+        )
+    return secret.encode()
 
 
 # --- The request gate: auth before body, size cap, headers --------------------------------
@@ -336,12 +383,17 @@ class RequestGate:
     """Pure ASGI middleware: refuse what must be refused before the body is read.
 
     Starlette's multipart parser would otherwise take whatever a client sends; FastAPI
-    parses the body before it resolves the auth dependency.
+    parses the body before it resolves the auth dependency. First of all, a request from
+    another site (see the module's docstring): starlette's TrustedHostMiddleware would do
+    the Host part but cannot read ``[::1]:8000``, and answers in plain text.
     """
 
-    def __init__(self, app: ASGIApp, *, keys: Keys, max_request_mb: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, keys: Keys, max_request_mb: int, allowed_hosts: list[str]
+    ) -> None:
         self.app, self.keys, self.limit_mb = app, keys, max_request_mb
         self.max_bytes = max_request_mb * _MB
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -354,7 +406,11 @@ class RequestGate:
         await self.app(scope, self._capped(receive), _with_headers(send))
 
     def _refusal(self, scope: Scope) -> ApiError | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        headers = dict(pairs)
+        cross_site = self._cross_site(scope["method"], headers, pairs)
+        if cross_site is not None:
+            return cross_site
         if scope["method"] in ("POST", "PUT", "PATCH") and scope["path"].startswith("/v1/"):
             bearer, api_key = _bearer_token(headers.get("authorization")), headers.get("x-api-key")
             try:
@@ -373,6 +429,47 @@ class RequestGate:
                 return _BodyTooLarge(self.limit_mb)
         return None
 
+    def _cross_site(
+        self, method: str, headers: dict[str, str], pairs: list[tuple[str, str]]
+    ) -> ApiError | None:
+        """The refusal of a request from another site, if it is one."""
+        keyless = self.keys.open
+        hosts = [v for k, v in pairs if k == "host"]
+        # Two Host headers: which one would a proxy have read? Neither is trusted.
+        host = hosts[0] if len(hosts) == 1 else None
+        if not trusted_host(host, loopback_only=keyless, allowed=self.allowed_hosts):
+            where = (
+                "without API keys the API answers only to localhost, 127.0.0.1 or [::1] "
+                "(open it to the network with api.host and api.keys)"
+                if keyless
+                else "it is not one of api.allowed_hosts"
+            )
+            return ApiError(400, "untrusted_host", f"Host {_shown(host)} is refused: {where}")
+        if method not in _UNSAFE_METHODS:
+            return None
+        origins = [v for k, v in pairs if k == "origin"]
+        if origins and not (
+            len(origins) == 1
+            and origin_allowed(origins[0], host_header=host, loopback_only=keyless)
+        ):
+            mine = "a page on this machine" if keyless else "this API's own page"
+            return ApiError(
+                403,
+                "cross_origin",
+                f"a request from {_shown(origins[0])} is refused: only {mine} may change "
+                "anything here",
+            )
+        if keyless and CSRF_HEADER.lower() not in headers:
+            return ApiError(
+                403,
+                "csrf",
+                f"the {CSRF_HEADER} header is missing: without API keys a request that "
+                "changes something must carry it (any value), which a form on another site "
+                "cannot send",
+                field=CSRF_HEADER,
+            )
+        return None
+
     def _capped(self, receive: Receive) -> Receive:
         seen = 0
 
@@ -387,6 +484,11 @@ class RequestGate:
             return message
 
         return capped
+
+
+def _shown(value: str | None) -> str:
+    # A header quoted back in an error: bounded, and never mistaken for the message itself.
+    return "(none)" if value is None else repr(value[:100])
 
 
 def _with_headers(send: Send) -> Send:
@@ -599,7 +701,8 @@ router = APIRouter()
         200: {"model": Job, "description": "The job this Idempotency-Key already created"},
         429: {"model": ErrorBody, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
         # 400: a body that is not valid multipart (or a Content-Length that is not a number).
-        **_error_responses(400, 401, 413, 415, 422, 503),
+        # 403: from another site (see the module's docstring).
+        **_error_responses(400, 401, 403, 413, 415, 422, 503),
     },
     summary="Submit an ad job",
 )
@@ -749,7 +852,7 @@ def get_job(ctx: Ctx, merchant: Merchant, job_id: str) -> Job:
 @router.post(
     "/v1/jobs/{job_id}/cancel",
     response_model=Job,
-    responses=_error_responses(401, 404, 409, 503),
+    responses=_error_responses(401, 403, 404, 409, 503),
     summary="Cancel a queued or running job",
 )
 def cancel_job(ctx: Ctx, merchant: Merchant, job_id: str) -> Job:
@@ -843,16 +946,36 @@ async def client_config(ctx: Ctx) -> ClientConfig:
     "/healthz",
     response_model=Health,
     responses={503: {"model": Health, "description": "Redis does not answer"}},
-    summary="Liveness and Redis",
+    summary="Liveness and Redis (no details: those are at /v1/ops/health)",
 )
 def healthz(ctx: Ctx) -> JSONResponse:
-    try:
-        ctx.store.r.ping()
-    except redis.RedisError as exc:
-        log.warning("health check: Redis does not answer: %r", exc)
-        body = Health(status="unavailable", redis=f"error: {exc}")
+    # Anyone may ask: the answer says ok or not, never why (an error names hosts, sockets).
+    if _redis_problem(ctx.store) is not None:
+        body = Health(status="unavailable", redis="unavailable")
         return JSONResponse(body.model_dump(), status_code=503)
     return JSONResponse(Health(status="ok", redis="ok").model_dump())
+
+
+def _redis_problem(store: JobStore) -> str | None:
+    """Why the job store's Redis does not answer; None when it does."""
+    try:
+        store.r.ping()
+    except redis.RedisError as exc:
+        log.warning("health check: Redis does not answer: %r", exc)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _health_details(settings: Settings, store: JobStore) -> dict[str, Any]:
+    """What /v1/ops/health tells an operator: the Redis error, and where things are kept."""
+    problem = _redis_problem(store)
+    return {
+        "status": "ok" if problem is None else "unavailable",
+        "redis": problem or "ok",
+        "data_dir": str(settings.data_dir),
+        "jobs_dir": str(settings.jobs_dir),
+        "turn_log": str(settings.turn_log_path),
+    }
 
 
 @router.get("/", include_in_schema=False)
@@ -884,6 +1007,8 @@ def create_app(
     sessions open now, for the dashboard (where the voice server runs in this process)."""
     required = keys_required(settings) if require_keys is None else require_keys
     keys = Keys(settings.api.keys, required=required)
+    # Made (or read) only where links are signed: a keyless API leaves no secret behind.
+    links = Links(keys, None if keys.open else link_secret(settings))
     app = FastAPI(
         title="Castwork ads API",
         version="1",
@@ -893,8 +1018,13 @@ def create_app(
     )
     # A broker only enqueues to queues it knows (StubBroker raises, others declare lazily).
     broker.declare_queue(QUEUE)
-    app.state.castwork = ApiContext(settings, store, broker, keys, Links(keys))
-    app.add_middleware(RequestGate, keys=keys, max_request_mb=settings.api.max_request_mb)
+    app.state.castwork = ApiContext(settings, store, broker, keys, links)
+    app.add_middleware(
+        RequestGate,
+        keys=keys,
+        max_request_mb=settings.api.max_request_mb,
+        allowed_hosts=list(settings.api.allowed_hosts),
+    )
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -906,6 +1036,7 @@ def create_app(
         # operator endpoints are open only where the API itself is.
         keys_required=required or not keys.open,
         live_sessions=live_sessions,
+        health=lambda: _health_details(settings, store),
     )
     app.add_exception_handler(ops.OpsDenied, _on_ops_denied)
     app.include_router(router)

@@ -21,8 +21,10 @@ from voice.engines import ChatModel, Message, Synthesizer
 from voice.errors import CastworkError
 from voice.factory import build_asr, build_chat, build_fallback_tts, build_tts, build_vad
 from voice.models import resolve_asr, resolve_llm, resolve_tts, resolve_vad
+from voice.redact import mask_url
 from voice.vad import FRAME_SAMPLES
 from workers.broker import broker_url, ping
+from workers.serve import persistence
 
 T = TypeVar("T")
 CLIP_TEXT = (
@@ -90,7 +92,8 @@ async def _first_reply(chat: ChatModel) -> tuple[str, float, float]:
     messages: list[Message] = [{"role": "user", "content": "Say hello in one short sentence."}]
     async for piece in chat.stream(messages, max_tokens=24, temperature=0.0):
         first = first if first is not None else time.perf_counter() - t0
-        parts.append(piece)
+        if isinstance(piece, str):  # no tools offered: text only, but the stream may say more
+            parts.append(piece)
     return "".join(parts).strip(), first or 0.0, time.perf_counter() - t0
 
 
@@ -102,7 +105,7 @@ def check_llm(settings: Settings) -> list[Result]:
             model = resolve_llm(backend.model)
             source = f"{model.identity} {model.path}"
         else:
-            source = f"openai-compatible {backend.url} model={backend.model}"
+            source = f"openai-compatible {mask_url(str(backend.url))} model={backend.model}"
         try:
             chat, load_s = _timed(
                 functools.partial(build_chat, backend, timeout_s=settings.llm.total_timeout_s)
@@ -178,9 +181,17 @@ def check_ffmpeg() -> Result:
 
 def check_broker(settings: Settings) -> Result:
     url = broker_url(settings)
-    shown = url if settings.broker.url else f"{url} (local default)"
+    shown = mask_url(url) if settings.broker.url else f"{url} (local default)"
     version, load_s = _timed(lambda: ping(url))
-    return Result("broker", True, shown, load_s, f"{version} answers PING")
+    smoke = f"{version} answers PING"
+    if url.startswith(("redis://", "rediss://")):
+        kept, said = persistence(url)
+        smoke += {
+            "aof": "; keeps an append-only file",
+            "off": f"; keeps no append-only file ({said}): queued jobs are lost if it restarts",
+            "unknown": f"; cannot tell whether it keeps an append-only file ({said})",
+        }[kept]
+    return Result("broker", True, shown, load_s, smoke)
 
 
 def _guard(name: str, fn: Callable[[], Result | list[Result]]) -> list[Result]:

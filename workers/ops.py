@@ -3,6 +3,7 @@
     GET /dashboard          the page (static; it fetches the data below every few seconds)
     GET /v1/ops/turns       percentiles over time, stage split of recent turns, histogram,
                             outcomes and recovery counts, live sessions (from the turn log)
+    GET /v1/ops/health      what /healthz keeps to itself: the Redis error, where data is kept
     GET /metrics            Prometheus text: stage histograms, recovery and turn counters,
                             live sessions (the voice server's registry; in ``castwork serve``
                             the voice server runs in this process)
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import SecretStr
 
 from voice import latency, turnstats
@@ -50,6 +51,7 @@ class OpsContext:
     keys: list[bytes]
     open: bool
     live_sessions: Callable[[], int | None] = lambda: None
+    health: Callable[[], dict[str, Any]] = lambda: {"status": "ok"}
     clock: Callable[[], float] = time.time
     _tail: TurnLogTail | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,6 +63,7 @@ class OpsContext:
         *,
         keys_required: bool,
         live_sessions: Callable[[], int | None] | None = None,
+        health: Callable[[], dict[str, Any]] | None = None,
     ) -> OpsContext:
         keys = [k.get_secret_value().encode() for k in ops_keys]
         return OpsContext(
@@ -68,6 +71,7 @@ class OpsContext:
             keys,
             open=not keys and not keys_required,
             live_sessions=live_sessions or (lambda: None),
+            health=health or (lambda: {"status": "ok"}),
         )
 
     def check(self, presented: str | None) -> None:
@@ -137,6 +141,17 @@ def ops_turns(
     data["live_sessions"] = ctx.live_sessions()
     data["turn_log"] = str(ctx.turn_log)
     return data
+
+
+@router.get(
+    "/v1/ops/health",
+    summary="Health with its details: the Redis error, the data folders",
+    tags=["ops"],
+    responses={503: {"description": "Redis does not answer"}},
+)
+def ops_health(ctx: Ops) -> JSONResponse:
+    details = ctx.health()
+    return JSONResponse(details, status_code=200 if details.get("status") == "ok" else 503)
 
 
 @router.get("/metrics", include_in_schema=False)

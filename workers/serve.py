@@ -1,8 +1,11 @@
 """`castwork serve`: the whole system on one machine, from the embedded defaults.
 
-- **Redis**: the configured broker, else a Redis already answering on 127.0.0.1:6379, else
-  one we start ourselves (``redis-server`` with an append-only file under
-  ``<data_dir>/redis``, so queued jobs survive a restart of it) and stop on the way out.
+- **Redis**: the configured broker (a warning if it keeps no append-only file), else a Redis
+  on 127.0.0.1:6379 if it keeps one (``CONFIG GET appendonly``), else one we start ourselves
+  (``redis-server`` with an append-only file under ``<data_dir>/redis``, so queued jobs
+  survive a restart of it; on the next free port when 6379 is taken) and stop on the way
+  out. A Redis that keeps none, or will not say (CONFIG disabled or renamed), is not used:
+  the job queue's durability would silently not hold. The log says which Redis and why.
 - **Workers**: ``castwork worker`` child processes, restarted (with backoff) if one dies:
   dramatiq's own supervisor exits when a worker process dies, by design.
 - **API + page** (uvicorn) and the **voice server** share one asyncio loop here.
@@ -18,12 +21,18 @@ import contextlib
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import redis
 
 from voice.config import Settings
 from voice.errors import ConfigError
+from voice.redact import mask_url
 from workers.broker import LOCAL_REDIS_URL, ping
 
 log = logging.getLogger(__name__)
@@ -45,25 +54,116 @@ class ManagedRedis:
                 self.process.kill()
 
 
-def ensure_redis(settings: Settings, *, port: int = 6379) -> ManagedRedis:
-    if settings.broker.url:
-        ping(settings.broker.url)
-        return ManagedRedis(settings.broker.url)
-    url = LOCAL_REDIS_URL if port == 6379 else f"redis://127.0.0.1:{port}/0"
+# Ports tried after the one asked for, when it is taken by a Redis we will not use.
+_SPARE_PORTS = 100
+Persistence = Literal["aof", "off", "unknown"]
+
+
+def persistence(url: str, *, timeout_s: float = 2.0) -> tuple[Persistence, str]:
+    """Whether the Redis at ``url`` keeps an append-only file, and what it said: "aof",
+    "off", or "unknown" when it will not tell (CONFIG disabled or renamed, no password)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
-        ping(url, timeout_s=1.0)
-        log.info("using the Redis already running on 127.0.0.1:%d", port)
-        return ManagedRedis(url)
-    except OSError:
-        pass
+        config = client.config_get("appendonly")
+    except redis.RedisError as exc:
+        return "unknown", f"CONFIG GET appendonly failed: {exc}"
+    finally:
+        client.close()
+    appendonly = config.get("appendonly")
+    if appendonly is None:
+        return "unknown", "CONFIG GET appendonly answered nothing"
+    return ("aof" if appendonly == "yes" else "off"), f"appendonly {appendonly}"
+
+
+def ensure_redis(settings: Settings, *, port: int = 6379) -> ManagedRedis:
+    """The Redis ``castwork serve`` uses (see the module's docstring); ``port`` is where a
+    local one is looked for first."""
+    if settings.broker.url:
+        return _configured(settings.broker.url)
+    workdir = settings.data_dir / "redis"
+    for candidate in range(port, port + _SPARE_PORTS + 1):
+        url = _local_url(candidate)
+        if not _listening(candidate):
+            return _start(workdir, candidate, first=port)
+        kept, said = persistence(url)
+        if candidate == port and kept == "aof":
+            log.info("using the Redis on 127.0.0.1:%d: it keeps an append-only file", port)
+            return ManagedRedis(url)
+        if kept == "aof" and _redis_dir(url) == workdir.resolve():
+            # Ours, left running by a serve that was killed: a second one on the same
+            # append-only file would corrupt it.
+            log.info("using the Redis on 127.0.0.1:%d: ours, left running before", candidate)
+            return ManagedRedis(url)
+        if candidate == port:
+            log.warning(
+                "not using the Redis on 127.0.0.1:%d: %s (%s), so jobs queued there would be "
+                "lost when it restarts; starting one of our own",
+                port,
+                "it keeps no append-only file"
+                if kept == "off"
+                else "it does not say whether it keeps an append-only file",
+                said,
+            )
+    raise ConfigError(
+        "broker.url",
+        f"no free port for a Redis of our own on 127.0.0.1:{port + 1}-{port + _SPARE_PORTS}",
+    )
+
+
+def _configured(url: str) -> ManagedRedis:
+    ping(url)
+    if url.startswith(("redis://", "rediss://")):
+        kept, said = persistence(url)
+        if kept != "aof":
+            log.warning(
+                "the configured broker %s keeps no append-only file (%s): jobs queued there "
+                "are lost if it restarts",
+                mask_url(url),
+                said,
+            )
+    return ManagedRedis(url)
+
+
+def _local_url(port: int) -> str:
+    return LOCAL_REDIS_URL if port == 6379 else f"redis://127.0.0.1:{port}/0"
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return False
+    except OSError:  # something there that does not accept in time: not ours to take
+        return True
+    return True
+
+
+def _redis_dir(url: str) -> Path | None:
+    """Where that Redis keeps its files (it reports the real, absolute path)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        found = client.config_get("dir").get("dir")
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return Path(found).resolve() if found else None
+
+
+def _start(workdir: Path, port: int, *, first: int) -> ManagedRedis:
     binary = shutil.which("redis-server")
     if binary is None:
+        why = (
+            f"none answers on 127.0.0.1:{first}"
+            if port == first
+            else f"the Redis on 127.0.0.1:{first} keeps no append-only file (or will not say)"
+        )
         raise ConfigError(
             "broker.url",
-            "no broker configured, none on 127.0.0.1:6379, and redis-server is not installed "
-            "(run ./setup.sh, or set CASTWORK_BROKER__URL)",
+            f"no broker configured, {why}, and redis-server is not installed (run ./setup.sh, "
+            "or set CASTWORK_BROKER__URL to a Redis with appendonly yes)",
         )
-    workdir = settings.data_dir / "redis"
+    url = _local_url(port)
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [
@@ -85,6 +185,8 @@ def ensure_redis(settings: Settings, *, port: int = 6379) -> ManagedRedis:
                 raise ConfigError("broker.url", "could not start redis-server") from None
             time.sleep(0.1)
     log.info("started redis-server on 127.0.0.1:%d (append-only file in %s)", port, workdir)
+    if port != 6379:
+        log.info("workers started by hand need CASTWORK_BROKER__URL=%s", url)
     return ManagedRedis(url, proc)
 
 
@@ -193,7 +295,7 @@ async def serve(
             "castwork serve: page and API on http://%s:%d/  broker %s",
             settings.api.host,
             api_port or settings.api.port,
-            redis.url,
+            mask_url(redis.url),
         )
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
