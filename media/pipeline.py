@@ -135,7 +135,9 @@ def prepare(spec: JobSpec, paths: JobPaths, settings: Settings) -> JobSpec:
     ]
     logo = None
     if spec.logo is not None:
-        logo = prepare_image(spec.logo, paths.inputs, name=spec.logo.name, kind="logo").path
+        logo = prepare_image(
+            spec.logo, paths.inputs, name=spec.logo.name, kind="logo", limits=limits
+        ).path
     prepared = spec.model_copy(update={"images": images, "logo": logo})
     write_json(paths.spec_file, prepared.model_dump(mode="json"))
     return prepared

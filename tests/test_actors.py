@@ -14,6 +14,7 @@ import pytest
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import TimeLimitExceeded
 
 from media.errors import InputError, RenderError
 from media.pipeline import NarrationEngines
@@ -111,6 +112,24 @@ def test_disk_full_is_retried_then_fails_and_read_only_fails_at_once(ctx: Contex
     assert record.error == "render 1:1: cannot write layer.png: Read-only file system (EROFS)"
 
 
+def test_time_limit_interrupt_is_retried_then_fails_the_job(ctx: Context) -> None:
+    """dramatiq's TimeLimitExceeded is a BaseException: ``except Exception`` let it through,
+    and the job stayed "running" after its last attempt."""
+    job = _job(ctx)
+
+    def work() -> None:
+        raise TimeLimitExceeded()
+
+    with _retries(0), pytest.raises(TimeLimitExceeded):
+        actors._guard(ctx, job, "narrate", work)
+    assert ctx.store.get(job).status == "running"
+    with _retries(2):
+        actors._guard(ctx, job, "narrate", work)  # the last attempt: acked, not raised
+    record = ctx.store.get(job)
+    assert (record.status, record.error_code) == ("failed", "time_limit")
+    assert record.error == "narrate: ran past its time limit of 900 s (failed 3 times)"
+
+
 def test_redis_down_mid_stage_waits_and_runs_the_stage_again(ctx: Context) -> None:
     job = _job(ctx)
     runs = []
@@ -158,5 +177,5 @@ def test_finished_or_cancelled_jobs_are_skipped(ctx: Context) -> None:
     assert ran == [] and ctx.store.get(job).status == "cancelled"
     # A late progress update or a redelivered finish never revives it.
     assert not ctx.store.progress(job, "render 1:1", 0.5)
-    assert not ctx.store.finish(job, {"outputs": []})
+    assert not ctx.store.finish(job, {"outputs": [], "preview": "preview.mp4"})
     assert ctx.store.get(job).status == "cancelled"

@@ -228,7 +228,11 @@ def test_redis_restarted_mid_queue_every_job_done_once(
     settings = load_settings(broker={"url": url}, jobs={"dir": jobs_dir})
     store = JobStore.from_url(url)
     broker = make_broker(settings)
-    client = TestClient(create_app(settings, store=store, broker=broker))
+    client = TestClient(
+        create_app(settings, store=store, broker=broker),
+        base_url="http://127.0.0.1",
+        headers={"X-Castwork-CSRF": "1"},
+    )
     env, render_log = _counting_ffmpeg(tmp_path)
     env = worker_env(url, jobs_dir, **env)
     log = tmp_path / "worker.log"

@@ -14,7 +14,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -33,8 +33,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from voice.engines import TOOL_NAME, check_parameters
 from voice.errors import ConfigError
 from voice.models import BUILTIN_ASR, BUILTIN_LLM, BUILTIN_TTS, BUILTIN_VAD
+from voice.redact import mask_url
 
 ENV_PREFIX = "CASTWORK_"
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
@@ -184,6 +186,34 @@ class VoiceServerSettings(_Section):
     # a caller that never reads must not hold the server's memory or its turn forever.
     send_timeout_s: Seconds = 10.0
     max_message_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
+    # Uncommitted input audio a session keeps, in seconds (kept as 16 kHz float32: 64 KB a
+    # second, 7.7 MB at the default; OpenAI's limit is 15 MiB of input, ~5 min of PCM16).
+    # Without turn detection, appends past it are refused (error input_audio_buffer_full)
+    # until commit or clear; with server VAD a turn this long is committed there (same error)
+    # and the speech that goes on is the next turn. While nobody speaks, server VAD keeps only
+    # vad.prefix_padding_ms of audio.
+    max_buffer_s: Annotated[float, Field(ge=1, le=3600)] = 120.0
+    # Received audio, counted by its duration: at most max_audio_rate times real time, after a
+    # burst of audio_burst_s (a clip uploaded at once, a client catching up after a stall).
+    # Audio over it is dropped (error input_audio_rate_exceeded); a client that goes on until
+    # another burst's worth was dropped is closed (1008).
+    max_audio_rate: Annotated[float, Field(ge=1, le=1000)] = 4.0
+    audio_burst_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Conversation a session keeps: items, one item's text, and the text of the items the
+    # model may still see (those the llm.history_chars bound let go keep only their id, and
+    # are the first to go past max_items). conversation.item.create past them is refused
+    # (error conversation_full or item_too_large).
+    max_items: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    max_item_chars: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000
+    max_conversation_chars: Annotated[int, Field(ge=1, le=100_000_000)] = 200_000
+    # Web pages allowed to open sessions, besides loopback ones, as their browser names them
+    # in Origin ("https://app.example.com", "http://localhost:3000"). Clients that are not
+    # browsers send no Origin and are not affected.
+    allowed_origins: list[
+        Annotated[
+            str, Field(pattern=r"^https?://([A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?/?$")
+        ]
+    ] = []
 
 
 # Settings an experiment arm may change: the models and how turns are detected, nothing
@@ -263,14 +293,16 @@ class CaptureSettings(_Section):
 
 
 class BrokerSettings(_Section):
-    # None: `castwork serve` starts (or reuses) a local Redis on 127.0.0.1:6379.
+    # None: `castwork serve` reuses a Redis on 127.0.0.1:6379 if it keeps an append-only
+    # file, else starts one of its own (with one, under <data_dir>/redis). A URL given here
+    # is used as it is (a warning if that Redis does not persist).
     url: str | None = None
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
-            raise ValueError(f"{v!r} is not a redis:// or amqp:// URL")
+            raise ValueError(f"{mask_url(v)!r} is not a redis:// or amqp:// URL")
         return v
 
 
@@ -285,6 +317,8 @@ class MediaSettings(_Section):
     crf: Annotated[int, Field(ge=0, le=51)] = 23
     # Photos are scaled to this multiple of the frame before Ken Burns motion (smoothness).
     oversample: Annotated[float, Field(ge=1.0, le=3.0)] = 1.5
+    # ffmpeg's own limit per encode; below jobs.time_limit_s (checked), so a slow render fails
+    # with its own reason before dramatiq interrupts the whole stage.
     render_timeout_s: Seconds = 600.0
     # Time captions with Whisper word timestamps (else by character count within sentences).
     align_captions: bool = True
@@ -313,8 +347,14 @@ class JobSettings(_Section):
     threads: Annotated[int, Field(ge=1, le=64)] = 2
     # A worker that stops heart-beating this long is dead: its messages go back to the queue.
     heartbeat_timeout_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 30.0
-    # Done jobs' files are kept this long.
+    # Retention (workers.retention, a pass every reap_every_s in each worker process): done
+    # jobs' files and records are kept keep_days, failed and cancelled ones keep_failed_days;
+    # uploads go once the job's normalized inputs exist. Over max_merchant_mb, a merchant's
+    # oldest finished jobs go first, and a new job that does not fit is refused (429).
     keep_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
+    keep_failed_days: Annotated[float, Field(gt=0, le=3650)] = 7.0
+    max_merchant_mb: Annotated[int, Field(ge=1, le=100_000_000)] = 5_000
+    reap_every_s: Seconds = 600.0
 
 
 class ApiSettings(_Section):
@@ -331,6 +371,121 @@ class ApiSettings(_Section):
     max_request_mb: Annotated[int, Field(ge=1, le=2000)] = 80
     # Jobs a merchant may have queued or running at once.
     max_active_jobs: Annotated[int, Field(ge=1, le=10_000)] = 20
+    # Host names the API answers to when keys are in force: "*" (any), a name, or
+    # "*.example.com" (its subdomains). Without keys only loopback names are answered
+    # (localhost, 127.0.0.1, [::1]), whatever this says, so that no web page reaches the
+    # keyless API through DNS rebinding. Behind a reverse proxy, pass the client's Host on.
+    allowed_hosts: Annotated[
+        list[Annotated[str, Field(pattern=r"^(\*|(\*\.)?[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])$")]],
+        Field(min_length=1),
+    ] = ["*"]
+    # Signs the download links of job views. Default: a random secret made once and kept in
+    # <data_dir>/link-secret (mode 0600). Set it when several API servers share the jobs, so
+    # that a link made by one opens on all. Changing it ends the links already handed out.
+    link_secret: SecretStr | None = None
+
+    @field_validator("link_secret")
+    @classmethod
+    def _check_link_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        # A ValueError, not Field(min_length=): pydantic's own message would quote the secret.
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("at least 16 characters (a random string: it signs download links)")
+        return v
+
+
+# A function name the chat-completions API accepts.
+ToolName = Annotated[str, Field(pattern=TOOL_NAME)]
+
+
+class HttpToolSettings(_Section):
+    """A tool served by a plain HTTP endpoint: Castwork POSTs the model's arguments as a JSON
+    object and hands the response body to the model as the call's output."""
+
+    name: ToolName
+    description: str = ""
+    # JSON Schema of the arguments, checked before any request is sent.
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    url: HttpUrl
+    headers: dict[str, SecretStr] = {}
+    # None: tools.call_timeout_s.
+    timeout_s: Seconds | None = None
+    # A longer body fails the call (read no further): the cap bounds memory, not the output.
+    max_response_bytes: Annotated[int, Field(ge=1, le=16 << 20)] = 65_536
+    # Whether calling it changes something (a booking, a cancellation). Say false only for
+    # pure look-ups: the turn may run those more freely.
+    side_effects: bool = True
+
+    @field_validator("parameters")
+    @classmethod
+    def _check_parameters(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_parameters(v)
+
+
+class McpServerSettings(_Section):
+    """An MCP server whose tools the agent may call: a command Castwork starts and talks to
+    over stdio, or a streamable HTTP endpoint. One that fails to start is logged and left out."""
+
+    label: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")]
+    transport: Literal["stdio", "http"] = "stdio"
+    # stdio: the command line (no shell) and extra environment. The server inherits only
+    # PATH, HOME and such from Castwork's environment, never its keys.
+    command: list[str] = []
+    env: dict[str, SecretStr] = {}
+    cwd: Path | None = None
+    # http: the endpoint (e.g. http://127.0.0.1:8931/mcp) and headers for every request.
+    url: HttpUrl | None = None
+    headers: dict[str, SecretStr] = {}
+    connect_timeout_s: Seconds = 20.0
+    # Per call; None: tools.call_timeout_s.
+    timeout_s: Seconds | None = None
+    # The tools to offer, by name (None: all the server lists).
+    tools: list[ToolName] | None = None
+    # Tool name -> whether it has side effects, over the server's own annotation (a tool
+    # without readOnlyHint = true counts as having side effects).
+    side_effects: dict[ToolName, bool] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> McpServerSettings:
+        stdio_only = bool(self.command or self.env or self.cwd)
+        if self.transport == "stdio" and not self.command:
+            raise ValueError('a stdio MCP server needs a command, e.g. ["python", "server.py"]')
+        if self.transport == "stdio" and (self.url or self.headers):
+            raise ValueError('url and headers are for transport = "http"')
+        if self.transport == "http" and self.url is None:
+            raise ValueError("an http MCP server needs a url, e.g. http://127.0.0.1:8931/mcp")
+        if self.transport == "http" and stdio_only:
+            raise ValueError('command, env and cwd are for transport = "stdio"')
+        return self
+
+
+class ToolSettings(_Section):
+    """Server-side tools the voice agent may call. Only these operator-configured endpoints
+    and commands are ever used: nothing a client sends can name a URL or a command. Tool
+    names must differ across all of them (checked at start-up, once MCP servers list theirs)."""
+
+    http: list[HttpToolSettings] = []
+    mcp: list[McpServerSettings] = []
+    # Tool rounds in one turn (the model calls, the tools answer, the model reads); past it
+    # the model must answer in words.
+    max_rounds: Annotated[int, Field(ge=1, le=20)] = 3
+    # A tool still running this long into a turn gets a short spoken filler, so the caller
+    # does not sit in silence (0: no filler).
+    filler_after_ms: Annotated[int, Field(ge=0, le=60_000)] = 700
+    filler_text: Annotated[str, Field(max_length=200)] = "One moment."
+    call_timeout_s: Seconds = 10.0
+    # Characters of a tool's output the model reads; the rest is cut with a note. The
+    # default local model keeps ~2400 characters of history (llm.history_chars).
+    max_output_chars: Annotated[int, Field(ge=100, le=1_000_000)] = 2000
+
+    @model_validator(mode="after")
+    def _check(self) -> ToolSettings:
+        for what, names in (
+            ("http tool names", [t.name for t in self.http]),
+            ("mcp labels", [m.label for m in self.mcp]),
+        ):
+            if twice := sorted({n for n in names if names.count(n) > 1}):
+                raise ValueError(f"{what} must differ (twice: {', '.join(twice)})")
+        return self
 
 
 class LogSettings(_Section):
@@ -363,6 +518,20 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     experiment: ExperimentSettings = ExperimentSettings()
     capture: CaptureSettings = CaptureSettings()
+    tools: ToolSettings = ToolSettings()
+
+    @model_validator(mode="after")
+    def _check_time_limits(self) -> Settings:
+        # ffmpeg's timeout must fire first, failing the render with its own reason; past
+        # jobs.time_limit_s dramatiq interrupts the whole stage instead. A ConfigError, not a
+        # ValueError: pydantic would report it at no location ("settings"), this names both.
+        if self.media.render_timeout_s >= self.jobs.time_limit_s:
+            raise ConfigError(
+                f"media.render_timeout_s [{ENV_PREFIX}MEDIA__RENDER_TIMEOUT_S]",
+                f"{self.media.render_timeout_s:g} s must be below jobs.time_limit_s "
+                f"({self.jobs.time_limit_s:g} s), the limit of the whole stage",
+            )
+        return self
 
     @property
     def model_cache(self) -> Path:

@@ -10,8 +10,16 @@ Each actor is a thin shell over one idempotent stage of :mod:`media.pipeline`:
   ``finalize``. If two renders both see it complete, finalize simply runs twice (idempotent).
 - **Retries.** A permanent error (bad photo, bad field, a read-only output directory) fails
   the job at once with its reason. A transient one (timeout, a full disk, an unexpected
-  exception) is retried with backoff by dramatiq; when retries run out, the job fails with
-  the last reason. Nothing is silent.
+  exception, a stage past ``jobs.time_limit_s``) is retried with backoff by dramatiq; when
+  retries run out, the job fails with the last reason. Nothing is silent.
+- **Interrupts.** dramatiq stops a stage past its time limit, or a worker shutting down, by
+  raising a ``BaseException`` in its thread, which ``except Exception`` never sees: without
+  care the job stayed ``running`` for good (and counted against the merchant's active jobs).
+  A time limit is handled like a transient error; a shutdown hands the job back to ``queued``.
+- **Poison messages.** A stage that kills its worker (out of memory, a native crash) comes
+  back as a redelivery, which dramatiq does not count as a retry. Each start of a message is
+  counted in the job's record; past ``max_retries + 1`` starts the job fails with a reason
+  and the message is acked, never delivered again.
 - **Redis down** (restarted, failing over) is no failure of the job: a stage waits for it
   and runs again (:func:`_guard`), a render goes on meanwhile, and the broker keeps retries
   and delayed messages through the outage (:mod:`workers.broker`).
@@ -30,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import CurrentMessage, Shutdown, TimeLimitExceeded
 
 from media.errors import RenderCancelled, storage_error
 from media.job import JobSpec
@@ -54,6 +62,21 @@ log = logging.getLogger(__name__)
 
 QUEUE = "castwork-ads"
 NARRATE, RENDER, FINALIZE = "castwork.narrate", "castwork.render", "castwork.finalize"
+
+
+class StageTimeLimit(CastworkError):
+    """A stage ran past ``jobs.time_limit_s`` and dramatiq interrupted it (transient: a
+    machine busy with other work may do it in time on a retry)."""
+
+    transient = True
+    code = "time_limit"
+
+
+class WorkerLost(CastworkError):
+    """A stage was started more times than its retries allow and never finished: its worker
+    died each time (killed, out of memory, a native crash)."""
+
+    code = "worker_lost"
 
 
 @dataclass
@@ -87,6 +110,13 @@ def _retries() -> int:
     return int(message.options.get("retries", 0)) if message is not None else 0
 
 
+def _delivery(stage: str) -> str:
+    """What a start is counted under: the message's id, which its retries and redeliveries
+    keep (two finalize messages of one job are two deliveries); the stage without one."""
+    message = CurrentMessage.get_current_message()
+    return message.message_id if message is not None else stage
+
+
 def _guard(ctx: Context, job_id: str, stage: str, work: Callable[[], None]) -> None:
     """Run one stage: skip finished jobs; turn errors into retries or a failed job.
 
@@ -97,9 +127,23 @@ def _guard(ctx: Context, job_id: str, stage: str, work: Callable[[], None]) -> N
     the message stays unacked in Redis meanwhile: a worker stopped while waiting loses
     nothing, its message is redelivered."""
     with bound(job_id=job_id):
-        until_redis_answers(
-            lambda: _run_stage(ctx, job_id, stage, work), what=f"job {job_id} {stage}"
+        what = f"job {job_id} {stage}"
+        # Counted once per delivery, outside the wait: an outage mid-stage is not a start.
+        starts = until_redis_answers(
+            lambda: ctx.store.count_start(job_id, _delivery(stage)), what=what
         )
+        attempts = ctx.settings.jobs.max_retries + 1
+        if starts > attempts:
+            lost = WorkerLost(
+                f"started {starts - 1} times and never finished: its worker stopped mid-stage "
+                "(killed, or out of memory?)"
+            )
+            until_redis_answers(
+                lambda: ctx.store.fail(job_id, lost.code, f"{stage}: {lost}"), what=what
+            )
+            log.error("job %s failed in %s: %s", job_id, stage, lost)
+            return
+        until_redis_answers(lambda: _run_stage(ctx, job_id, stage, work), what=what)
 
 
 def _run_stage(ctx: Context, job_id: str, stage: str, work: Callable[[], None]) -> None:
@@ -114,24 +158,41 @@ def _run_stage(ctx: Context, job_id: str, stage: str, work: Callable[[], None]) 
         log.warning("job %s no longer exists; %s dropped", job_id, stage)
     except RenderCancelled:
         log.info("job %s cancelled during %s", job_id, stage)
-    except Exception as exc:
-        attempt = _retries() + 1
-        retries_left = attempt <= ctx.settings.jobs.max_retries
-        known = _known_error(exc)
-        if known is None:
-            # Unknown trouble (a bug, an OS error we do not classify): retry, then fail.
-            if retries_left:
-                log.warning("job %s %s attempt %d: %r (will retry)", job_id, stage, attempt, exc)
-                raise
-            ctx.store.fail(job_id, "internal_error", f"{stage} failed {attempt} times: {exc}")
-            log.exception("job %s failed in %s", job_id, stage)
-            return
-        if known.transient and retries_left:
-            log.warning("job %s %s attempt %d: %s (will retry)", job_id, stage, attempt, known)
+    except TimeLimitExceeded:
+        limit = StageTimeLimit(f"ran past its time limit of {ctx.settings.jobs.time_limit_s:g} s")
+        if _settle(ctx, job_id, stage, limit):
             raise
-        tries = f" (failed {attempt} times)" if known.transient else ""
-        ctx.store.fail(job_id, known.code, f"{stage}: {known}{tries}")
-        log.warning("job %s failed in %s: %s%s", job_id, stage, known, tries)
+    except Shutdown:
+        # The worker is stopping (notify_shutdown): dramatiq sends the message again, so the
+        # job waits for it as queued; a failure would be wrong, "running" a lie.
+        ctx.store.requeue(job_id)
+        log.info("job %s handed back during %s: the worker is stopping", job_id, stage)
+        raise
+    except Exception as exc:
+        if _settle(ctx, job_id, stage, exc):
+            raise
+
+
+def _settle(ctx: Context, job_id: str, stage: str, exc: Exception) -> bool:
+    """Fail the job for ``exc``, or return True: raise it again for dramatiq to retry."""
+    attempt = _retries() + 1
+    retries_left = attempt <= ctx.settings.jobs.max_retries
+    known = _known_error(exc)
+    if known is None:
+        # Unknown trouble (a bug, an OS error we do not classify): retry, then fail.
+        if retries_left:
+            log.warning("job %s %s attempt %d: %r (will retry)", job_id, stage, attempt, exc)
+            return True
+        ctx.store.fail(job_id, "internal_error", f"{stage} failed {attempt} times: {exc}")
+        log.error("job %s failed in %s", job_id, stage, exc_info=exc)
+        return False
+    if known.transient and retries_left:
+        log.warning("job %s %s attempt %d: %s (will retry)", job_id, stage, attempt, known)
+        return True
+    tries = f" (failed {attempt} times)" if known.transient else ""
+    ctx.store.fail(job_id, known.code, f"{stage}: {known}{tries}")
+    log.warning("job %s failed in %s: %s%s", job_id, stage, known, tries)
+    return False
 
 
 def _known_error(exc: Exception) -> CastworkError | None:

@@ -11,6 +11,7 @@ from voice.config import load_settings
 from voice.logs import configure_logging
 from workers.actors import Context, declare
 from workers.broker import make_broker, store_url
+from workers.retention import Housekeeping
 from workers.store import JobStore
 
 settings = load_settings()
@@ -18,3 +19,4 @@ configure_logging(level=settings.log.level, json_lines=settings.log.json_lines)
 broker = make_broker(settings)
 store = JobStore.from_url(store_url(settings))
 actors = declare(Context(settings, store, broker, NarrationEngines(settings)))
+broker.add_middleware(Housekeeping(settings, store))  # retention passes (workers.retention)

@@ -29,8 +29,11 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    # SecretStr fields print as '**********'.
-    print(json.dumps(json.loads(settings.model_dump_json()), indent=2))
+    from voice.redact import redacted
+
+    # SecretStr fields dump as '**********'; redacted() masks what is not one: passwords in
+    # URLs (broker, job store, LLM servers) and keys in an experiment arm's overrides.
+    print(json.dumps(redacted(json.loads(settings.model_dump_json())), indent=2))
     return 0
 
 
@@ -333,6 +336,16 @@ def _case_store(args: argparse.Namespace, settings: Settings) -> CaseStore:
     return CaseStore(root, max_cases=c.max_cases, max_age_days=c.max_age_days)
 
 
+def cmd_jobs_reap(args: argparse.Namespace, settings: Settings) -> int:
+    """One retention pass now (workers run one every jobs.reap_every_s)."""
+    from workers.broker import store_url
+    from workers.retention import Reaper
+    from workers.store import JobStore
+
+    print(Reaper(settings, JobStore.from_url(store_url(settings))).run())
+    return 0
+
+
 def cmd_cases_list(args: argparse.Namespace, settings: Settings) -> int:
     """Captured failure cases: how many, why, with or without audio."""
     from collections import Counter
@@ -627,6 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
         "transcripts (default: base)",
     )
     c.set_defaults(func=cmd_cases_export)
+
+    p = sub.add_parser("jobs", help="ad-job housekeeping")
+    jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="{reap}")
+    c = jobs.add_parser(
+        "reap", help="one retention pass now: expired jobs, uploads, quotas, stranded jobs"
+    )
+    c.set_defaults(func=cmd_jobs_reap)
 
     p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
     p.set_defaults(func=cmd_config)

@@ -1,8 +1,9 @@
 """Submitting and managing ad jobs: what the HTTP API (and tests) call.
 
 ``submit`` validates the fields first (nothing is stored for a request that cannot work),
-stores the uploads in the job folder, creates the record, then enqueues the first actor. An
-Idempotency-Key makes a retried request return the job the first one created.
+makes room in the merchant's storage quota (or refuses the job), stores the uploads in the
+job folder, creates the record, then enqueues the first actor. An Idempotency-Key makes a
+retried request return the job the first one created.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from media.pipeline import JobPaths, job_root, write_json
 from voice.config import Settings
 from voice.errors import CapacityError
 from workers.actors import NARRATE, enqueue
+from workers.retention import Reaper
 from workers.store import JobRecord, JobStore
 
 
@@ -62,7 +64,8 @@ def submit(
     *,
     idempotency_key: str | None = None,
 ) -> tuple[JobRecord, bool]:
-    """Create and enqueue a job; return (record, created). Raises InputError / CapacityError."""
+    """Create and enqueue a job; return (record, created). Raises InputError / CapacityError
+    (too many active jobs, or :class:`workers.retention.QuotaExceeded`)."""
     if not images:
         raise InputError("images: at least one photo is needed", field="images")
     if len(images) > settings.media.max_images:
@@ -83,6 +86,8 @@ def submit(
                 f"{settings.api.max_active_jobs} jobs are already queued or running; "
                 "wait for one to finish"
             )
+        incoming = sum(len(up.data) for up in [*images, *([logo] if logo else [])])
+        Reaper(settings, store).make_room(merchant, incoming)
         paths = job_root(settings, merchant, job_id)
         spec = _save(paths, fields, images, logo)
         record = store.create(

@@ -8,24 +8,40 @@ late progress update over ``done`` or a retry over ``cancelled``.
 States::
 
     queued -> running -> done
-                 |   \\-> failed      (permanent error, or retries used up: with a reason)
-                 \\-----> cancelled   (by the merchant; workers stop at their next check)
+       ^         |   \\-> failed      (a permanent error, retries used up, the time limit, a
+       |         |                    worker that died every time, stranded: with a reason)
+       |         \\-----> cancelled   (by the merchant; workers stop at their next check)
+       \\--------/                    (requeue: a worker stopping hands the job back)
+
+What is stored is what the API shows, so two rules are kept here, once: a manifest may name
+only plain files in the job's ``out/`` folder (checked when written and again when read back,
+so an altered record cannot serve a file from elsewhere), and an error message never carries
+a server path (reduced to the file's name).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger(__name__)
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 PREFIX = "castwork"
 IDEMPOTENCY_TTL_S = 24 * 3600
+# A job id as new_id makes it (hex: milliseconds, then 16 random digits), and a merchant id
+# as api.keys allows it ("local" without keys): both are folder names under jobs_dir.
+JOB_ID = re.compile(r"[0-9a-f]{8,64}")
+MERCHANT = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 # Weights of the stages in the overall percentage; renders share their part equally.
 _PREPARE, _NARRATE, _RENDER, _FINALIZE = 5.0, 15.0, 75.0, 5.0
@@ -39,6 +55,62 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
+
+# Count one more start of a message for a job not finished; 0 when it is finished or gone
+# (HINCRBY alone would create a hash for a deleted job). KEYS[1] job hash; ARGV[1] field.
+_COUNT_IF_ACTIVE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'done' or status == 'failed' or status == 'cancelled' then
+  return 0
+end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+"""
+
+# A file a manifest names: a plain name in the job's out/ folder, never a path or a dotfile.
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
+
+
+class _Listed(BaseModel):
+    # Only what names files is checked; the rest (sizes, narration) passes through as is.
+    model_config = ConfigDict(extra="allow")
+
+
+class ManifestOutput(_Listed):
+    format: Annotated[str, Field(pattern=r"^[0-9]{1,2}:[0-9]{1,2}$")]
+    video: FileName
+    thumbnail: FileName
+
+
+class Manifest(_Listed):
+    """The files :func:`media.pipeline.finalize` lists, which the API serves by name."""
+
+    outputs: list[ManifestOutput]
+    preview: FileName
+
+
+class BadManifest(ValueError):
+    """A manifest names something other than a plain file of the job's ``out/`` folder."""
+
+
+def checked_manifest(manifest: Any) -> dict[str, Any]:
+    """``manifest`` if every file it names is a plain name; else :class:`BadManifest`."""
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise BadManifest(f"{where}: {first['msg']}") from None
+    return cast(dict[str, Any], manifest)
+
+
+# An absolute path (not inside a URL or a relative path), as the OS and ffmpeg write them.
+_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s/'\"]+)+/?")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its last part: a job's error reaches the
+    merchant, and the server's folders (its data directory, other jobs' ids) are not theirs."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
 
 
 @dataclass
@@ -104,6 +176,7 @@ class JobStore:
         self.r = client
         self.prefix = prefix
         self._update = client.register_script(_UPDATE_IF_ACTIVE)
+        self._count = client.register_script(_COUNT_IF_ACTIVE)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -144,6 +217,11 @@ class JobStore:
 
     def release_idempotency(self, merchant: str, key: str) -> None:
         self.r.delete(self._idem(merchant, key))
+
+    def claim(self, what: str, ttl_s: float) -> bool:
+        """True for one caller in ``ttl_s`` across processes and machines (a periodic task)."""
+        ttl_ms = max(1, int(ttl_s * 1000))
+        return bool(self.r.set(f"{self.prefix}:lock:{what}", "1", nx=True, px=ttl_ms))
 
     def create(
         self,
@@ -189,10 +267,20 @@ class JobStore:
             stage=d.get("stage", ""),
             error=d.get("error", ""),
             error_code=d.get("error_code", ""),
-            manifest=json.loads(d["manifest"]) if d.get("manifest") else None,
+            manifest=_read_manifest(job_id, d.get("manifest")),
             shares=shares,
             fields=json.loads(d.get("fields", "{}")),
         )
+
+    def merchants(self) -> list[str]:
+        """Every merchant with a job list (for retention)."""
+        head, tail = f"{self.prefix}:merchant:", ":jobs"
+        keys = self.r.scan_iter(match=f"{head}*{tail}", count=500)
+        return sorted({_text(k)[len(head) : -len(tail)] for k in keys})
+
+    def job_ids(self, merchant: str) -> list[str]:
+        """All of a merchant's job ids, oldest first (for retention)."""
+        return [_text(i) for i in self.r.zrange(self._list(merchant), 0, -1)]
 
     def get_for(self, merchant: str, job_id: str) -> JobRecord:
         """A job of this merchant; another merchant's job is indistinguishable from none."""
@@ -242,6 +330,7 @@ class JobStore:
         return {_text(m) for m in members}
 
     def finish(self, job_id: str, manifest: dict[str, Any]) -> bool:
+        checked_manifest(manifest)
         return self._set_if_active(
             job_id,
             status="done",
@@ -252,8 +341,22 @@ class JobStore:
 
     def fail(self, job_id: str, code: str, message: str) -> bool:
         return self._set_if_active(
-            job_id, status="failed", stage="failed", error=message[:1000], error_code=code
+            job_id,
+            status="failed",
+            stage="failed",
+            error=without_paths(message)[:1000],
+            error_code=code,
         )
+
+    def requeue(self, job_id: str) -> bool:
+        """Back to queued: its worker is stopping mid-stage, and the message comes again."""
+        return self._set_if_active(job_id, status="queued", stage="queued")
+
+    def count_start(self, job_id: str, delivery: str) -> int:
+        """One more start of ``delivery`` (a message id) on an unfinished job: how many so far,
+        0 if the job is finished or gone. dramatiq counts the retries it sends, not a message
+        redelivered because its worker died (killed, out of memory): this counts both."""
+        return int(self._count(keys=[self._job(job_id)], args=[f"starts:{delivery}"]))
 
     def cancel(self, job_id: str) -> bool:
         return self._set_if_active(job_id, status="cancelled", stage="cancelled")
@@ -264,3 +367,20 @@ class JobStore:
     def status(self, job_id: str) -> str | None:
         raw = self.r.hget(self._job(job_id), "status")
         return _text(raw) if raw else None
+
+    def delete(self, merchant: str, job_id: str) -> None:
+        """The job's record, its rendered-formats set and its place in the merchant's list."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self._job(job_id), f"{self._job(job_id)}:rendered")
+        pipe.zrem(self._list(merchant), job_id)
+        pipe.execute()
+
+
+def _read_manifest(job_id: str, raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        return checked_manifest(json.loads(raw))
+    except ValueError as exc:  # BadManifest, or not JSON
+        log.error("job %s: its stored manifest is refused (%s); no file is served", job_id, exc)
+        return None
