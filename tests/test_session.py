@@ -23,6 +23,7 @@ from voice.session import (
     SORRY_DIDNT_CATCH,
     Action,
     CancelResponse,
+    Close,
     FinishTurn,
     ReleaseResponse,
     Send,
@@ -85,6 +86,12 @@ class Driver:
 
     def pause(self, ms: float) -> list[Action]:
         return self.audio(silence(ms))
+
+    def append(self, samples: Float32Array, event_id: str | None = None) -> list[Action]:
+        """As the shell appends: ``admit_audio`` first, then the frames if it was taken."""
+        ms = len(samples) * 1000 / 16_000
+        taken, refused = self.session.admit_audio(ms, self.now, event_id)
+        return self.take(refused) + (self.audio(samples) if taken else [])
 
     def client(self, **event: Any) -> list[Action]:
         ev = protocol.parse_client_event(json.dumps(event))
@@ -1020,3 +1027,149 @@ def test_manual_commit_after_switching_off_vad_transcribes_the_committed_audio()
     assert ReleaseResponse(stale.response_id) not in actions
     (final,) = transcribes(actions)
     assert final.purpose == "final"
+
+
+# --- bounds: what one client can make the session hold ------------------------------------------
+
+
+@pytest.mark.reliability("input", "a minute of silence, server VAD: only the prefix padding kept")
+def test_idle_audio_keeps_only_what_a_speech_start_reaches_back_to() -> None:
+    d = Driver()
+    d.pause(60_000)  # a minute of silence (or hold music under the VAD threshold)
+    assert d.session.buffered_ms <= 300 + 3 * 32
+    (started,) = sends(d.speak(64))
+    assert started["audio_start_ms"] == 60_000 - 300  # the prefix padding is still there
+    (spec,) = transcribes(d.pause(512))
+    assert len(spec.audio) == (300 + 64 + 160) * 16  # padding, speech, the pause so far
+
+
+def test_idle_trimming_follows_the_prefix_padding_setting() -> None:
+    d = Driver()
+    d.client(
+        type="session.update",
+        session={"audio": {"input": {"turn_detection": {"prefix_padding_ms": 1000}}}},
+    )
+    d.pause(4_992)  # 156 frames
+    assert 1000 <= d.session.buffered_ms <= 1000 + 3 * 32
+    (started,) = sends(d.speak(64))
+    assert started["audio_start_ms"] == 4_992 - 1000
+
+
+@pytest.mark.reliability("input", "manual buffer past voice.max_buffer_s: appends refused")
+def test_manual_buffer_refuses_appends_past_the_cap_until_commit() -> None:
+    d = Driver(max_buffer_ms=1024)
+    manual(d)
+    chunk = tone(32)  # one frame: the driver feeds the session whole frames
+    for _ in range(32):  # exactly 1024 ms
+        assert errors(d.append(chunk)) == []
+    (err,) = errors(d.append(chunk, event_id="evt_a33"))
+    assert err["code"] == "input_audio_buffer_full" and err["event_id"] == "evt_a33"
+    assert "commit or clear" in err["message"]
+    assert all(d.append(chunk) == [] for _ in range(50))  # told once, then dropped quietly
+    assert d.session.buffered_ms == 1024
+    (final,) = transcribes(d.client(type="input_audio_buffer.commit"))
+    assert len(final.audio) == 1024 * 16
+    assert errors(d.append(chunk)) == []  # room again
+    d.client(type="input_audio_buffer.clear")
+    for _ in range(32):
+        d.append(chunk)
+    (again,) = errors(d.append(chunk))  # a new run of refusals is told again
+    assert again["code"] == "input_audio_buffer_full"
+
+
+@pytest.mark.reliability("input", "a spoken turn past voice.max_buffer_s: committed at the cap")
+def test_a_spoken_turn_is_committed_when_it_reaches_the_cap() -> None:
+    d = Driver(max_buffer_ms=2000)
+    d.pause(320)
+    actions = d.speak(2400)
+    assert types(actions)[:5] == [
+        "input_audio_buffer.speech_started",
+        "error",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+    ]
+    (err,) = errors(actions)
+    assert err["code"] == "input_audio_buffer_full" and "committed" in err["message"]
+    final = next(t for t in transcribes(actions) if t.purpose == "final")
+    assert len(final.audio) == 2000 * 16  # the turn, cut at the cap
+    assert final.turn is not None and final.turn.extra["buffer_full"] is True
+    # The speech that goes on is the next turn.
+    assert types(actions)[-1] == "input_audio_buffer.speech_started"
+    assert d.session.open_turn is not None and d.session.open_turn is not final.turn
+    assert d.session.buffered_ms < 2000
+
+
+@pytest.mark.reliability(
+    "input", "audio sent faster than voice.max_audio_rate: dropped, then closed"
+)
+def test_audio_faster_than_the_rate_limit_is_dropped_then_the_session_closed() -> None:
+    d = Driver(max_audio_rate=4.0, audio_burst_ms=2000)
+    s, now = d.session, d.now
+    assert s.admit_audio(1000, now) == (True, [])
+    assert s.admit_audio(1000, now) == (True, [])  # the burst
+    taken, actions = s.admit_audio(500, now, "evt_fast")
+    (err,) = errors(d.take(actions))
+    assert not taken and err["code"] == "input_audio_rate_exceeded"
+    assert err["event_id"] == "evt_fast" and "4x real time" in err["message"]
+    assert s.admit_audio(500, now) == (False, [])  # told once per run of refusals
+    # 0.25 s later a quarter second of audio at 4x has room again: the run ends.
+    assert s.admit_audio(1000, now + 0.25) == (True, [])
+    taken, actions = s.admit_audio(1000, now + 0.25)
+    assert not taken and errors(d.take(actions))  # a new run is told again
+    assert s.admit_audio(1000, now + 0.25) == (False, [])
+    taken, actions = s.admit_audio(100, now + 0.25)  # past another burst dropped
+    assert not taken and actions == [Close(1008, "audio sent faster than 4x real time")]
+
+
+def test_audio_at_real_time_is_never_limited() -> None:
+    d = Driver(max_audio_rate=1.5, audio_burst_ms=100)
+    for audio in [silence(32)] * 10 + ([tone(32)] * 20 + [silence(32)] * 20) * 3:
+        assert errors(d.append(audio)) == []
+    assert types(d.actions).count("input_audio_buffer.committed") == 3
+
+
+def _create(d: Driver, text: str, **item: Any) -> list[Action]:
+    part = {"type": "input_text", "text": text}
+    return d.client(
+        type="conversation.item.create",
+        event_id="evt_item",
+        item={"role": "user", "content": [part], **item},
+    )
+
+
+@pytest.mark.reliability("input", "conversation.item.create past the item and text caps")
+def test_conversation_items_and_text_are_capped() -> None:
+    d = Driver(max_items=3, max_item_chars=10, max_conversation_chars=25)
+    (err,) = errors(_create(d, "x" * 11))
+    assert err["code"] == "item_too_large" and err["event_id"] == "evt_item"
+    assert "11 characters" in err["message"] and d.session.items == {}
+    assert errors(_create(d, "a" * 10, id="item_1")) == []
+    assert errors(_create(d, "b" * 10, id="item_2")) == []
+    (err,) = errors(_create(d, "c" * 10))  # 30 characters > 25
+    assert err["code"] == "conversation_full"
+    assert errors(_create(d, "c" * 5)) == []
+    (err,) = errors(_create(d, ""))  # a fourth item
+    assert err["code"] == "conversation_full"
+    d.client(type="conversation.item.delete", item_id="item_1")
+    assert errors(_create(d, "d" * 10)) == []
+    assert len(d.session.items) == 3
+
+
+def test_items_the_model_no_longer_sees_keep_only_their_id_and_make_way() -> None:
+    # As in test_history_is_bounded_and_forgets_in_blocks_so_the_prompt_start_holds: the 4th
+    # and 6th turns each let the 4 oldest messages go.
+    d = Driver(history_chars=100, max_items=10)
+    for i in range(6):
+        start = d.answered_turn(Transcript(f"question {i:02d}....", 0.01, -0.2, "fake-asr"))
+        d.done(start.response_id, "completed", [(f"answer {i:02d}.........", 0.0, 900.0)])
+    items = d.session.items
+    assert len(items) == 10  # 12 made: the two oldest went first
+    forgotten = [i for i in items.values() if not i.text]
+    assert len(forgotten) == 6 and all(i.segments == [] for i in forgotten)
+    # A client's item at the cap: a forgotten one makes way, the conversation goes on.
+    oldest = next(iter(items))
+    assert errors(_create(d, "and one more thing")) == []
+    assert oldest not in items and len(items) == 10
+    (start,) = starts(d.client(type="response.create"))
+    assert start.messages[-1] == {"role": "user", "content": "and one more thing"}

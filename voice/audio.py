@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import wave
+from collections import deque
 from pathlib import Path
 from typing import Literal
 
@@ -140,6 +141,13 @@ def bytes_per_ms(fmt: str) -> float:
     return FORMAT_RATES[fmt] * width / 1000.0
 
 
+def base64_ms(text: str, fmt: str) -> float:
+    """How long the audio in base64 ``text`` lasts, read off its length: a limit can refuse it
+    before anything is decoded (exact for valid base64; invalid base64 fails to decode later)."""
+    padding = len(text) - len(text.rstrip("="))
+    return max(0, len(text) // 4 * 3 - padding) / bytes_per_ms(fmt)
+
+
 def read_wav(path: str | Path) -> tuple[Float32Array, int]:
     """Read a PCM16 WAV (any rate, mono or stereo) as mono float32."""
     with wave.open(str(path), "rb") as w:
@@ -168,6 +176,88 @@ def concat(chunks: list[Float32Array]) -> Float32Array:
         if chunks
         else np.zeros(0, dtype=np.float32)
     )
+
+
+class Timeline:
+    """A session's input audio on one clock that never goes back: ``end_ms`` is all the audio
+    ever appended, and only the samples from ``start_ms`` on are kept (what came before was
+    committed, cleared, or trimmed away while nobody spoke)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[Float32Array] = deque()
+        self._start = 0  # sample positions on the session's clock
+        self._end = 0
+
+    @property
+    def start_ms(self) -> float:
+        return self._start * 1000 / INTERNAL_RATE
+
+    @property
+    def end_ms(self) -> float:
+        return self._end * 1000 / INTERNAL_RATE
+
+    @property
+    def kept_ms(self) -> float:
+        return (self._end - self._start) * 1000 / INTERNAL_RATE
+
+    def append(self, samples: Float32Array) -> None:
+        if len(samples):
+            self._chunks.append(samples)
+            self._end += len(samples)
+
+    def slice(self, start_ms: float, end_ms: float) -> Float32Array:
+        """The kept audio between two times of the clock (clipped to what is kept), as a new
+        array: a view would hold the whole buffer alive in whoever keeps the slice."""
+        a = int(max(0.0, start_ms - self.start_ms) * INTERNAL_RATE / 1000)
+        b = int(max(0.0, end_ms - self.start_ms) * INTERNAL_RATE / 1000)
+        parts: list[Float32Array] = []
+        offset = 0
+        for chunk in self._chunks:
+            if offset >= b:
+                break
+            if offset + len(chunk) > a:
+                parts.append(chunk[max(0, a - offset) : b - offset])
+            offset += len(chunk)
+        return concat(parts)  # np.concatenate copies, even a single part
+
+    def keep_last(self, ms: float) -> None:
+        """Forget all but the newest ``ms`` of audio."""
+        drop = self._end - self._start - int(ms * INTERNAL_RATE / 1000)
+        while drop > 0 and self._chunks:
+            first = self._chunks[0]
+            if len(first) <= drop:
+                self._chunks.popleft()
+                taken = len(first)
+            else:
+                self._chunks[0] = first[drop:].copy()  # a view would keep the whole chunk
+                taken = drop
+            self._start += taken
+            drop -= taken
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._start = self._end
+
+
+class AudioRateLimit:
+    """Audio taken at up to ``rate`` times real time, with ``burst_ms`` of audio in hand: a
+    token bucket counted in milliseconds of audio, refilled by the clock (seconds)."""
+
+    def __init__(self, rate: float, burst_ms: float) -> None:
+        self.rate, self.burst_ms = rate, burst_ms
+        self._tokens = burst_ms
+        self._at: float | None = None
+
+    def take(self, ms: float, now: float) -> bool:
+        """Whether ``ms`` of audio arriving at ``now`` is within the limit (it is then counted)."""
+        if self._at is not None:
+            refill = max(0.0, now - self._at) * 1000 * self.rate
+            self._tokens = min(self.burst_ms, self._tokens + refill)
+        self._at = now
+        if ms > self._tokens:
+            return False
+        self._tokens -= ms
+        return True
 
 
 class FrameSplitter:

@@ -15,7 +15,9 @@ Three parts, so the live turn never waits for a disk:
   ``max_cases``, none older than ``max_age_days``).
 - :class:`CaseRecorder` is what the server calls when a turn ends: ``offer`` only puts the turn
   on a bounded queue (a full queue drops the case and counts it); one writer thread builds and
-  stores cases.
+  stores cases. A case keeps at most the first ``max_audio_s`` of the turn's audio, and the
+  queue at most ``max_queued_audio_s`` in all: a slow disk and long turns cannot pile up
+  audio in memory.
 
 :func:`export` turns stored cases into an eval set (``castwork eval`` reads it).
 """
@@ -30,7 +32,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,11 @@ CASES_DROPPED = Counter(
 CASE_FILE = "case.json"
 AUDIO_FILE = "audio.wav"
 _TMP_PREFIX = ".tmp-"
+# Whisper hears 30 s at a time; a longer turn's case keeps its first 30 s (3.8 MB of 16 kHz
+# float32 waiting in the queue, 0.96 MB of WAV on disk).
+MAX_CASE_AUDIO_S = 30.0
+# Audio waiting in the queue in all (19 MB): beyond it a case is dropped like on a full queue.
+MAX_QUEUED_AUDIO_S = 300.0
 
 
 def reasons(record: TurnRecord, capture: CaptureSettings) -> list[str]:
@@ -117,6 +124,9 @@ def build_case(
         "audio": AUDIO_FILE if audio is not None else None,
         "audio_ms": round(len(audio) * 1000 / pcm.INTERNAL_RATE, 1) if audio is not None else 0,
         "audio_dropped": dropped,
+        # The turn's audio was longer than a case keeps (CaseRecorder.max_audio_s): its
+        # transcript covers more than audio.wav.
+        "audio_cut_from_ms": record.extra.get("audio_cut_from_ms"),
         "record": record.to_json(),
         "lineage": dict(record.lineage),
         "settings": settings,
@@ -197,6 +207,11 @@ class CaseStore:
                 yield folder, data
 
 
+def _samples(record: TurnRecord) -> int:
+    audio = record.evidence.audio
+    return 0 if audio is None else len(audio)
+
+
 def _captured_at(folder: Path) -> float:
     stamp = folder.name.split("-", 1)[0].split(".", 1)[0]
     try:
@@ -216,8 +231,20 @@ def _fsync_dir(path: Path) -> None:
 class CaseRecorder:
     """Takes finished turns from the server; writes the failure cases on its own thread."""
 
-    def __init__(self, store: CaseStore, capture: CaptureSettings, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: CaseStore,
+        capture: CaptureSettings,
+        settings: Settings,
+        *,
+        max_audio_s: float = MAX_CASE_AUDIO_S,
+        max_queued_audio_s: float = MAX_QUEUED_AUDIO_S,
+    ) -> None:
         self.store, self.capture = store, capture
+        self.max_audio = int(max_audio_s * pcm.INTERNAL_RATE)  # samples
+        self.max_queued_audio = int(max_queued_audio_s * pcm.INTERNAL_RATE)
+        self._queued_audio = 0  # samples waiting in the queue
+        self._lock = threading.Lock()
         # What case.json records as the settings in force: the turn-shaping sections and the
         # experiment (which arms existed).
         self._settings = {
@@ -242,17 +269,42 @@ class CaseRecorder:
         return cls(store, c, settings)
 
     def offer(self, record: TurnRecord) -> bool:
-        """Queue ``record`` if it is a case. Never blocks: a full queue drops it, counted."""
+        """Queue ``record`` if it is a case. Never blocks: a full queue (or one holding
+        ``max_queued_audio_s`` of audio) drops it, counted."""
         why = reasons(record, self.capture)
         if not why:
             return False
+        record = self._capped(record)
+        samples = _samples(record)
+        with self._lock:
+            if self._queued_audio + samples > self.max_queued_audio:
+                return self._drop()
+            self._queued_audio += samples
         try:
             self._queue.put_nowait((record, why))
         except queue.Full:
-            self.dropped += 1
-            CASES_DROPPED.labels(why="queue_full").inc()
-            return False
+            with self._lock:
+                self._queued_audio -= samples
+            return self._drop()
         return True
+
+    def _drop(self) -> bool:
+        self.dropped += 1
+        CASES_DROPPED.labels(why="queue_full").inc()
+        return False
+
+    def _capped(self, record: TurnRecord) -> TurnRecord:
+        """``record`` with at most ``max_audio`` samples of audio: a copy whose evidence holds
+        a copy of the first part, so that the whole turn's audio is not kept alive."""
+        audio = record.evidence.audio
+        if audio is None or len(audio) <= self.max_audio:
+            return record
+        full_ms = round(len(audio) * 1000 / pcm.INTERNAL_RATE, 1)
+        return replace(
+            record,
+            extra={**record.extra, "audio_cut_from_ms": full_ms},
+            evidence=replace(record.evidence, audio=audio[: self.max_audio].copy()),
+        )
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued (up to ``timeout``), then stop the thread."""
@@ -271,6 +323,8 @@ class CaseRecorder:
         stored = self._prune()
         while (item := self._queue.get()) is not None:
             record, why = item
+            with self._lock:
+                self._queued_audio -= _samples(record)
             started = time.thread_time()
             try:
                 case = build_case(
@@ -341,6 +395,10 @@ def export(
             wav = folder / AUDIO_FILE
             if not data.get("audio") or not wav.is_file():
                 why = "no audio (personal data)" if data.get("audio_dropped") else "no audio"
+                skipped[why] = skipped.get(why, 0) + 1
+                continue
+            if data.get("audio_cut_from_ms") and reference is None:
+                why = "audio cut short (the transcript covers more)"
                 skipped[why] = skipped.get(why, 0) + 1
                 continue
             samples, rate = pcm.read_wav(wav)

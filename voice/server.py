@@ -2,7 +2,9 @@
 
 One :class:`Connection` per client: it parses events, decodes audio, runs VAD, carries out
 the core's actions (ASR and responses as tasks, events into a bounded outgoing queue) and
-frees everything when the client goes. The server adds auth, limits and ``/metrics``.
+frees everything when the client goes. The server adds auth, limits and ``/metrics``, and
+answers only loopback ``Host`` names without keys, and browsers only from loopback or listed
+pages (``Origin``, :mod:`voice.origins`): no web page elsewhere can drive a local server.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import ctypes
 import ctypes.util
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -40,9 +41,11 @@ from voice.errors import ConfigError, ProtocolError
 from voice.experiments import NO_ARM, assign
 from voice.latency import TurnLog, TurnRecord
 from voice.logs import bound
+from voice.origins import is_loopback, origin_allowed, trusted_host
 from voice.session import (
     Action,
     CancelResponse,
+    Close,
     FinishTurn,
     ReleaseResponse,
     Send,
@@ -58,6 +61,16 @@ from voice.vad import FRAME_SAMPLES
 log = logging.getLogger(__name__)
 PATH = "/v1/realtime"
 _SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
+# Messages received and not yet handled, per connection: at most 64 (2.5 s of 40 ms chunks,
+# each keeping the time it arrived while processing lags) and about 2 MiB, and 4 more WebSocket
+# frames behind them. A client that sends faster waits on TCP; a flood of 1 MiB messages is
+# held as a few MiB here, where a count alone let (64 + 32) x 1 MiB pile up.
+_INBOX_MESSAGES = 64
+_INBOX_BYTES = 2 << 20
+_WS_QUEUE = 4
+# An append above this much base64 is decoded in a thread: a 1 MiB message of G.711 is 98 s
+# of audio, tens of milliseconds of decoding and resampling every other session would wait for.
+_DECODE_INLINE_MAX = 64 * 1024
 
 
 def _libc_trim() -> Any:
@@ -80,22 +93,27 @@ def give_back_heap() -> None:
         _malloc_trim(0)
 
 
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header ("" for none, or another
+    scheme). The scheme is case-insensitive and any whitespace may surround both parts: the
+    same key, however it is written, must be the same key to every check and every count."""
+    parts = (authorization or "").split(None, 1)
+    return parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else ""
+
+
 def key_id(authorization: str | None) -> str:
     """A stable label for the API key in an ``Authorization`` header, safe to log: the
     first 8 hex digits of its SHA-256 (``anonymous`` without one)."""
-    secret = (authorization or "").removeprefix("Bearer ").strip()
+    secret = bearer_token(authorization)
     if not secret:
         return "anonymous"
     return "key-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _header(request: Request, name: str) -> str | None:
+    """A request header; a repeated one joined with commas (as HTTP reads it), which no
+    check accepts: two Host or Origin headers are a request we do not answer."""
+    return ", ".join(request.headers.get_all(name)) or None
 
 
 class VoiceServer:
@@ -126,7 +144,8 @@ class VoiceServer:
         # The experiment's arms; without one, a single runtime of the engines given.
         self.runtimes = list(runtimes) or [Runtime(NO_ARM, engines, vad, policy, settings)]
         self.cases = cases
-        self.sessions: Counter[str] = Counter()
+        self.sessions: Counter[str] = Counter()  # open sessions by key id
+        self.origins = {o.lower().rstrip("/") for o in v.allowed_origins}
         self.asr_busy = 0  # decodes in flight across sessions; partials wait for an idle ASR
 
     async def start(self, host: str | None = None, port: int | None = None) -> Server:
@@ -147,7 +166,7 @@ class VoiceServer:
             port if port is not None else v.port,
             process_request=self._process_request,
             max_size=v.max_message_bytes,
-            max_queue=32,
+            max_queue=_WS_QUEUE,
             ping_interval=20,
             # The closing handshake with a client that reads nothing would wait forever.
             close_timeout=min(v.send_timeout_s, 10.0),
@@ -178,13 +197,12 @@ class VoiceServer:
             return conn.respond(HTTPStatus.OK, "ok\n")
         if path not in (PATH, "/metrics"):
             return conn.respond(HTTPStatus.NOT_FOUND, f"the Realtime endpoint is {PATH}\n")
-        if self.keys:
-            auth = request.headers.get("Authorization", "")
-            if not self._known(auth.removeprefix("Bearer ").strip()):
-                return conn.respond(
-                    HTTPStatus.UNAUTHORIZED,
-                    "missing or unknown API key (Authorization: Bearer ...)\n",
-                )
+        if (refused := self._foreign(request)) is not None:
+            return conn.respond(HTTPStatus.FORBIDDEN, refused + "\n")
+        if self.keys and not self._known(bearer_token(_header(request, "Authorization"))):
+            return conn.respond(
+                HTTPStatus.UNAUTHORIZED, "missing or unknown API key (Authorization: Bearer ...)\n"
+            )
         if path == "/metrics":
             return Response(
                 HTTPStatus.OK,
@@ -194,13 +212,29 @@ class VoiceServer:
             )
         return None
 
+    def _foreign(self, request: Request) -> str | None:
+        """Why a request from another site is refused, if it is. Keyless, the server trusts
+        that only this machine reaches it: a page whose domain was rebound to 127.0.0.1 still
+        sends its own name as Host. A browser names the page's site in Origin: a loopback
+        page, or one of voice.allowed_origins, may open a session; clients that are not
+        browsers send no Origin."""
+        host = _header(request, "Host")
+        if not self.keys and not trusted_host(host, loopback_only=True, allowed=()):
+            return f"Host {host!r} is not a loopback name (this server has no API keys)"
+        origin = _header(request, "Origin")
+        if origin is None or origin.lower().rstrip("/") in self.origins:
+            return None
+        if origin_allowed(origin, host_header=host, loopback_only=True):
+            return None
+        return f"Origin {origin!r} may not open sessions (voice.allowed_origins)"
+
     def _known(self, presented: str) -> bool:
         given = presented.encode()
         # Every key compared, in constant time: timing says nothing about how close a guess is.
         return any([hmac.compare_digest(given, k.encode()) for k in self.keys])
 
     async def _handle(self, ws: ServerConnection) -> None:
-        key = ws.request.headers.get("Authorization", "anonymous") if ws.request else "anonymous"
+        key = key_id(_header(ws.request, "Authorization")) if ws.request else "anonymous"
         v = self.settings.voice
         refusal = None
         if sum(self.sessions.values()) >= v.max_sessions:
@@ -222,16 +256,39 @@ class VoiceServer:
         self.sessions[key] += 1
         latency.SESSIONS_ACTIVE.inc()
         try:
-            await Connection(
-                self,
-                ws,
-                key=key_id(ws.request.headers.get("Authorization") if ws.request else None),
-            ).run()
+            await Connection(self, ws, key=key).run()
         finally:
             self.sessions[key] -= 1
             latency.SESSIONS_ACTIVE.dec()
             if not any(self.sessions.values()):  # the last caller left: give memory back
                 await asyncio.get_running_loop().run_in_executor(None, give_back_heap)
+
+
+class _Inbox:
+    """Messages received, with their arrival times, and not yet handled: bounded in count and
+    in bytes, so that a client sending faster than we handle waits (TCP backpressure)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[tuple[str | bytes, float] | None] = asyncio.Queue(
+            _INBOX_MESSAGES
+        )
+        self._bytes = 0
+        self._room = asyncio.Event()
+
+    async def put(self, item: tuple[str | bytes, float] | None) -> None:
+        if item is not None:
+            while self._bytes > _INBOX_BYTES:
+                self._room.clear()
+                await self._room.wait()
+            self._bytes += len(item[0])
+        await self._queue.put(item)
+
+    async def get(self) -> tuple[str | bytes, float] | None:
+        item = await self._queue.get()
+        if item is not None:
+            self._bytes -= len(item[0])
+            self._room.set()
+        return item
 
 
 class Connection:
@@ -242,6 +299,7 @@ class Connection:
         session_id = protocol.new_id("sess")
         self.rt = rt = server.pick(session_id, key)
         s = rt.settings  # the arm's: its VAD, ASR guard, instructions and voice
+        v = server.settings.voice
         td = protocol.TurnDetection(
             threshold=s.vad.threshold,
             prefix_padding_ms=s.vad.prefix_padding_ms,
@@ -256,6 +314,12 @@ class Connection:
             no_speech_threshold=s.asr.no_speech_threshold,
             min_avg_logprob=s.asr.min_avg_logprob,
             history_chars=s.llm.history_chars,
+            max_buffer_ms=v.max_buffer_s * 1000,
+            max_audio_rate=v.max_audio_rate,
+            audio_burst_ms=v.audio_burst_s * 1000,
+            max_items=v.max_items,
+            max_item_chars=v.max_item_chars,
+            max_conversation_chars=v.max_conversation_chars,
         )
         self.core = VoiceSession(session_id, config, key=key, arm=rt.name, lineage=rt.lineage)
         self.vad = rt.vad.fork()
@@ -265,6 +329,7 @@ class Connection:
         self.runners: dict[str, ResponseRunner] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.open_turns: dict[str, TurnRecord] = {}
+        self.closing: Close | None = None  # the core ended the session: close with this
 
     async def run(self) -> None:
         with bound(session_id=self.core.id):
@@ -290,7 +355,7 @@ class Connection:
     async def _reader(self) -> None:
         """Receive in one task and process in this one, so that each message keeps the time it
         arrived even when processing lags (VAD and decodes compete for the cores)."""
-        inbox: asyncio.Queue[tuple[str | bytes, float] | None] = asyncio.Queue(maxsize=64)
+        inbox = _Inbox()
         receiver = asyncio.create_task(self._receive(inbox))
         try:
             while (got := await inbox.get()) is not None:
@@ -310,38 +375,40 @@ class Connection:
                     log.exception("could not handle a client message")
                     actions = [Send(protocol.error_event(exc))]
                 await self._do(actions)
+                if self.closing is not None:
+                    break
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
 
-    async def _receive(self, inbox: asyncio.Queue[tuple[str | bytes, float] | None]) -> None:
+    async def _receive(self, inbox: _Inbox) -> None:
         idle = self.server.settings.voice.idle_timeout_s
         while True:
             try:
-                raw = await asyncio.wait_for(self.ws.recv(), idle)
+                # Not wait_for: on 3.11 it can swallow a cancel that lands as a message arrives,
+                # and the reader's stop (a Close from the core) would wait for the client.
+                async with asyncio.timeout(idle):
+                    raw = await self.ws.recv()
             except TimeoutError:
                 error = ProtocolError(f"no message for {idle:.0f} s", code="idle_timeout")
                 await self._send(protocol.error_event(error))
                 break
             except ConnectionClosed:
                 break
-            # A bounded inbox: a client sending faster than we process waits (TCP backpressure).
             await inbox.put((raw, time.monotonic()))
         await inbox.put(None)  # not in a finally: when cancelled, nobody is reading any more
 
     async def _append(self, ev: protocol.InputAudioBufferAppend, arrived: float) -> list[Action]:
-        try:
-            data = base64.b64decode(ev.audio, validate=True)
-            fmt = self.core.config.input_format
-            if self.decoder.fmt != fmt:  # session.update changed the input format
-                self.decoder = pcm.StreamDecoder(fmt)
-            samples = self.decoder.decode(data)
-        except (binascii.Error, ValueError) as exc:
-            raise ProtocolError(
-                f"input_audio_buffer.append: bad audio: {exc}",
-                code="invalid_audio",
-                event_id=ev.event_id,
-            ) from None
+        fmt = self.core.config.input_format
+        if self.decoder.fmt != fmt:  # session.update changed the input format
+            self.decoder = pcm.StreamDecoder(fmt)
+        taken, refused = self.core.admit_audio(pcm.base64_ms(ev.audio, fmt), arrived, ev.event_id)
+        if not taken:
+            return refused
+        if len(ev.audio) > _DECODE_INLINE_MAX:
+            samples = await asyncio.to_thread(self._decode, ev)
+        else:
+            samples = self._decode(ev)
         frames = self.frames.push(samples)
         probs: list[float] = []
         if frames and self.core.config.turn_detection is not None:
@@ -352,6 +419,16 @@ class Connection:
         else:
             probs = [0.0] * len(frames)
         return self.core.on_audio(samples, probs, arrived)
+
+    def _decode(self, ev: protocol.InputAudioBufferAppend) -> pcm.Float32Array:
+        try:
+            return self.decoder.decode(base64.b64decode(ev.audio, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(
+                f"input_audio_buffer.append: bad audio: {exc}",
+                code="invalid_audio",
+                event_id=ev.event_id,
+            ) from None
 
     # --- actions --------------------------------------------------------------------------------
 
@@ -372,6 +449,8 @@ class Connection:
                     runner.cancel(action.reason)
             elif isinstance(action, FinishTurn):
                 self._finish_turn(action.turn)
+            elif isinstance(action, Close):
+                self.closing = action
 
     async def _transcribe(self, action: Transcribe) -> None:
         if action.purpose == "partial" and self.server.asr_busy:
@@ -488,6 +567,10 @@ class Connection:
                 await writer
         except (TimeoutError, ConnectionClosed):
             writer.cancel()
+        if self.closing is not None:  # after the writer: the error events go out first
+            log.warning("closing the session: %s", self.closing.reason)
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.close(self.closing.code, self.closing.reason)
         log.info("session closed")
 
 
