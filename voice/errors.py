@@ -10,6 +10,10 @@ retries (dramatiq) and the turn recovery policy can decide without parsing messa
     │   └── ModelNotInstalled    the package that ships it is missing
     ├── EngineError              a model call failed at run time (stage: vad/asr/llm/tts)
     │   └── EngineTimeout        ... or did not answer in time (transient)
+    ├── ToolError                a server-side tool call failed (stage "tool"; code tool_error)
+    │   ├── ToolTimeout          ... or did not answer in time (transient; tool_timeout)
+    │   └── ToolArgumentsError   the model's arguments were refused before any call
+    │                            (permanent; tool_invalid_arguments)
     ├── ProtocolError            a client sent something we refuse (permanent, per event)
     ├── CapacityError            a limit is reached: sessions, queue, size (transient)
     └── (media.errors, workers.errors add their own subtrees)
@@ -80,6 +84,36 @@ class EngineError(CastworkError):
 class EngineTimeout(EngineError):
     transient = True
     code = "engine_timeout"
+
+
+class ToolError(CastworkError):
+    """A server-side tool (an HTTP tool, an MCP server's tool) failed. Not an EngineError:
+    the model is fine, and its recovery (fall back to another model) does not apply. The
+    message is short and safe to hand the model as the call's output; ``code`` is the
+    reason the turn records (``tool_error``, ``tool_timeout``, ``tool_invalid_arguments``)."""
+
+    code = "tool_error"
+
+    def __init__(self, message: str, *, tool: str, transient: bool = False, **fields: Any) -> None:
+        super().__init__(message, stage="tool", tool=tool, **fields)
+        self.tool = tool
+        self.transient = transient
+
+
+class ToolTimeout(ToolError):
+    code = "tool_timeout"
+
+    def __init__(self, message: str, *, tool: str, **fields: Any) -> None:
+        super().__init__(message, tool=tool, transient=True, **fields)
+
+
+class ToolArgumentsError(ToolError):
+    """The arguments are not JSON or break the tool's schema; nothing was called."""
+
+    code = "tool_invalid_arguments"
+
+    def __init__(self, message: str, *, tool: str, **fields: Any) -> None:
+        super().__init__(message, tool=tool, transient=False, **fields)
 
 
 class ProtocolError(CastworkError):

@@ -1,0 +1,1 @@
+"""Worked examples you can run from the repository root (``python -m examples.<name>...``)."""
