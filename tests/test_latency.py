@@ -20,7 +20,8 @@ def _record(turn_id: str = "t1", outcome: str = "spoken") -> TurnRecord:
         models={"asr": "whisper:tiny.en", "llm": "gguf:smollm2-135m", "tts": "piper:joe"},
     )
     marks = (10.0, 11.0, 11.5, 11.45, 11.7, 11.8, 11.95, 11.96, 13.0)
-    for name, at in zip(STAGES, marks, strict=True):
+    # The stages every turn passes (the tool marks come only on turns that call a tool).
+    for name, at in zip(STAGES[: len(marks)], marks, strict=True):
         record.mark(name, at)
     record.add_recovery("asr_retry")
     record.outcome = outcome
@@ -189,3 +190,19 @@ def test_recovers_on_a_fresh_line_after_a_failed_write(tmp_path: Path) -> None:
     log.close()
     lines = path.read_text().splitlines()
     assert lines[0] == '{"half a line' and json.loads(lines[1])["turn_id"] == "t1"
+
+
+def test_tool_stages_from_marks() -> None:
+    record = TurnRecord(session_id="s1", turn_id="t1")
+    for name, at in (
+        ("speech_end", 10.0),
+        ("endpoint", 10.5),
+        ("asr_final", 10.6),
+        ("llm_first_token", 10.8),
+        ("tool_decided", 10.8),
+        ("tool_call_sent", 10.9),
+        ("tool_result", 11.4),
+    ):
+        record.mark(name, at)
+    d = record.durations()
+    assert round(d["tool_decision"]) == 200 and round(d["tool_call"]) == 500

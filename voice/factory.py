@@ -158,4 +158,7 @@ def turn_policy(settings: Settings) -> TurnPolicy:
         total_timeout_s=llm.total_timeout_s,
         max_tokens=llm.max_tokens,
         temperature=llm.temperature,
+        max_tool_rounds=settings.tools.max_rounds,
+        filler_after_s=settings.tools.filler_after_ms / 1000,
+        filler_text=settings.tools.filler_text if settings.tools.filler_after_ms else "",
     )

@@ -43,6 +43,10 @@ STAGES = (
     "tts_first_audio",
     "first_audio_sent",
     "response_done",
+    # Tool turns: the model's first tool-call piece, a server tool called, its result back.
+    "tool_decided",
+    "tool_call_sent",
+    "tool_result",
 )
 
 REGISTRY = CollectorRegistry()
@@ -156,6 +160,10 @@ class TurnRecord:
         span("tts_first_audio", "first_piece", "tts_first_audio")
         span("send", "tts_first_audio", "first_audio_sent")
         span("voice_to_voice", "speech_end", "first_audio_sent")
+        if "tool_decided" in m and llm_ready:
+            # From the moment the model could start to its first tool-call piece.
+            out["tool_decision"] = (m["tool_decided"] - max(llm_ready)) * 1000
+        span("tool_call", "tool_call_sent", "tool_result")
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -13,8 +13,17 @@ import json
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from voice.engines import TOOL_NAME, check_parameters
 from voice.errors import ProtocolError
 
 AudioFormatType = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
@@ -75,6 +84,53 @@ class AudioConfig(_Model):
     output: AudioOutput | None = None
 
 
+MAX_TOOLS = 128  # as OpenAI's function-calling limit
+ToolName = Annotated[str, Field(pattern=TOOL_NAME)]
+
+
+class FunctionTool(_Model):
+    """A client-side tool: the model may call it, the client runs it and answers with a
+    ``function_call_output`` item. (Server-side tools are the operator's, in settings: a client
+    never names a server or URL for Castwork to call.)"""
+
+    type: Literal["function"] = "function"
+    name: ToolName
+    description: Annotated[str, Field(max_length=4096)] = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _function_only(cls, v: object) -> object:
+        if v == "mcp":
+            raise ValueError(
+                "MCP servers are the operator's to configure ([tools.mcp]); a client "
+                "defines function tools only"
+            )
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _is_a_schema(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(v)) > 32_768:
+            raise ValueError("schema larger than 32 KiB")
+        return check_parameters(v)
+
+
+class ToolChoiceFunction(_Model):
+    type: Literal["function"]
+    name: ToolName
+
+
+ToolChoiceIn = Literal["auto", "none", "required"] | ToolChoiceFunction
+
+
+def _unique_names(tools: list[FunctionTool] | None) -> list[FunctionTool] | None:
+    names = [t.name for t in tools or []]
+    if len(set(names)) != len(names):
+        raise ValueError("tool names must be unique")
+    return tools
+
+
 class SessionPatch(_Model):
     """The ``session`` of a ``session.update``: only the fields present change."""
 
@@ -83,6 +139,11 @@ class SessionPatch(_Model):
     output_modalities: list[Literal["text", "audio"]] | None = None
     max_output_tokens: int | Literal["inf"] | None = None
     audio: AudioConfig | None = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoiceIn | None = None
+    parallel_tool_calls: bool | None = None
+
+    _check_tools = field_validator("tools")(_unique_names)
 
 
 # --- client events --------------------------------------------------------------------------
@@ -97,9 +158,26 @@ class ContentPart(_Model):
 
 class ItemIn(_Model):
     id: str | None = None
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system"]
+    type: Literal["message", "function_call", "function_call_output"] = "message"
+    role: Literal["user", "assistant", "system"] | None = None
     content: list[ContentPart] = []
+    # function_call / function_call_output
+    call_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    name: ToolName | None = None
+    arguments: str | None = None
+    output: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ItemIn:
+        need = {
+            "message": ("role",),
+            "function_call": ("call_id", "name"),
+            "function_call_output": ("call_id", "output"),
+        }[self.type]
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.type} item needs {' and '.join(missing)}")
+        return self
 
 
 class _Event(_Model):
@@ -147,6 +225,10 @@ class ResponseParams(_Model):
     output_modalities: list[Literal["text", "audio"]] | None = None
     max_output_tokens: int | Literal["inf"] | None = None
     conversation: str | None = None
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoiceIn | None = None
+
+    _check_tools = field_validator("tools")(_unique_names)
 
 
 class ResponseCreate(_Event):
@@ -280,6 +362,55 @@ def assistant_item(item_id: str, *, transcript: str, audio: bool, status: str) -
         "status": status,
         "content": [part] if transcript or status == "completed" else [],
     }
+
+
+def function_call_item(
+    item_id: str, *, call_id: str, name: str, arguments: str, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def function_call_output_item(item_id: str, *, call_id: str, output: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call_output",
+        "status": "completed",
+        "call_id": call_id,
+        "output": output,
+    }
+
+
+def mcp_call_item(
+    item_id: str,
+    *,
+    server_label: str,
+    name: str,
+    arguments: str,
+    output: str | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """A server-side tool call (an operator's MCP or HTTP tool), as the GA ``mcp_call`` item."""
+    item: dict[str, Any] = {
+        "id": item_id,
+        "type": "mcp_call",
+        "server_label": server_label,
+        "name": name,
+        "arguments": arguments,
+        "output": output,
+        "error": None,
+    }
+    if error is not None:
+        item["error"] = {"type": "tool_execution_error", "message": error}
+    return item
 
 
 def system_item(item_id: str, text: str) -> dict[str, Any]:

@@ -55,6 +55,8 @@ from voice.session import (
     VoiceSession,
 )
 from voice.threads import started_pool
+from voice.toolcalls import CallRecord
+from voice.tools import ToolBox
 from voice.turns import Engines, ResponseRunner, Runtime, TurnPolicy, transcribe
 from voice.vad import FRAME_SAMPLES
 
@@ -476,6 +478,7 @@ class Connection:
             self._send,
             output_format=cfg.output_format,
             voice=cfg.voice,
+            on_late_result=self._late_tool_result,
         )
         self.runners[action.response_id] = runner
         self.open_turns[action.turn.turn_id] = action.turn
@@ -493,7 +496,9 @@ class Connection:
         turn.evidence.reply = runner.reply_text()
         turn.evidence.spoken = " ".join(text for text, _, _ in runner.spoken_segments())
         if runner.released.is_set():
-            if runner.status == "completed":
+            if runner.status == "completed" and runner.calls and not runner.segments:
+                turn.outcome = "tool_call"  # the client runs it; its answer is a new response
+            elif runner.status == "completed":
                 turn.outcome = "spoken" if "audio" in runner.start.modalities else "text_only"
             else:
                 turn.outcome = runner.status
@@ -504,11 +509,21 @@ class Connection:
                 runner.segments[-1][2] if runner.segments else 0.0, 1
             )
             self._finish_turn(turn)
+        # A held response never released was speculation: its calls were never made.
+        calls = runner.calls if runner.released.is_set() else []
         await self._do(
             self.core.on_response_done(
-                runner.start.response_id, runner.status, runner.spoken_segments(), time.monotonic()
+                runner.start.response_id,
+                runner.status,
+                runner.spoken_segments(),
+                time.monotonic(),
+                calls=[c.as_item() for c in calls],
+                message_at=runner.calls_before_message(),
             )
         )
+
+    async def _late_tool_result(self, call: CallRecord) -> None:
+        await self._do(self.core.on_tool_result(call.item_id, call.result_text()))
 
     def _finish_turn(self, turn: TurnRecord) -> None:
         self.open_turns.pop(turn.turn_id, None)
@@ -604,6 +619,13 @@ async def serve_forever(
             ",".join(c.name for c in rt.engines.chat),
             rt.engines.tts.name,
         )
+    tools = (
+        await ToolBox.start(settings.tools) if settings.tools.http or settings.tools.mcp else None
+    )
+    if tools is not None:
+        log.info("server tools: %s", ", ".join(tools.names()) or "none answered")
+        for rt in runtimes:
+            rt.engines.tools = tools
     turn_log = TurnLog(settings.turn_log_path)
     cases = CaseRecorder.from_settings(settings)
     if cases is not None:
@@ -630,5 +652,7 @@ async def serve_forever(
     srv.close()
     await srv.wait_closed()
     turn_log.close()
+    if tools is not None:
+        await tools.aclose()
     if cases is not None:
         await asyncio.to_thread(cases.close)

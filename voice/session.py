@@ -12,10 +12,18 @@ Turn detection (server VAD)::
       └──────── pause ≥ silence_duration_ms: endpoint, commit, transcript → response released
 
 So when the endpoint is confirmed the transcript, and often the first audio, already exist.
+
+What one client can make it hold is bounded (``SessionConfig.max_*``): while nobody speaks only
+the prefix padding of audio is kept; a manual buffer is refused appends past ``max_buffer_ms``
+and a spoken turn that long is committed there; audio arriving faster than ``max_audio_rate``
+times real time (beyond a burst) is dropped, and a client that goes on is closed; the
+conversation keeps at most ``max_items`` items and ``max_conversation_chars`` of text, and items
+the model no longer sees keep only their id.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,8 +31,9 @@ import numpy as np
 
 from voice import protocol as p
 from voice.asr import is_hallucination
-from voice.audio import INTERNAL_RATE, Float32Array
-from voice.engines import Message, Transcript
+from voice.audio import INTERNAL_RATE, AudioRateLimit, Float32Array, Timeline
+from voice.conversation import Item, to_messages
+from voice.engines import Message, ToolChoice, ToolSpec, Transcript
 from voice.errors import ProtocolError
 from voice.latency import TurnRecord
 from voice.lineage import digest
@@ -62,6 +71,11 @@ class StartResponse:
     canned_text: str | None = None
     # Prefetched during the pause: generate, but send nothing until ReleaseResponse.
     held: bool = False
+    # The client's function tools offered to the model (the operator's server tools are
+    # added by the runner), how the model may use them, and several calls at once or not.
+    tools: list[ToolSpec] = field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,16 @@ class FinishTurn:
     turn: TurnRecord
 
 
-Action = Send | Transcribe | StartResponse | ReleaseResponse | CancelResponse | FinishTurn
+@dataclass(frozen=True)
+class Close:
+    """End the session with this WebSocket close code, once what was sent before is out."""
+
+    code: int
+    reason: str
+
+
+Action = Send | Transcribe | StartResponse | ReleaseResponse | CancelResponse | FinishTurn | Close
+POLICY_VIOLATION = 1008  # the WebSocket close code
 
 
 # --- state --------------------------------------------------------------------------------
@@ -105,6 +128,18 @@ class SessionConfig:
     min_avg_logprob: float = -1.0
     # Past conversation sent to the model, in characters (settings.llm.history_chars).
     history_chars: int = 2400
+    # What one client can make the session hold (settings.voice, documented there).
+    max_buffer_ms: float = 120_000
+    max_audio_rate: float = 4.0
+    audio_burst_ms: float = 60_000
+    max_items: int = 1000
+    max_item_chars: int = 20_000
+    max_conversation_chars: int = 200_000
+    # The client's function tools (session.update), how the model may use them, and whether
+    # it may make several calls at once.
+    tools: list[p.FunctionTool] = field(default_factory=list)
+    tool_choice: p.ToolChoiceIn = "auto"
+    parallel_tool_calls: bool = True
 
     def session_object(self, session_id: str, model: str) -> dict[str, Any]:
         def fmt(kind: str) -> dict[str, Any]:
@@ -119,6 +154,9 @@ class SessionConfig:
             "instructions": self.instructions,
             "output_modalities": self.modalities,
             "max_output_tokens": self.max_output_tokens,
+            "tools": [t.model_dump() for t in self.tools],
+            "tool_choice": _wire_choice(self.tool_choice),
+            "parallel_tool_calls": self.parallel_tool_calls,
             "audio": {
                 "input": {
                     "format": fmt(self.input_format),
@@ -133,17 +171,6 @@ class SessionConfig:
                 },
             },
         }
-
-
-@dataclass
-class Item:
-    id: str
-    role: Literal["user", "assistant", "system"]
-    text: str
-    audio: bool = False
-    status: str = "completed"
-    # Assistant audio: (text piece, start ms, end ms) of what was sent, for truncation.
-    segments: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -177,10 +204,11 @@ class VoiceSession:
         self.model = model
         self.items: dict[str, Item] = {}
         self._forgotten: set[str] = set()  # items the model no longer sees (history bound)
-        self._buffer: list[Float32Array] = []
-        self._buffer_start_ms = 0.0  # global audio time of the buffer's first sample
-        self._audio_ms = 0.0  # global audio time received so far
+        self._buffer = Timeline()  # the uncommitted input audio, on the session's clock
         self._frames = 0  # VAD frames seen (global)
+        self._rate = AudioRateLimit(config.max_audio_rate, config.audio_burst_ms)
+        self._over_rate_ms = 0.0  # audio dropped by the rate limit since it last let some in
+        self._full_told = False  # the client knows its buffer is full (until commit or clear)
         # VAD / turn state
         self._speaking = False
         self._run = 0
@@ -217,16 +245,57 @@ class VoiceSession:
         actions: list[Action] = handler(ev, now)
         return actions
 
+    def admit_audio(
+        self, ms: float, now: float, event_id: str | None = None
+    ) -> tuple[bool, list[Action]]:
+        """Whether to take an append of ``ms`` of audio, asked before it is decoded: refused
+        audio never reaches the clock (or the VAD). The client is told why once per run of
+        refusals; one that goes on past the rate limit by more than a burst is closed."""
+        c = self.config
+        if not self._rate.take(ms, now):  # the rate counts all audio sent, kept or not
+            told, self._over_rate_ms = self._over_rate_ms > 0, self._over_rate_ms + ms
+            if not told:
+                return False, [
+                    refusal(
+                        f"audio arrives faster than {c.max_audio_rate:g}x real time (after a "
+                        f"burst of {c.audio_burst_ms / 1000:g} s): dropped until it slows down",
+                        "input_audio_rate_exceeded",
+                        event_id,
+                    )
+                ]
+            if self._over_rate_ms > c.audio_burst_ms:  # told, and it went on for a burst
+                why = f"audio sent faster than {c.max_audio_rate:g}x real time"
+                return False, [Close(POLICY_VIOLATION, why)]
+            return False, []
+        self._over_rate_ms = 0.0
+        if c.turn_detection is None and self._buffer.kept_ms + ms > c.max_buffer_ms:
+            if self._full_told:
+                return False, []
+            self._full_told = True
+            return False, [
+                refusal(
+                    f"input audio buffer full ({c.max_buffer_ms / 1000:g} s): appends are "
+                    "refused until input_audio_buffer.commit or clear",
+                    "input_audio_buffer_full",
+                    event_id,
+                )
+            ]
+        return True, []
+
     def on_audio(self, samples: Float32Array, probs: list[float], now: float) -> list[Action]:
-        """Audio appended by the client, with the VAD probability of each 32 ms frame it completed."""
+        """Audio appended by the client (taken by :meth:`admit_audio`), with the VAD
+        probability of each 32 ms frame it completed."""
         self._buffer.append(samples)
-        self._audio_ms += len(samples) * 1000 / INTERNAL_RATE
         out: list[Action] = []
         td = self.config.turn_detection
         for prob in probs:
             self._frames += 1
             if td is not None:
                 out += self._vad_frame(prob, self._frames * FRAME_MS, td, now)
+        if td is not None and not self._speaking:
+            # Nobody speaks: keep only what a speech start reaches back to (the prefix padding,
+            # the two frames that confirm speech, and the part of a frame the VAD has not seen).
+            self._buffer.keep_last(td.prefix_padding_ms + 3 * FRAME_MS)
         return out
 
     def on_transcript(
@@ -250,27 +319,49 @@ class VoiceSession:
         return self._final(item_id, turn, result, now)
 
     def on_response_done(
-        self, response_id: str, status: str, segments: list[tuple[str, float, float]], now: float
+        self,
+        response_id: str,
+        status: str,
+        segments: list[tuple[str, float, float]],
+        now: float,
+        calls: Sequence[Item] = (),
+        message_at: int = 0,
     ) -> list[Action]:
-        """The runner finished (completed, cancelled or failed): record what was sent."""
+        """The runner finished (completed, cancelled or failed): record what was sent, and
+        the tool calls it made, in the order the response gave them (``message_at`` calls
+        came before its spoken message)."""
         resp = self._response
         if resp is None or resp.id != response_id:
             return []
         self._response = None
-        if not resp.held or segments:
+        for call in calls[:message_at]:
+            self._keep(call)
+        if (not resp.held and not calls) or segments:
             text = " ".join(s[0] for s in segments).strip()
-            self.items[resp.item_id] = Item(
-                resp.item_id,
-                "assistant",
-                text,
-                audio=True,
-                status="completed" if status == "completed" else "incomplete",
-                segments=segments,
+            self._keep(
+                Item(
+                    resp.item_id,
+                    "assistant",
+                    text,
+                    audio=True,
+                    status="completed" if status == "completed" else "incomplete",
+                    segments=segments,
+                )
             )
+        for call in calls[message_at:]:
+            self._keep(call)
         if self._auto_answer and self._answerable_turn is not None:
             turn, self._answerable_turn, self._auto_answer = self._answerable_turn, None, False
             return [self._start_response(turn, now)]
         return self._maybe_start_requested(now)
+
+    def on_tool_result(self, item_id: str, output: str) -> list[Action]:
+        """A server tool call's result came after its response ended (the caller interrupted
+        it): the model reads it from now on; nobody speaks it."""
+        item = self.items.get(item_id)
+        if item is not None and item.kind == "mcp_call" and item.output is None:
+            item.output = output
+        return []
 
     # --- client events --------------------------------------------------------------------
 
@@ -283,6 +374,12 @@ class VoiceSession:
             c.modalities = list(s.output_modalities)
         if s.max_output_tokens is not None:
             c.max_output_tokens = s.max_output_tokens
+        if s.tools is not None:
+            c.tools = list(s.tools)
+        if s.tool_choice is not None:
+            c.tool_choice = s.tool_choice
+        if s.parallel_tool_calls is not None:
+            c.parallel_tool_calls = s.parallel_tool_calls
         if s.audio and s.audio.input:
             inp = s.audio.input
             if inp.format:
@@ -313,16 +410,13 @@ class VoiceSession:
     def _on_input_audio_buffer_commit(
         self, ev: p.InputAudioBufferCommit, now: float
     ) -> list[Action]:
-        if self._buffered_ms() < 100:
+        if self._buffer.kept_ms < 100:
             return [
-                Send(
-                    p.error_event(
-                        ProtocolError(
-                            f"buffer too small: expected at least 100ms of audio, got {self._buffered_ms():.0f}ms",
-                            code="input_audio_buffer_commit_empty",
-                        ),
-                        event_id=ev.event_id,
-                    )
+                refusal(
+                    "buffer too small: expected at least 100ms of audio, "
+                    f"got {self._buffer.kept_ms:.0f}ms",
+                    "input_audio_buffer_commit_empty",
+                    ev.event_id,
                 )
             ]
         turn = self._turn or self._new_turn(now)
@@ -330,7 +424,7 @@ class VoiceSession:
         turn.mark("speech_end", now)
         turn.mark("endpoint", now)
         self._speaking, self._run = False, 0
-        return self._commit(item_id, turn, now, self._buffer_start_ms)
+        return self._commit(item_id, turn, now, self._buffer.start_ms)
 
     def _on_input_audio_buffer_clear(self, ev: p.InputAudioBufferClear, now: float) -> list[Action]:
         self._drop_buffer()
@@ -343,23 +437,17 @@ class VoiceSession:
         item = ev.item
         item_id = item.id or p.new_id("item")
         if item_id in self.items:
-            return [
-                Send(
-                    p.error_event(
-                        ProtocolError(f"item {item_id} already exists", code="item_exists"),
-                        event_id=ev.event_id,
-                    )
-                )
-            ]
-        text = " ".join((c.text or c.transcript or "") for c in item.content).strip()
-        self.items[item_id] = Item(item_id, item.role, text)
-        shown = (
-            p.system_item(item_id, text)
-            if item.role == "system"
-            else p.user_item(item_id, text=text)
-            if item.role == "user"
-            else p.assistant_item(item_id, transcript=text, audio=False, status="completed")
-        )
+            return [refusal(f"item {item_id} already exists", "item_exists", ev.event_id)]
+        made = _item_from(item, item_id)
+        if made.kind == "function_call_output" and not any(
+            i.kind == "function_call" and i.call_id == made.call_id for i in self.items.values()
+        ):
+            why = f"no function_call with call_id {made.call_id!r} in the conversation"
+            return [refusal(why, "item_not_found", ev.event_id)]
+        if (full := self._no_room_for(made.size)) is not None:
+            return [refusal(*full, ev.event_id)]
+        self._keep(made)
+        shown = made.shown()
         previous = self._previous_id(item_id)
         return [
             Send(p.event("conversation.item.added", previous_item_id=previous, item=shown)),
@@ -371,14 +459,7 @@ class VoiceSession:
     ) -> list[Action]:
         item = self.items.get(ev.item_id)
         if item is None or item.role != "assistant":
-            return [
-                Send(
-                    p.error_event(
-                        ProtocolError(f"no assistant item {ev.item_id}", code="item_not_found"),
-                        event_id=ev.event_id,
-                    )
-                )
-            ]
+            return [refusal(f"no assistant item {ev.item_id}", "item_not_found", ev.event_id)]
         item.text = spoken_text(item.segments, ev.audio_end_ms) if item.segments else item.text
         item.segments = [s for s in item.segments if s[1] < ev.audio_end_ms]
         item.status = "incomplete"
@@ -397,27 +478,17 @@ class VoiceSession:
         self, ev: p.ConversationItemDelete, now: float
     ) -> list[Action]:
         if self.items.pop(ev.item_id, None) is None:
-            return [
-                Send(
-                    p.error_event(
-                        ProtocolError(f"no item {ev.item_id}", code="item_not_found"),
-                        event_id=ev.event_id,
-                    )
-                )
-            ]
+            return [refusal(f"no item {ev.item_id}", "item_not_found", ev.event_id)]
+        self._forgotten.discard(ev.item_id)
         return [Send(p.event("conversation.item.deleted", item_id=ev.item_id))]
 
     def _on_response_create(self, ev: p.ResponseCreate, now: float) -> list[Action]:
         if self._response is not None and not self._response.held:
             return [
-                Send(
-                    p.error_event(
-                        ProtocolError(
-                            "conversation already has an active response",
-                            code="conversation_already_has_active_response",
-                        ),
-                        event_id=ev.event_id,
-                    )
+                refusal(
+                    "conversation already has an active response",
+                    "conversation_already_has_active_response",
+                    ev.event_id,
                 )
             ]
         self._response_requested = ev.response or p.ResponseParams()
@@ -427,14 +498,7 @@ class VoiceSession:
         resp = self._response
         if resp is None or resp.held or (ev.response_id and ev.response_id != resp.id):
             return [
-                Send(
-                    p.error_event(
-                        ProtocolError(
-                            "no active response to cancel", code="response_cancel_not_active"
-                        ),
-                        event_id=ev.event_id,
-                    )
-                )
+                refusal("no active response to cancel", "response_cancel_not_active", ev.event_id)
             ]
         return [CancelResponse(resp.id, "client_cancelled")]
 
@@ -458,6 +522,8 @@ class VoiceSession:
         if not self._speaking:
             self._run = self._run + 1 if speech else 0
             return self._speech_started(frame_end_ms, td, now) if self._run >= 2 else []
+        if frame_end_ms - self._speech_start_ms >= self.config.max_buffer_ms:
+            return self._turn_too_long(td, now)
         if speech:
             self._last_speech_ms, self._last_speech_at, self._silence_ms = frame_end_ms, now, 0
             out = self._drop_speculative()
@@ -487,7 +553,7 @@ class VoiceSession:
         out: list[Action] = []
         self._speaking, self._silence_ms = True, 0
         onset = frame_end_ms - self._run * FRAME_MS
-        self._speech_start_ms = max(self._buffer_start_ms, onset - td.prefix_padding_ms)
+        self._speech_start_ms = max(self._buffer.start_ms, onset - td.prefix_padding_ms)
         self._last_speech_ms, self._last_speech_at = frame_end_ms, now
         self._last_partial_ms, self._partial_text = frame_end_ms, ""
         resp = self._response
@@ -515,17 +581,30 @@ class VoiceSession:
         item_id, turn = self._item_id, self._turn
         turn.mark("speech_end", self._last_speech_at)
         turn.mark("endpoint", now)
-        end_ms = int(min(self._audio_ms, self._last_speech_ms + FRAME_MS))
+        end_ms = int(min(self._buffer.end_ms, self._last_speech_ms + FRAME_MS))
         out: list[Action] = [
             Send(p.event("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id))
         ]
         return out + self._commit(item_id, turn, now, self._speech_start_ms)
 
+    def _turn_too_long(self, td: p.TurnDetection, now: float) -> list[Action]:
+        """A spoken turn reached ``max_buffer_ms``: it is committed there (and answered), and
+        the speech that goes on starts the next turn."""
+        assert self._turn is not None
+        self._turn.extra["buffer_full"] = True
+        c = self.config
+        why = (
+            f"input audio buffer full: a turn reached {c.max_buffer_ms / 1000:g} s "
+            "and was committed there"
+        )
+        return [refusal(why, "input_audio_buffer_full"), *self._endpoint(td, now)]
+
     def _commit(self, item_id: str, turn: TurnRecord, now: float, start_ms: float) -> list[Action]:
-        audio = self._slice(start_ms, self._audio_ms)
+        end_ms = min(self._buffer.end_ms, start_ms + self.config.max_buffer_ms)
+        audio = self._buffer.slice(start_ms, end_ms)
         turn.evidence.audio = audio
         previous = self._previous_id(item_id)
-        self.items[item_id] = Item(item_id, "user", "", audio=True, status="in_progress")
+        self._keep(Item(item_id, "user", "", audio=True, status="in_progress"))
         self._drop_buffer()
         self._item_id, self._turn = None, None
         out: list[Action] = [
@@ -675,15 +754,17 @@ class VoiceSession:
         kept = [
             i
             for i in self.items.values()
-            if i.text and i.status != "in_progress" and i.id not in self._forgotten
+            if i.visible and i.status != "in_progress" and i.id not in self._forgotten
         ]
-        total = reserved + sum(len(i.text) for i in kept)
+        total = reserved + sum(i.size for i in kept)
         if total > self.config.history_chars:
             while len(kept) > 1 and total > self.config.history_chars // 2:
                 gone = kept.pop(0)
                 self._forgotten.add(gone.id)
-                total -= len(gone.text)
-        return [{"role": i.role, "content": i.text} for i in kept]
+                total -= gone.size
+                # The model never sees it again: only its id stays, for the client's references.
+                gone.text, gone.segments, gone.arguments, gone.output = "", [], "", None
+        return to_messages(kept)
 
     def _start_response(
         self,
@@ -720,6 +801,16 @@ class VoiceSession:
             max_output_tokens=None if limit == "inf" else int(limit),
             canned_text=canned,
             held=held,
+            tools=[
+                _spec(t)
+                for t in (
+                    params.tools if params and params.tools is not None else self.config.tools
+                )
+            ],
+            tool_choice=_choice(
+                params.tool_choice if params and params.tool_choice else self.config.tool_choice
+            ),
+            parallel_tool_calls=self.config.parallel_tool_calls,
         )
 
     # --- helpers ------------------------------------------------------------------------------
@@ -747,7 +838,10 @@ class VoiceSession:
         request_id = p.new_id("asr")
         self._requests[request_id] = (purpose, item_id, turn)
         return Transcribe(
-            request_id, self._slice(start_ms, end_ms) if audio is None else audio, purpose, turn
+            request_id,
+            self._buffer.slice(start_ms, end_ms) if audio is None else audio,
+            purpose,
+            turn,
         )
 
     def _drop_speculative(self) -> list[Action]:
@@ -761,20 +855,37 @@ class VoiceSession:
         self._speculative, self._spec_result = None, None
         return out
 
-    def _slice(self, start_ms: float, end_ms: float) -> Float32Array:
-        if not self._buffer:
-            return np.zeros(0, dtype=np.float32)
-        audio = np.concatenate(self._buffer)
-        a = int(max(0.0, start_ms - self._buffer_start_ms) * INTERNAL_RATE / 1000)
-        b = int(max(0.0, end_ms - self._buffer_start_ms) * INTERNAL_RATE / 1000)
-        return audio[a:b]
-
     def _drop_buffer(self) -> None:
         self._buffer.clear()
-        self._buffer_start_ms = self._audio_ms
+        self._full_told = False
 
-    def _buffered_ms(self) -> float:
-        return self._audio_ms - self._buffer_start_ms
+    def _keep(self, item: Item) -> None:
+        """Add ``item``. Past ``max_items`` the oldest go, those the model no longer sees first."""
+        self.items[item.id] = item
+        while len(self.items) > self.config.max_items:
+            gone = next((i for i in self.items if i in self._forgotten), next(iter(self.items)))
+            del self.items[gone]
+            self._forgotten.discard(gone)
+
+    def _no_room_for(self, chars: int) -> tuple[str, str] | None:
+        """Why a client's new item of ``chars`` characters is refused (message, code), if it is.
+        Items the model no longer sees make way first."""
+        c = self.config
+        if chars > c.max_item_chars:
+            return f"item text has {chars} characters; at most {c.max_item_chars}", "item_too_large"
+        stubs = [i for i in self.items if i in self._forgotten]
+        for gone in stubs[: max(0, len(self.items) - c.max_items + 1)]:
+            del self.items[gone]
+            self._forgotten.discard(gone)
+        held = sum(i.size for i in self.items.values())
+        if len(self.items) < c.max_items and held + chars <= c.max_conversation_chars:
+            return None
+        why = (
+            f"conversation full (at most {c.max_items} items, {c.max_conversation_chars} "
+            "characters the model still sees): delete items, or create a response, which "
+            "moves the oldest out of the model's view"
+        )
+        return why, "conversation_full"
 
     def _previous_id(self, item_id: str) -> str | None:
         ids = list(self.items)
@@ -788,15 +899,63 @@ class VoiceSession:
         """The turn the user is speaking in, if any (for a disconnect to log as abandoned)."""
         return self._turn
 
+    @property
+    def buffered_ms(self) -> float:
+        """Uncommitted input audio the session holds now."""
+        return self._buffer.kept_ms
+
     def speech_so_far(self) -> Float32Array:
         """The audio of the turn the user is speaking in (empty when none)."""
         if self._turn is None:
             return np.zeros(0, dtype=np.float32)
-        return self._slice(self._speech_start_ms, self._audio_ms)
+        return self._buffer.slice(self._speech_start_ms, self._buffer.end_ms)
 
     @property
     def response_active(self) -> bool:
         return self._response is not None and not self._response.held
+
+
+def _item_from(item: p.ItemIn, item_id: str) -> Item:
+    """The session's item for one a client created."""
+    if item.type == "function_call":
+        return Item(
+            item_id,
+            "assistant",
+            "",
+            kind="function_call",
+            call_id=item.call_id or "",
+            name=item.name or "",
+            arguments=item.arguments or "{}",
+        )
+    if item.type == "function_call_output":
+        return Item(
+            item_id,
+            "assistant",
+            "",
+            kind="function_call_output",
+            call_id=item.call_id or "",
+            output=item.output or "",
+        )
+    text = " ".join((c.text or c.transcript or "") for c in item.content).strip()
+    assert item.role is not None  # ItemIn checks a message has one
+    return Item(item_id, item.role, text)
+
+
+def _spec(tool: p.FunctionTool) -> ToolSpec:
+    return ToolSpec(tool.name, tool.description, tool.parameters)
+
+
+def _choice(choice: p.ToolChoiceIn) -> ToolChoice:
+    return choice if isinstance(choice, str) else choice.name
+
+
+def _wire_choice(choice: p.ToolChoiceIn) -> Any:
+    return choice if isinstance(choice, str) else choice.model_dump()
+
+
+def refusal(message: str, code: str, event_id: str | None = None) -> Send:
+    """The ``error`` event that refuses a client's request (naming its event, when it has one)."""
+    return Send(p.error_event(ProtocolError(message, code=code), event_id=event_id))
 
 
 def usable(result: Transcript, *, no_speech: float = 0.6, min_logprob: float = -1.0) -> bool:

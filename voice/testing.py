@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voice.audio import INTERNAL_RATE, Float32Array
-from voice.engines import Message, Transcript
+from voice.engines import Message, ToolCallDelta, ToolChoice, ToolSpec, Transcript
 from voice.errors import EngineError
 
 
@@ -79,6 +79,11 @@ class FakeChat:
     - ``first_token_delay_s``: wait before the first token (a slow or hung backend)
     - ``error_after``: raise EngineError after that many tokens (0 = before the first)
     - ``token_delay_s``: between tokens
+
+    Tools: when tools are offered and the conversation does not end with a tool result, the
+    reply is followed by ``tool_calls`` (name, JSON arguments), their arguments streamed in
+    pieces of ``arg_chunk`` characters. After a tool result it answers ``tool_reply`` with
+    ``{output}`` replaced by that result.
     """
 
     reply: str = "Sure. I can help with that today."
@@ -86,21 +91,43 @@ class FakeChat:
     token_delay_s: float = 0.0
     error_after: int | None = None
     name: str = "fake-llm"
+    tool_calls: Sequence[tuple[str, str]] = ()
+    tool_reply: str = "It says {output}."
+    arg_chunk: int = 8
     calls: int = 0
     last_messages: list[Message] = field(default_factory=list)
+    last_tools: list[ToolSpec] = field(default_factory=list)
+    last_tool_choice: ToolChoice = "auto"
 
     async def stream(
-        self, messages: Sequence[Message], *, max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
+        parallel_tool_calls: bool = True,
+    ) -> AsyncIterator[str | ToolCallDelta]:
         self.calls += 1
-        self.last_messages = list(messages)
+        self.last_messages, self.last_tools = list(messages), list(tools)
+        self.last_tool_choice = tool_choice
         await asyncio.sleep(self.first_token_delay_s)
-        for i, word in enumerate(self.reply.split(" ")[:max_tokens]):
+        after_tool = bool(messages) and messages[-1]["role"] == "tool"
+        reply = self.tool_reply.format(output=messages[-1]["content"]) if after_tool else self.reply
+        for i, word in enumerate(reply.split(" ")[:max_tokens] if reply else []):
             if self.error_after is not None and i >= self.error_after:
                 raise EngineError(f"{self.name}: scripted failure", stage="llm")
             if i:
                 await asyncio.sleep(self.token_delay_s)
             yield word if i == 0 else " " + word
+        if not tools or after_tool or tool_choice == "none":
+            return
+        for index, (name, arguments) in enumerate(self.tool_calls):
+            yield ToolCallDelta(index, call_id=f"call_fake{self.calls}_{index}", name=name)
+            for at in range(0, len(arguments), self.arg_chunk):
+                await asyncio.sleep(self.token_delay_s)
+                yield ToolCallDelta(index, arguments[at : at + self.arg_chunk])
 
 
 @dataclass

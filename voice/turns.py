@@ -29,10 +29,27 @@ from voice import audio as pcm
 from voice import protocol as p
 from voice.chunker import SpeakableChunker
 from voice.config import Settings
-from voice.engines import ChatModel, Synthesizer, Transcriber, Transcript, VoiceActivity
-from voice.errors import EngineError
+from voice.engines import (
+    ChatModel,
+    Message,
+    Synthesizer,
+    ToolCallDelta,
+    ToolSpec,
+    Transcriber,
+    Transcript,
+    VoiceActivity,
+)
+from voice.errors import EngineError, ToolArgumentsError, ToolError
 from voice.latency import TurnRecord
 from voice.session import StartResponse, spoken_text
+from voice.toolcalls import (
+    CallAssembler,
+    CallRecord,
+    Side,
+    chat_messages,
+    offered,
+)
+from voice.tools import ToolBox, validate
 
 log = logging.getLogger(__name__)
 APOLOGY = "Sorry, I'm having trouble answering right now. Please try again in a moment."
@@ -49,6 +66,8 @@ class Engines:
     asr_fallback: Transcriber | None = None
     tts_fallback: Synthesizer | None = None
     apology: tuple[pcm.Float32Array, int] | None = None  # cached clip and its rate
+    # The operator's server-side tools (HTTP, MCP), offered beside the client's own.
+    tools: ToolBox | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,11 @@ class TurnPolicy:
     # and the audio thrown away on barge-in.
     lead_ms: float = 800.0
     delta_ms: int = 200
+    # Model rounds a response may spend on tool calls before it must answer in words.
+    max_tool_rounds: int = 3
+    # A server tool still running after this long gets a short spoken filler, once.
+    filler_after_s: float = 0.7
+    filler_text: str = "One moment."
 
 
 @dataclass
@@ -96,6 +120,19 @@ class _Piece:
     text: str
     audio: pcm.Float32Array | None = None
     rate: int = 0
+    # A tool-call event, delivered in its place among the spoken pieces, never synthesised:
+    # "start" (item added), "args" (a piece of arguments), "done" (arguments complete),
+    # "result" (a server call's output or error).
+    call: CallRecord | None = None
+    step: str = ""
+
+
+@dataclass
+class _Answer:
+    """One model round: what it said and the calls it made."""
+
+    text: str
+    calls: list[CallRecord]
 
 
 @dataclass
@@ -110,6 +147,11 @@ class ResponseRunner:
     status: str = "in_progress"
     reason: str | None = None
     played_ms: float = 0.0
+    # Every tool call the response made, in order (client and server).
+    calls: list[CallRecord] = field(default_factory=list)
+    # Told when a server call the response started returns after the response ended (the
+    # caller interrupted it): its result belongs in the history, though nobody speaks it.
+    on_late_result: Callable[[CallRecord], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self.released = asyncio.Event()
@@ -122,6 +164,9 @@ class ResponseRunner:
         self._sent_ms = 0.0
         self._audio = "audio" in self.start.modalities
         self._announced = False
+        self._outputs = 0  # output items announced so far (their output_index)
+        self._message_index: int | None = None  # the spoken message item's output_index
+        self._filled = False  # the slow-tool filler was spoken
 
     @property
     def turn(self) -> TurnRecord:
@@ -174,36 +219,79 @@ class ResponseRunner:
             await self.released.wait()
             await self._deliver(sounds)
 
-    # --- stage 1: words -------------------------------------------------------------------------
+    # --- stage 1: words (and tool calls) ----------------------------------------------------------
 
     async def _think(self, out: asyncio.Queue[_Piece | None]) -> None:
         if self.start.canned_text:
             await out.put(_Piece(self.start.canned_text))
             await out.put(None)
             return
+        messages = list(self.start.messages)
+        server = self.engines.tools
+        choice = self.start.tool_choice
+        for round_ in range(self.policy.max_tool_rounds + 1):
+            # The last round offers no tools: after max_tool_rounds the model must answer.
+            if round_ == self.policy.max_tool_rounds:
+                choice = "none"
+            tools, choice = offered(self.start.tools, server.specs() if server else [], choice)
+            answer = await self._answer(messages, tools, choice, round_, out)
+            if answer is None or not answer.calls:
+                break  # answered in words (or every backend failed: the apology is queued)
+            await self._settle(answer.calls, out)
+            if any(c.side == "client" and c.error is None for c in answer.calls):
+                break  # the client runs its calls and answers with function_call_output
+            messages += chat_messages(answer.calls, answer.text)
+            # After a tool result the model decides freely: "required" would loop.
+            choice = "auto"
+        await out.put(None)
+
+    async def _answer(
+        self,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        choice: str,
+        round_: int,
+        out: asyncio.Queue[_Piece | None],
+    ) -> _Answer | None:
+        """One model round through the LLM chain (fallback on failure); None: all failed."""
         for i, chat in enumerate(self.engines.chat):
             if i:
                 self.turn.add_recovery("llm_fallback")
-            if await self._try_backend(chat, out):
-                await out.put(None)
-                return
+            answer = await self._try_backend(chat, messages, tools, choice, round_, out)
+            if answer is not None:
+                return answer
         self.turn.add_recovery("llm_all_failed")
         # Grouped by model, the apology turns stand apart from every backend's own.
         self.turn.models.setdefault("llm", "apology")
         apology = self.engines.apology
         await out.put(_Piece(APOLOGY, *apology) if apology else _Piece(APOLOGY))
-        await out.put(None)
+        return None
 
-    async def _try_backend(self, chat: ChatModel, out: asyncio.Queue[_Piece | None]) -> bool:
-        """Stream one backend's answer into ``out``; False if it gave nothing usable in time."""
+    async def _try_backend(
+        self,
+        chat: ChatModel,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        choice: str,
+        round_: int,
+        out: asyncio.Queue[_Piece | None],
+    ) -> _Answer | None:
+        """Stream one backend's answer into ``out``; None if it gave nothing usable in time."""
         chunker = SpeakableChunker()
         max_tokens = min(
             self.policy.max_tokens, self.start.max_output_tokens or self.policy.max_tokens
         )
+        calls = CallAssembler(round_, self._sides(tools))
         stream = chat.stream(
-            self.start.messages, max_tokens=max_tokens, temperature=self.policy.temperature
+            messages,
+            max_tokens=max_tokens,
+            temperature=self.policy.temperature,
+            tools=tools,
+            tool_choice=choice,
+            parallel_tool_calls=self.start.parallel_tool_calls,
         )
         produced = False
+        text: list[str] = []
         try:
             async with asyncio.timeout(self.policy.first_token_timeout_s) as deadline:
                 first = await anext(stream)
@@ -219,7 +307,12 @@ class ResponseRunner:
                 while tokens:
                     for token in tokens:
                         self._output_tokens += 1
+                        if isinstance(token, ToolCallDelta):
+                            produced = True
+                            await self._call_piece(token, calls, chunker, out)
+                            continue
                         self._llm_text.append(token)
+                        text.append(token)
                         for piece in chunker.push(token):
                             produced = await self._emit_piece(piece, out) or produced
                     deadline.reschedule(min(end, loop.time() + stall))
@@ -232,13 +325,100 @@ class ResponseRunner:
             )
             log.log(level, "LLM %s failed: %s", chat.name, str(exc) or type(exc).__name__)
             if not produced:
-                return False
+                return None
             self.turn.add_recovery("llm_cut_short")  # keep what was already said
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         for piece in chunker.flush():
             produced = await self._emit_piece(piece, out) or produced
-        return produced
+        made = list(calls.calls.values())
+        for call in made:
+            self._check(call, tools)
+            call.state = "called"
+            await out.put(_Piece("", call=call, step="done"))
+        return _Answer("".join(text).strip(), made) if produced else None
+
+    async def _call_piece(
+        self,
+        delta: ToolCallDelta,
+        calls: CallAssembler,
+        chunker: SpeakableChunker,
+        out: asyncio.Queue[_Piece | None],
+    ) -> None:
+        call, opened = calls.push(delta)
+        if opened:
+            self.turn.mark("tool_decided")
+            # "Let me check." before the call is spoken before the call shows.
+            for piece in chunker.flush():
+                await self._emit_piece(piece, out)
+            self.calls.append(call)
+            await out.put(_Piece("", call=call, step="start"))
+        if delta.arguments:
+            await out.put(_Piece(delta.arguments, call=call, step="args"))
+
+    def _sides(self, tools: list[ToolSpec]) -> dict[str, tuple[Side, str]]:
+        """Who runs each offered tool: the operator's server (and under which label) or the
+        client."""
+        server = self.engines.tools
+        sides: dict[str, tuple[Side, str]] = {}
+        for spec in tools:
+            tool = server.get(spec.name) if server is not None else None
+            sides[spec.name] = ("server", tool.server_label) if tool else ("client", "")
+        return sides
+
+    def _check(self, call: CallRecord, tools: list[ToolSpec]) -> None:
+        """Refuse a call to a tool not offered, or with arguments its schema rejects, before
+        anything runs it: the model reads the reason and may try again."""
+        spec = next((t for t in tools if t.name == call.name), None)
+        try:
+            if spec is None:
+                raise ToolArgumentsError(f"there is no tool named {call.name!r}", tool=call.name)
+            call.parsed = validate(spec, call.arguments)
+        except ToolArgumentsError as exc:
+            call.error = str(exc)
+            self.turn.add_recovery(exc.code)
+
+    async def _settle(self, calls: list[CallRecord], out: asyncio.Queue[_Piece | None]) -> None:
+        """Run the round's server calls (at once), with a filler if they are slow."""
+        server = self.engines.tools
+        runs = [c for c in calls if c.side == "server" and c.error is None and server is not None]
+        if not runs or server is None:
+            return
+        if any(_acts(server, c.name) for c in runs):
+            # Speculative work never acts on the world: wait until the turn is really over.
+            await self.released.wait()
+        self.turn.mark("tool_call_sent")
+        tasks = [asyncio.ensure_future(self._run_call(server, c)) for c in runs]
+        pending = asyncio.gather(*tasks)
+        # A cancelled response (barge-in) does not cancel a call in flight: its result is
+        # kept for the history (on_late_result), and it is never spoken.
+        shielded = asyncio.shield(pending)
+        done, _ = await asyncio.wait({shielded}, timeout=self.policy.filler_after_s)
+        if not done and not self._filled and self.policy.filler_text:
+            self._filled = True
+            self.turn.add_recovery("tool_filler")
+            await out.put(_Piece(self.policy.filler_text))
+        await shielded
+        self.turn.mark("tool_result")
+        for call in runs:
+            await out.put(_Piece("", call=call, step="result"))
+
+    async def _run_call(self, server: ToolBox, call: CallRecord) -> None:
+        tool = server.get(call.name)
+        assert tool is not None  # _check refused calls to tools not offered
+        try:
+            call.output = await tool.call(call.parsed or {})
+        except ToolError as exc:  # tool_error, tool_timeout: the model hears why
+            log.warning("tool %s failed (%s): %s", call.name, exc.code, exc)
+            call.error = str(exc)
+            self.turn.add_recovery(exc.code)
+        except Exception:  # the tool's own bug: the session goes on
+            log.exception("tool %s failed", call.name)
+            call.error = f"{call.name} failed"
+            self.turn.add_recovery("tool_error")
+        call.state = "done"
+        if self.reason is not None and self.on_late_result is not None:
+            await self.on_late_result(call)  # the caller interrupted: history, not speech
 
     async def _emit_piece(self, text: str, out: asyncio.Queue[_Piece | None]) -> bool:
         if not text.strip():
@@ -255,7 +435,7 @@ class ResponseRunner:
         engine: Synthesizer | None = self.engines.tts
         self.turn.models.setdefault("tts", self.engines.tts.name)
         while (piece := await pieces.get()) is not None:
-            if piece.audio is None:
+            if piece.call is None and piece.audio is None:
                 while engine is not None:
                     try:
                         chunks = await asyncio.to_thread(_synthesize, engine, piece.text)
@@ -272,7 +452,8 @@ class ResponseRunner:
                 if engine is None:
                     self.turn.add_recovery("tts_failed")
                     continue
-            self.turn.mark("tts_first_audio")
+            if piece.call is None:
+                self.turn.mark("tts_first_audio")
             await out.put(piece)
         await out.put(None)
 
@@ -281,6 +462,10 @@ class ResponseRunner:
     async def _deliver(self, sounds: asyncio.Queue[_Piece | None]) -> None:
         await self._announce()
         while (piece := await sounds.get()) is not None:
+            if piece.call is not None:
+                await self._deliver_call(piece.call, piece.step, piece.text)
+                continue
+            await self._open_message()
             if self._audio and piece.audio is not None:
                 await self._send_audio(piece)
             else:
@@ -290,22 +475,103 @@ class ResponseRunner:
                 )
 
     async def _announce(self) -> None:
-        """response.created and the empty output item, once: a response cancelled before it
-        delivered anything still opens before it closes."""
+        """response.created, once: a response cancelled before it delivered anything still
+        opens before it closes."""
         if self._announced:
             return
         self._announced = True
+        await self.send(p.event("response.created", response=self._response_object("in_progress")))
+        if not self.start.tools and self.engines.tools is None:
+            await self._open_message()  # no tools: the spoken item is the whole response
+
+    async def _open_message(self) -> None:
+        """The spoken message item, announced at its first piece (a response that only calls
+        a tool has none)."""
+        if self._message_index is not None:
+            return
+        self._message_index = self._next_index()
         s = self.start
         item = p.assistant_item(s.item_id, transcript="", audio=self._audio, status="in_progress")
-        await self.send(p.event("response.created", response=self._response_object("in_progress")))
         await self.send(
             p.event(
-                "response.output_item.added", response_id=s.response_id, output_index=0, item=item
+                "response.output_item.added",
+                response_id=s.response_id,
+                output_index=self._message_index,
+                item=item,
             )
         )
         await self.send(p.event("conversation.item.added", previous_item_id=None, item=item))
         part = {"type": "audio", "transcript": ""} if self._audio else {"type": "text", "text": ""}
         await self.send(p.event("response.content_part.added", **self._where(), part=part))
+
+    async def _deliver_call(self, call: CallRecord, step: str, delta: str) -> None:
+        where = {"response_id": self.start.response_id, "item_id": call.item_id}
+        mcp = call.side == "server"
+        if step == "start":
+            call.output_index = self._next_index()
+            item = call.item() | ({"status": "in_progress"} if not mcp else {})
+            await self.send(
+                p.event(
+                    "response.output_item.added", **where, output_index=call.output_index, item=item
+                )
+            )
+            await self.send(p.event("conversation.item.added", previous_item_id=None, item=item))
+            return
+        where["output_index"] = call.output_index  # type: ignore[assignment]
+        if step == "args":
+            kind = "mcp_call_arguments" if mcp else "function_call_arguments"
+            extra = {} if mcp else {"call_id": call.call_id}
+            await self.send(p.event(f"response.{kind}.delta", **where, **extra, delta=delta))
+        elif step == "done" and mcp:
+            await self.send(
+                p.event("response.mcp_call_arguments.done", **where, arguments=call.arguments)
+            )
+            if call.error is None:
+                await self.send(
+                    p.event(
+                        "response.mcp_call.in_progress",
+                        item_id=call.item_id,
+                        output_index=call.output_index,
+                    )
+                )
+            else:
+                await self._close_call(call, where)
+        elif step == "done":
+            await self.send(
+                p.event(
+                    "response.function_call_arguments.done",
+                    **where,
+                    call_id=call.call_id,
+                    name=call.name,
+                    arguments=call.arguments,
+                )
+            )
+            await self._close_call(call, where)
+        elif step == "result":
+            await self._close_call(call, where)
+
+    async def _close_call(
+        self, call: CallRecord, where: dict[str, Any], *, interrupted: bool = False
+    ) -> None:
+        call.closed = True
+        item = call.item()
+        if interrupted:
+            item = call.item(interrupted=True)
+        if call.side == "server":
+            failed = item.get("error") is not None
+            await self.send(
+                p.event(
+                    f"response.mcp_call.{'failed' if failed else 'completed'}",
+                    item_id=call.item_id,
+                    output_index=call.output_index,
+                )
+            )
+        await self.send(p.event("response.output_item.done", **where, item=item))
+        await self.send(p.event("conversation.item.done", previous_item_id=None, item=item))
+
+    def _next_index(self) -> int:
+        self._outputs += 1
+        return self._outputs - 1
 
     async def _send_audio(self, piece: _Piece) -> None:
         assert piece.audio is not None
@@ -347,6 +613,29 @@ class ResponseRunner:
     async def _finish(self) -> None:
         await self._announce()
         s = self.start
+        for call in self.calls:
+            if call.output_index >= 0 and not call.closed:
+                # Cut off (barge-in) before it ended: a half-written call is never run, and a
+                # server call still running is shown interrupted (its result, if it comes,
+                # goes into the history).
+                await self._close_call(
+                    call,
+                    {
+                        "response_id": s.response_id,
+                        "item_id": call.item_id,
+                        "output_index": call.output_index,
+                    },
+                    interrupted=True,
+                )
+        if self._message_index is None and self.calls:
+            resp = self._response_object(
+                self.status,
+                output=[c.item() for c in self.calls if c.output_index >= 0],
+                details=self._details(),
+            )
+            await self.send(p.event("response.done", response=resp))
+            return
+        await self._open_message()
         transcript = (
             spoken_text(self.segments, self.played_ms)
             if self.status == "cancelled"
@@ -370,20 +659,26 @@ class ResponseRunner:
         await self.send(p.event("response.content_part.done", **self._where(), part=part))
         await self.send(
             p.event(
-                "response.output_item.done", response_id=s.response_id, output_index=0, item=item
+                "response.output_item.done",
+                response_id=s.response_id,
+                output_index=self._message_index,
+                item=item,
             )
         )
         await self.send(p.event("conversation.item.done", previous_item_id=None, item=item))
-        details: dict[str, Any] | None = None
-        if self.status == "cancelled":
-            details = {"type": "cancelled", "reason": _wire_reason(self.reason)}
-        elif self.status == "failed":
-            details = {
-                "type": "failed",
-                "error": {"type": "server_error", "code": "response_failed"},
-            }
-        resp = self._response_object(self.status, output=[item], details=details)
+        shown = [(c.output_index, c.item()) for c in self.calls if c.output_index >= 0]
+        output = [
+            it for _, it in sorted([*shown, (self._message_index or 0, item)], key=lambda x: x[0])
+        ]
+        resp = self._response_object(self.status, output=output, details=self._details())
         await self.send(p.event("response.done", response=resp))
+
+    def _details(self) -> dict[str, Any] | None:
+        if self.status == "cancelled":
+            return {"type": "cancelled", "reason": _wire_reason(self.reason)}
+        if self.status == "failed":
+            return {"type": "failed", "error": {"type": "server_error", "code": "response_failed"}}
+        return None
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -399,7 +694,7 @@ class ResponseRunner:
     def spoken_segments(self) -> list[tuple[str, float, float]]:
         """What the conversation keeps: only the audio that was (probably) heard."""
         if self.status != "cancelled":
-            if self._llm_text and self.segments:
+            if self._llm_text and self.segments and not self.calls:
                 # The LLM's exact text, so that llama.cpp's prompt cache matches it next turn.
                 return [
                     ("".join(self._llm_text).strip(), self.segments[0][1], self.segments[-1][2])
@@ -408,12 +703,17 @@ class ResponseRunner:
         heard = spoken_text(self.segments, self.played_ms)
         return [(heard, 0.0, self.played_ms)] if heard else []
 
+    def calls_before_message(self) -> int:
+        """How many of :attr:`calls` the response gave before its spoken message."""
+        at = self._message_index
+        return len(self.calls) if at is None else sum(0 <= c.output_index < at for c in self.calls)
+
     def _where(self) -> dict[str, Any]:
         s = self.start
         return {
             "response_id": s.response_id,
             "item_id": s.item_id,
-            "output_index": 0,
+            "output_index": self._message_index or 0,
             "content_index": 0,
         }
 
@@ -436,6 +736,11 @@ class ResponseRunner:
             status_details=details,
             usage=p.usage(input_tokens, self._output_tokens) if status != "in_progress" else None,
         )
+
+
+def _acts(server: ToolBox, name: str) -> bool:
+    tool = server.get(name)
+    return tool is None or tool.side_effects
 
 
 def _synthesize(engine: Synthesizer, text: str) -> list[pcm.Float32Array]:

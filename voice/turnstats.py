@@ -31,6 +31,8 @@ METRICS = (
     "first_piece",
     "tts_first_audio",
     "send",
+    "tool_decision",
+    "tool_call",
 )
 QUANTILES = (50, 95, 99)
 GROUPINGS = ("model", "asr", "llm", "tts", "outcome", "session", "key", "arm")
@@ -431,6 +433,8 @@ LABELS = {
     "first_piece": "first piece",
     "tts_first_audio": "TTS first audio",
     "send": "send",
+    "tool_decision": "tool decided",
+    "tool_call": "tool call",
 }
 
 

@@ -3,10 +3,14 @@
 "use strict";
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const STAGES = ["endpointing", "asr", "llm_first_token", "first_piece", "tts_first_audio", "send"];
+  const STAGES = [
+    "endpointing", "asr", "llm_first_token", "first_piece", "tts_first_audio", "send",
+    "tool_decision", "tool_call",
+  ];
   const LABELS = {
     endpointing: "endpointing", asr: "ASR", llm_first_token: "LLM first token",
     first_piece: "first piece", tts_first_audio: "TTS first audio", send: "send",
+    tool_decision: "tool decided", tool_call: "tool call",
     voice_to_voice: "voice-to-voice",
   };
   const KEY_STORAGE = "castwork.opsKey";
