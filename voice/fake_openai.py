@@ -5,11 +5,16 @@ llama.cpp server do) on loopback, and ``POST /_mode`` switches how the next requ
 
 - ``ok``: streams ``reply`` word by word
 - ``hang``: accepts the request and never answers (until the client gives up)
-- ``hang_mid``: sends a few tokens, then nothing more
+- ``hang_mid``: sends a few tokens (``tokens_before_fault`` events), then nothing more
 - ``error``: HTTP ``status`` (500 by default) with an OpenAI-style error body
 - ``close_mid``: a few tokens, then the connection is cut (an incomplete chunked body)
 - ``garbage``: a 200 whose stream is not JSON
 - ``slow``: the first token after ``delay_s``
+
+``tool_calls`` (name, JSON arguments) follow the reply (which may be empty), streamed the
+way vLLM streams them: the call's id and name in its first delta, the arguments split
+over several (``arg_chunk`` characters each), then ``finish_reason: "tool_calls"``. Every
+request's JSON body is kept in ``requests_seen``, for tests of what a request carried.
 
 Used by the reliability tests against the real :class:`voice.llm.OpenAIChat` backend; also
 handy by hand (``python -m voice.fake_openai --port 8081 --mode hang``).
@@ -35,21 +40,38 @@ class Behaviour:
     status: int = 500
     delay_s: float = 1.0
     tokens_before_fault: int = 3
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
+    arg_chunk: int = 7
     requests: int = 0
     modes_seen: list[str] = field(default_factory=list)
+    requests_seen: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _chunk(text: str | None, finish: str | None = None) -> bytes:
+    return _event({"content": text} if text else {}, finish)
+
+
+def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
     body = {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": "fake",
-        "choices": [
-            {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
-        ],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def _tool_call_events(calls: list[tuple[str, str]], arg_chunk: int) -> list[bytes]:
+    """vLLM's shape: id, type and name first (no arguments), then argument pieces by index."""
+    events = []
+    for index, (name, arguments) in enumerate(calls):
+        first = {"index": index, "id": f"call_fake{index}", "type": "function"}
+        events.append(_event({"tool_calls": [{**first, "function": {"name": name}}]}))
+        for at in range(0, len(arguments), arg_chunk):
+            piece = {"index": index, "function": {"arguments": arguments[at : at + arg_chunk]}}
+            events.append(_event({"tool_calls": [piece]}))
+    return events
 
 
 class _Cut(Exception):
@@ -62,15 +84,17 @@ def build_app(behaviour: Behaviour) -> Any:
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    async def words(count: int | None = None) -> AsyncIterator[bytes]:
-        for i, word in enumerate(behaviour.reply.split()):
-            if count is not None and i >= count:
-                return
-            yield _chunk(word if i == 0 else " " + word)
+    async def events(count: int | None = None) -> AsyncIterator[bytes]:
+        """The answer's events, words then tool calls; only the first ``count`` of them."""
+        words = behaviour.reply.split()
+        answer = [_chunk(w if i == 0 else " " + w) for i, w in enumerate(words)]
+        answer += _tool_call_events(behaviour.tool_calls, behaviour.arg_chunk)
+        for event in answer[:count]:
+            yield event
             await asyncio.sleep(0.01)
 
     async def completions(request: Request) -> Response:
-        await request.body()
+        behaviour.requests_seen.append(json.loads(await request.body()))
         behaviour.requests += 1
         mode = behaviour.mode
         behaviour.modes_seen.append(mode)
@@ -90,13 +114,13 @@ def build_app(behaviour: Behaviour) -> Any:
             if mode == "slow":
                 await asyncio.sleep(behaviour.delay_s)
             n = behaviour.tokens_before_fault if mode in ("hang_mid", "close_mid") else None
-            async for piece in words(n):
-                yield piece
+            async for event in events(n):
+                yield event
             if mode == "hang_mid":
                 await asyncio.sleep(3600)
             if mode == "close_mid":
                 raise _Cut("scripted connection cut")
-            yield _chunk(None, "stop")
+            yield _chunk(None, "tool_calls" if behaviour.tool_calls else "stop")
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(body(), media_type="text/event-stream")
@@ -105,7 +129,7 @@ def build_app(behaviour: Behaviour) -> Any:
         data = await request.json()
         if data.get("mode") not in MODES:
             return JSONResponse({"error": f"mode: one of {', '.join(MODES)}"}, status_code=400)
-        for key in ("mode", "reply", "status", "delay_s", "tokens_before_fault"):
+        for key in ("mode", "reply", "status", "delay_s", "tokens_before_fault", "tool_calls"):
             if key in data:
                 setattr(behaviour, key, data[key])
         return JSONResponse({"mode": behaviour.mode})

