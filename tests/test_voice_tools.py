@@ -217,6 +217,16 @@ async def test_tool_choice_and_bad_tool_definitions(tmp_path: Path) -> None:
             )
             error = await client.wait_for("error", after=after)
             assert why in error["error"]["message"]
+        # An answer to a call nobody made (and no response in flight that could make it).
+        after = len(client.events)
+        await client.send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "function_call_output", "call_id": "nope", "output": "x"},
+            }
+        )
+        error = await client.wait_for("error", after=after)
+        assert error["error"]["code"] == "item_not_found"
         await client.close()
     assert_valid(client)
 
@@ -460,3 +470,72 @@ async def test_a_side_effect_tool_never_runs_for_words_the_caller_took_back(
     assert done["response"]["status"] == "completed"
     assert chat.calls >= 2  # a speculative answer was started in the pause, then dropped
     assert len(seen.requests) == 1  # only the answer to what the caller finally said acted
+
+
+@pytest.mark.reliability("fault", "official SDK: client tool round trip over a remote LLM")
+async def test_the_official_sdk_round_trip_with_a_remote_llm(tmp_path: Path) -> None:
+    """The done-when of the tools issue: the official openai SDK against a voice server whose
+    LLM is an OpenAI-compatible server (the real OpenAIChat backend, streamed tool_calls)."""
+    from openai import AsyncOpenAI
+
+    from voice.fake_openai import Behaviour, FakeOpenAIServer
+    from voice.llm import OpenAIChat
+
+    fake = Behaviour(
+        reply="Let me check.", tool_calls=[("get_order_status", '{"order_id": "A100"}')]
+    )
+    with FakeOpenAIServer(fake) as server:
+        remote = OpenAIChat(server.url, model="fake", name="remote")
+        async with running_server(tmp_path, fake_engines(chat=[remote])) as (url, _, _):
+            client = AsyncOpenAI(api_key="local", websocket_base_url=url.removesuffix("/realtime"))
+            events: list[dict[str, Any]] = []
+            async with client.realtime.connect(model="castwork") as conn:
+                await conn.session.update(session={"type": "realtime", "tools": [ORDER_TOOL]})  # type: ignore[list-item]
+                await conn.conversation.item.create(
+                    item={
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Where is order A100?"}],
+                    }
+                )
+                await conn.response.create()
+                async for event in conn:
+                    events.append(event.to_dict())
+                    if event.type == "response.function_call_arguments.done":
+                        assert json.loads(event.arguments) == {"order_id": "A100"}
+                        fake.tool_calls, fake.reply = [], "Order A100 ships Thursday."
+                        await conn.conversation.item.create(
+                            item={
+                                "type": "function_call_output",
+                                "call_id": event.call_id,
+                                "output": A100,
+                            }
+                        )
+                    if event.type == "response.done":
+                        if (
+                            event.response.output
+                            and event.response.output[-1].type == "function_call"
+                        ):
+                            await conn.response.create()
+                            continue
+                        break
+            await client.close()
+        await remote.aclose()
+    types = [e["type"] for e in events]
+    assert "response.function_call_arguments.delta" in types
+    spoken = [
+        e["transcript"] for e in events if e["type"] == "response.output_audio_transcript.done"
+    ]
+    assert spoken == ["Let me check.", "Order A100 ships Thursday."]
+    # The tools went to the remote model as chat-completions tools, and its second request
+    # carried the call and the client's output right after it.
+    first, second = fake.requests_seen
+    assert first["tools"][0]["function"]["name"] == "get_order_status"
+    call_message, tool_message = second["messages"][-2:]
+    assert call_message["tool_calls"][0]["function"]["name"] == "get_order_status"
+    assert tool_message["role"] == "tool" and tool_message["content"] == A100
+    from .voice_fakes import SERVER_EVENT
+
+    assert SERVER_EVENT is not None
+    for e in events:
+        SERVER_EVENT.validate_python(e)

@@ -439,8 +439,16 @@ class VoiceSession:
         if item_id in self.items:
             return [refusal(f"item {item_id} already exists", "item_exists", ev.event_id)]
         made = _item_from(item, item_id)
-        if made.kind == "function_call_output" and not any(
-            i.kind == "function_call" and i.call_id == made.call_id for i in self.items.values()
+        # A client may answer a call as soon as its arguments are done, before the response
+        # that made it ends (and its call joins the conversation): the answer pairs with its
+        # call by call_id whenever that comes.
+        if (
+            made.kind == "function_call_output"
+            and self._response is None
+            and not any(
+                i.kind == "function_call" and i.call_id == made.call_id
+                for i in self.items.values()
+            )
         ):
             why = f"no function_call with call_id {made.call_id!r} in the conversation"
             return [refusal(why, "item_not_found", ev.event_id)]
