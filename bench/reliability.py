@@ -10,6 +10,7 @@ Steps (about 35 minutes on 2 cores with the defaults), each writing JSON into th
   2. bench/voice_load.py   -> load.json   (capacity, admission beyond it)
   3. bench/voice_soak.py   -> soak.json   (resources back to baseline)
   4. bench/ad_burst.py     -> burst.json  (none lost, none duplicated, throughput)
+  5. bench/voice_hostile.py -> hostile.json (server memory one hostile client can take)
 --reuse DIR takes the JSON already in DIR instead of running a step again (a step whose file
 is missing still runs), so the table can be rebuilt without the half hour.
 """
@@ -55,6 +56,7 @@ def render(
     soak: dict[str, Any] | None,
     burst: dict[str, Any] | None,
     command: str,
+    hostile: list[dict[str, Any]] | None = None,
 ) -> str:
     faults = [r for r in rows or [] if r["kind"] == "fault"]
     inputs = [r for r in rows or [] if r["kind"] == "input"]
@@ -95,12 +97,37 @@ def render(
             f"**{burst['lost']} / {burst['duplicated']}**; {burst['done']} done, "
             f"{burst['failed']} failed with a reason ({burst['failed_expected']} planted) |"
         )
+    if hostile:
+        worst = max(max(h["held_mb"], h["peak_mb"]) for h in hostile)
+        out.append(
+            f"| server memory one hostile voice client can take ({len(hostile)} floods) | "
+            f"**+{worst:.1f} MB** at most (held or peak RSS over baseline) |"
+        )
     if rows is not None:
         out.append(f"| faults injected / survived | {len(faults)} / **{survived}** |")
         out.append(
             f"| hostile-input checks passed | {held} / {len(inputs)} "
             f"({tried} inputs tried, {refused} counted refusals) |"
         )
+    if hostile:
+        out += ["", "## Hostile voice clients (bench/voice_hostile.py)", ""]
+        out += [
+            "One client per scenario against a fresh voice server process (scripted engines: "
+            "the bounds are the session's and the socket shell's). RSS over the baseline after "
+            "a warm-up turn, read off /proc: held once the flood is handled (session still "
+            "open), the peak, and after the client left.",
+            "",
+            "| scenario | limits | sent MB | held MB | peak MB | after MB | the client was told |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for h in hostile:
+            told = ", ".join(f"`{k}` ×{v}" for k, v in h["told"].items()) or "—"
+            if h.get("close_code"):
+                told += f"; closed {h['close_code']}"
+            out.append(
+                f"| {h['scenario']} | {h['limits']} | {h['sent_mb']:.1f} | {h['held_mb']:+.1f} "
+                f"| {h['peak_mb']:+.1f} | {h['after_mb']:+.1f} | {told} |"
+            )
     if load:
         out += ["", "## Voice load (bench/voice_load.py)", ""]
         out += [
@@ -257,15 +284,20 @@ def main() -> int:
          "--json", str(work / "burst.json")],
         "ad-job burst",
     )  # fmt: skip
+    hostile = _step(
+        work, "hostile.json", reuse,
+        [py, "bench/voice_hostile.py", "--json", str(work / "hostile.json")],
+        "hostile voice clients",
+    )  # fmt: skip
     command = "python bench/reliability.py" + (
         f" --soak-minutes {args.soak_minutes:g}" if args.soak_minutes != 10 else ""
     )
-    args.out.write_text(render(rows, load, soak, burst, command))
+    args.out.write_text(render(rows, load, soak, burst, command, hostile))
     print(f"wrote {args.out} (results in {work})")
     failed = [r["test"] for r in rows or [] if r["outcome"] != "passed"]
     for t in failed:
         print("FAILED:", t)
-    return 1 if failed or None in (rows, load, soak, burst) else 0
+    return 1 if failed or None in (rows, load, soak, burst, hostile) else 0
 
 
 if __name__ == "__main__":
