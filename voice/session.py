@@ -446,8 +446,7 @@ class VoiceSession:
             made.kind == "function_call_output"
             and self._response is None
             and not any(
-                i.kind == "function_call" and i.call_id == made.call_id
-                for i in self.items.values()
+                i.kind == "function_call" and i.call_id == made.call_id for i in self.items.values()
             )
         ):
             why = f"no function_call with call_id {made.call_id!r} in the conversation"
