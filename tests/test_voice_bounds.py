@@ -116,7 +116,9 @@ async def test_an_audio_flood_leaves_the_session_holding_a_bounded_buffer(
 async def test_an_audio_flood_past_the_rate_limit_is_told_then_closed(
     tmp_path: Path, connections: list[voice_server.Connection], fmt: str
 ) -> None:
-    async with running_server(tmp_path, fake_engines(), voice={"audio_burst_s": 5}) as (url, _, _):
+    # send_timeout_s bounds the closing handshake with a client the server stopped reading.
+    voice = {"audio_burst_s": 5, "send_timeout_s": 1.0}
+    async with running_server(tmp_path, fake_engines(), voice=voice) as (url, _, _):
         client = await RealtimeClient.open(url)
         await _configure(client, fmt, "manual")
         await _flood(client, fmt, mib=4)
