@@ -57,6 +57,24 @@ async def _say(client: RealtimeClient, timeout: float = 20) -> dict[str, Any]:
     return await client.wait_for_answer(after=after, timeout=timeout)
 
 
+def _calls(order_id: object) -> FakeChat:
+    """A model that looks an order up with the operator's tool and speaks what it says."""
+    arguments = json.dumps({"order_id": order_id})
+    return FakeChat(reply="", tool_calls=[("order_lookup", arguments)], tool_reply="{output}")
+
+
+async def _one_turn(
+    tmp_path: Path, chat: Any, tools: ToolBox, policy: TurnPolicy | None = None
+) -> tuple[RealtimeClient, dict[str, Any]]:
+    """One spoken turn on a server whose model is ``chat`` and whose tools are ``tools``."""
+    engines = fake_engines(chat=[chat], tools=tools)
+    async with running_server(tmp_path, engines, policy=policy) as (url, _, _):
+        client = await RealtimeClient.open(url)
+        done = await _say(client)
+        await client.close()
+    return client, done
+
+
 # --- the operator's tool server ----------------------------------------------------------------
 
 
@@ -267,14 +285,7 @@ async def test_a_call_the_client_never_answers_does_not_wedge_the_session(
 async def test_a_server_tool_is_run_by_the_agent_and_its_result_spoken(
     tmp_path: Path, box: Callable[..., ToolBox], seen: Seen
 ) -> None:
-    chat = FakeChat(
-        reply="", tool_calls=[("order_lookup", '{"order_id": "A100"}')], tool_reply="{output}"
-    )
-    engines = fake_engines(chat=[chat], tools=box("order_status"))
-    async with running_server(tmp_path, engines) as (url, _, _):
-        client = await RealtimeClient.open(url)
-        done = await _say(client)
-        await client.close()
+    client, done = await _one_turn(tmp_path, _calls("A100"), box("order_status"))
     call, message = done["response"]["output"]
     assert call["type"] == "mcp_call" and call["output"] == A100 and call["error"] is None
     assert message["content"][0]["transcript"] == A100
@@ -304,15 +315,8 @@ async def test_a_server_tool_is_run_by_the_agent_and_its_result_spoken(
 async def test_a_failing_server_tool_still_gets_an_answer(
     tmp_path: Path, box: Callable[..., ToolBox], path: str, code: str, heard: str
 ) -> None:
-    chat = FakeChat(
-        reply="", tool_calls=[("order_lookup", '{"order_id": "A100"}')], tool_reply="{output}"
-    )
-    engines = fake_engines(chat=[chat], tools=box(path, timeout_s=0.5))
     policy = TurnPolicy(lead_ms=200, filler_text="")
-    async with running_server(tmp_path, engines, policy=policy) as (url, _, _):
-        client = await RealtimeClient.open(url)
-        done = await _say(client)
-        await client.close()
+    client, done = await _one_turn(tmp_path, _calls("A100"), box(path, timeout_s=0.5), policy)
     call, message = done["response"]["output"]
     assert call["error"] is not None and done["response"]["status"] == "completed"
     assert heard in message["content"][0]["transcript"]  # the model read why, and answered
@@ -325,15 +329,8 @@ async def test_a_failing_server_tool_still_gets_an_answer(
 async def test_a_slow_tool_gets_a_spoken_filler(
     tmp_path: Path, box: Callable[..., ToolBox], seen: Seen
 ) -> None:
-    chat = FakeChat(
-        reply="", tool_calls=[("order_lookup", '{"order_id": "A101"}')], tool_reply="{output}"
-    )
-    engines = fake_engines(chat=[chat], tools=box("slow"))
     policy = TurnPolicy(lead_ms=200, filler_after_s=0.3)
-    async with running_server(tmp_path, engines, policy=policy) as (url, _, _):
-        client = await RealtimeClient.open(url)
-        done = await _say(client)
-        await client.close()
+    _client, done = await _one_turn(tmp_path, _calls("A101"), box("slow"), policy)
     spoken = done["response"]["output"][1]["content"][0]["transcript"]
     assert spoken.startswith("One moment.") and "A101 is processing" in spoken
     (turn,) = _turns(tmp_path / "turns.jsonl")
@@ -344,14 +341,7 @@ async def test_a_slow_tool_gets_a_spoken_filler(
 async def test_invalid_arguments_are_refused_before_any_call(
     tmp_path: Path, box: Callable[..., ToolBox], seen: Seen
 ) -> None:
-    chat = FakeChat(
-        reply="", tool_calls=[("order_lookup", '{"order_id": 5}')], tool_reply="{output}"
-    )
-    engines = fake_engines(chat=[chat], tools=box("order_status"))
-    async with running_server(tmp_path, engines) as (url, _, _):
-        client = await RealtimeClient.open(url)
-        done = await _say(client)
-        await client.close()
+    _client, done = await _one_turn(tmp_path, _calls(5), box("order_status"))
     assert seen.requests == []  # nothing reached the tool
     call, message = done["response"]["output"]
     assert "is not of type 'string'" in call["error"]["message"]
