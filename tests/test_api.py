@@ -275,14 +275,22 @@ def test_oversize_request_is_413_by_content_length(make_api: MakeApi) -> None:
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
+_LOCAL_HEADERS = [(b"host", b"127.0.0.1:8000"), (CSRF_HEADER.lower().encode(), b"1")]
+
+
 async def asgi_call(
-    api: Api, method: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+    api: Api,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+    *,
+    local: bool = True,
 ) -> tuple[int, bytes, int]:
-    """One request to /v1/jobs straight into the ASGI app: headers exactly as given after a
-    local client's Host and the page's CSRF header (no client fixes them up, no
-    Content-Length added), the body in ``chunks``, and any exception escapes to the test
-    instead of becoming a quiet 500. Returns the status, the body and how many chunks the
-    app pulled."""
+    """One request to /v1/jobs straight into the ASGI app: headers exactly as given (after a
+    local client's Host and the page's CSRF header, unless not ``local``; no client fixes
+    them up, no Content-Length added), the body in ``chunks``, and any exception escapes to
+    the test instead of becoming a quiet 500. Returns the status, the body and how many
+    chunks the app pulled."""
     pulled = 0
 
     async def receive() -> Message:
@@ -311,7 +319,7 @@ async def asgi_call(
         "raw_path": b"/v1/jobs",
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1:8000"), (CSRF_HEADER.lower().encode(), b"1"), *headers],
+        "headers": [*_LOCAL_HEADERS, *headers] if local else headers,
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }

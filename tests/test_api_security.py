@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from fastapi.testclient import TestClient
-from starlette.types import Message
 
 from voice.config import load_settings
 from voice.origins import host_matches, origin_allowed, split_authority, trusted_host
@@ -82,35 +81,6 @@ def _stranger(api: Api) -> TestClient:
 
 def _post_job(client: TestClient, headers: dict[str, str]) -> Any:
     return client.post("/v1/jobs", data=FIELDS, files=_photos(), headers=headers)
-
-
-async def _raw(app: Any, method: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
-    """One request to /v1/jobs with exactly these headers (none added: not even a Host)."""
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": "/v1/jobs",
-        "raw_path": b"/v1/jobs",
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 8000),
-    }
-    await app(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
 # --- The rules (voice.origins) ---------------------------------------------------------------
@@ -185,7 +155,9 @@ async def test_a_keyless_api_answers_only_to_loopback_names(
             assert "localhost, 127.0.0.1 or [::1]" in _error(r)["message"]
             refused += 1
     for headers in ([], [(b"host", b"localhost"), (b"host", b"evil.example")]):
-        status, body = await _raw(api.client.app, "GET", headers)  # no Host, or two
+        status, body, _ = await test_api.asgi_call(
+            api, "GET", headers, [b""], local=False
+        )  # no Host, or two
         tried += 1
         assert status == 400 and json.loads(body)["error"]["code"] == "untrusted_host"
         refused += 1
