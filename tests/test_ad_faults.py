@@ -56,8 +56,9 @@ CHEAP_JOB = {
 FAST_RENDER = {"CASTWORK_MEDIA__PRESET": "ultrafast", "CASTWORK_MEDIA__OVERSAMPLE": "1"}
 
 
-def _counting_ffmpeg(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """Env for a worker whose ffmpeg logs every render's temporary output, and that log."""
+def _counting_ffmpeg(tmp_path: Path, *, then: str = ":") -> tuple[dict[str, str], Path]:
+    """Env for a worker whose ffmpeg logs every render's temporary output, and that log.
+    ``then``: shell run after logging a render (e.g. to kill the worker instead)."""
     real = shutil.which("ffmpeg")
     if real is None:
         pytest.skip("ffmpeg is not installed")
@@ -68,7 +69,7 @@ def _counting_ffmpeg(tmp_path: Path) -> tuple[dict[str, str], Path]:
     wrapper.write_text(
         "#!/bin/sh\n"
         'for a in "$@"; do case "$a" in */out/.ad-*.part.mp4) '
-        f'echo "$a" >> {shlex.quote(str(log))};; esac; done\n'
+        f'echo "$a" >> {shlex.quote(str(log))}; {then};; esac; done\n'
         f'exec {shlex.quote(real)} "$@"\n'
     )
     wrapper.chmod(0o755)

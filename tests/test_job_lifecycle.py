@@ -7,9 +7,6 @@ logos meet the configured image limits; ffmpeg's timeout is below the stage's ti
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from media.errors import InputError
 from media.job import JobSpec
 from media.pipeline import NarrationEngines, job_root, prepare
 from tests.ad_helpers import kill_group, photo_bytes, wait_for, worker_env, worker_process
-from tests.test_ad_faults import CHEAP_JOB, FAST_RENDER, _queue_leftovers, _tail
+from tests.test_ad_faults import CHEAP_JOB, _counting_ffmpeg, _queue_leftovers, _tail
 from voice.config import load_settings, with_overrides
 from voice.engines import Synthesizer, Transcriber
 from voice.errors import CapacityError, ConfigError
@@ -126,21 +123,7 @@ def test_stage_past_its_time_limit_fails_the_job_and_frees_its_slot(
 def _killing_ffmpeg(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """Env for a worker whose ffmpeg, asked to render a video, kills the worker process that
     started it (as the kernel's OOM killer would), and logs each such render."""
-    real = shutil.which("ffmpeg")
-    if real is None:
-        pytest.skip("ffmpeg is not installed")
-    bin_dir, log = tmp_path / "bin", tmp_path / "renders.log"
-    bin_dir.mkdir()
-    log.touch()
-    wrapper = bin_dir / "ffmpeg"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'for a in "$@"; do case "$a" in */out/.ad-*.part.mp4) '
-        f'echo "$a" >> {shlex.quote(str(log))}; kill -KILL "$PPID"; exit 1;; esac; done\n'
-        f'exec {shlex.quote(real)} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **FAST_RENDER}, log
+    return _counting_ffmpeg(tmp_path, then='kill -KILL "$PPID"; exit 1')
 
 
 @pytest.mark.reliability(
