@@ -250,6 +250,8 @@ async def test_two_asr_arms_over_the_same_clips_report_what_the_records_say(
     settings = load_settings(
         data_dir=tmp_path,
         asr={"fallback_model": None},
+        # Answers play in real time: short ones keep the four sessions quick.
+        llm={"max_tokens": 16},
         voice={"api_keys": list(keys.values()), "max_sessions": 4},
         experiment={
             "split_by": "key",

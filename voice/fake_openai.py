@@ -15,6 +15,8 @@ llama.cpp server do) on loopback, and ``POST /_mode`` switches how the next requ
 way vLLM streams them: the call's id and name in its first delta, the arguments split
 over several (``arg_chunk`` characters each), then ``finish_reason: "tool_calls"``. Every
 request's JSON body is kept in ``requests_seen``, for tests of what a request carried.
+``script``, when set, picks the reply and tool calls per request from its body (a model
+that calls a tool on one turn and reads the result on the next, for benchmarks).
 
 Used by the reliability tests against the real :class:`voice.llm.OpenAIChat` backend; also
 handy by hand (``python -m voice.fake_openai --port 8081 --mode hang``).
@@ -26,7 +28,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,8 @@ class Behaviour:
     requests: int = 0
     modes_seen: list[str] = field(default_factory=list)
     requests_seen: list[dict[str, Any]] = field(default_factory=list)
+    # request body -> (reply, tool calls), over ``reply`` and ``tool_calls``
+    script: Callable[[dict[str, Any]], tuple[str, list[tuple[str, str]]]] | None = None
 
 
 def _chunk(text: str | None, finish: str | None = None) -> bytes:
@@ -84,17 +88,26 @@ def build_app(behaviour: Behaviour) -> Any:
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    async def events(count: int | None = None) -> AsyncIterator[bytes]:
+    def answer_for(request: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+        if behaviour.script is not None:
+            return behaviour.script(request)
+        return behaviour.reply, behaviour.tool_calls
+
+    async def events(
+        reply: str, calls: list[tuple[str, str]], count: int | None = None
+    ) -> AsyncIterator[bytes]:
         """The answer's events, words then tool calls; only the first ``count`` of them."""
-        words = behaviour.reply.split()
+        words = reply.split()
         answer = [_chunk(w if i == 0 else " " + w) for i, w in enumerate(words)]
-        answer += _tool_call_events(behaviour.tool_calls, behaviour.arg_chunk)
+        answer += _tool_call_events(calls, behaviour.arg_chunk)
         for event in answer[:count]:
             yield event
             await asyncio.sleep(0.01)
 
     async def completions(request: Request) -> Response:
-        behaviour.requests_seen.append(json.loads(await request.body()))
+        seen = json.loads(await request.body())
+        behaviour.requests_seen.append(seen)
+        reply, calls = answer_for(seen)
         behaviour.requests += 1
         mode = behaviour.mode
         behaviour.modes_seen.append(mode)
@@ -114,13 +127,13 @@ def build_app(behaviour: Behaviour) -> Any:
             if mode == "slow":
                 await asyncio.sleep(behaviour.delay_s)
             n = behaviour.tokens_before_fault if mode in ("hang_mid", "close_mid") else None
-            async for event in events(n):
+            async for event in events(reply, calls, n):
                 yield event
             if mode == "hang_mid":
                 await asyncio.sleep(3600)
             if mode == "close_mid":
                 raise _Cut("scripted connection cut")
-            yield _chunk(None, "tool_calls" if behaviour.tool_calls else "stop")
+            yield _chunk(None, "tool_calls" if calls else "stop")
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(body(), media_type="text/event-stream")
