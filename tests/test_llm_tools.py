@@ -366,6 +366,37 @@ async def test_embedded_without_tools_answers_exactly_as_before(smollm: LlamaCpp
 
 
 @pytest.mark.models
+async def test_warming_reads_the_prompt_into_every_context_and_changes_no_answer() -> None:
+    """warm() reads the system prompt and tools in one context and copies the state to the
+    others: each then holds that prefix (a turn evaluates only its tail), and a context that
+    got the copy answers exactly as a cold one does (greedy)."""
+    path = resolve_llm("smollm2-135m").path
+    warmed = LlamaCppChat(path, name="warm", n_threads=1, parallel=2)
+    cold = LlamaCppChat(path, name="cold", n_threads=1)
+    warmed.warm([SYSTEM], [ORDER])
+    contexts = warmed._contexts.take_free()
+    assert len(contexts) == 2
+    held = [list(c.input_ids[: c.n_tokens]) for c in contexts]
+    assert held[0] == held[1] and len(held[0]) > 50
+    text = contexts[1].detokenize(held[1]).decode()
+    assert SYSTEM["content"] in text and ORDER.description in text
+    warmed._contexts.put(contexts[1])  # the copy answers next
+    ask = _ask("Where is my order A1234?")
+
+    async def answer(chat: LlamaCppChat) -> tuple[str, list[tuple[str, str]]]:
+        said, calls = await _collect(
+            chat.stream(ask, max_tokens=40, temperature=0.0, tools=[ORDER])
+        )
+        return said, [(c["name"], c["arguments"]) for c in calls]
+
+    assert await answer(warmed) == await answer(cold)
+    # The turn's prompt shares the whole system block (tools included) with what was read.
+    after = list(contexts[1].input_ids[: contexts[1].n_tokens])
+    shared = next((i for i, (a, b) in enumerate(zip(after, held[1], strict=False)) if a != b), 0)
+    assert ORDER.description in contexts[1].detokenize(after[:shared]).decode()
+
+
+@pytest.mark.models
 def test_checking_the_grammar_after_the_draw_decodes_what_llama_cpp_decodes() -> None:
     """Greedy, the cheap sampler (the grammar checked against the drawn token, the whole
     vocabulary only when it refuses) writes exactly what llama-cpp-python's own grammar

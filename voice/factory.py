@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from voice import audio as pcm
@@ -42,9 +43,12 @@ def build_asr(settings: Settings, ref: str | None = None) -> WhisperTranscriber:
     )
 
 
-def build_chat(backend: LlmBackend, *, timeout_s: float = 30) -> ChatModel:
+def build_chat(
+    backend: LlmBackend, *, timeout_s: float = 30, cache_dir: Path | None = None
+) -> ChatModel:
+    """``cache_dir``: where a split GGUF is assembled (``settings.model_cache``)."""
     if backend.kind == "gguf":
-        model = resolve_llm(backend.model)
+        model = resolve_llm(backend.model, cache_dir)
         return LlamaCppChat(
             model.path,
             name=backend.label,
@@ -61,7 +65,10 @@ def build_chat(backend: LlmBackend, *, timeout_s: float = 30) -> ChatModel:
 
 
 def build_chat_chain(settings: Settings) -> list[ChatModel]:
-    return [build_chat(b, timeout_s=settings.llm.total_timeout_s) for b in settings.llm.backends]
+    return [
+        build_chat(b, timeout_s=settings.llm.total_timeout_s, cache_dir=settings.model_cache)
+        for b in settings.llm.backends
+    ]
 
 
 def build_tts(settings: Settings) -> Synthesizer:

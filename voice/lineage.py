@@ -64,9 +64,9 @@ def model_identity(model: ResolvedModel) -> str:
     return f"{model.path.name}@{file_digest(model.path)}"
 
 
-def _llm_identity(backend: LlmBackend) -> str:
+def _llm_identity(backend: LlmBackend, cache_dir: Path) -> str:
     if backend.kind == "gguf":
-        return model_identity(resolve_llm(backend.model))
+        return model_identity(resolve_llm(backend.model, cache_dir))
     return f"openai:{backend.model}@{mask_url(str(backend.url))}"
 
 
@@ -96,7 +96,9 @@ def of_settings(settings: Settings) -> dict[str, object]:
             resolve_asr(settings.asr.fallback_model, settings.model_cache)
         )
     for i, backend in enumerate(settings.llm.backends):
-        models["llm" if i == 0 else f"llm_fallback_{i}"] = _llm_identity(backend)
+        models["llm" if i == 0 else f"llm_fallback_{i}"] = _llm_identity(
+            backend, settings.model_cache
+        )
     t = settings.tts
     if t.engine == "piper":
         models["tts"] = model_identity(resolve_tts(t.voice))

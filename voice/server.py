@@ -36,10 +36,11 @@ from voice import audio as pcm
 from voice import latency, protocol
 from voice.cases import CaseRecorder
 from voice.config import Settings
-from voice.engines import VoiceActivity
+from voice.engines import Message, VoiceActivity
 from voice.errors import ConfigError, ProtocolError
 from voice.experiments import NO_ARM, assign
 from voice.latency import TurnLog, TurnRecord
+from voice.llm import LlamaCppChat
 from voice.logs import bound
 from voice.origins import is_loopback, origin_allowed, trusted_host
 from voice.session import (
@@ -595,6 +596,18 @@ def _eager_default_executor(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_default_executor(started_pool(min(32, (os.cpu_count() or 1) + 4), "castwork-worker"))
 
 
+def warm_local_llms(runtimes: Sequence[Runtime]) -> None:
+    """Local models read the default instructions and the server's tools into every context
+    before the first caller does (:meth:`LlamaCppChat.warm`). A client's own instructions or
+    tools still cost their first turn a cold read."""
+    for rt in runtimes:
+        system: Message = {"role": "system", "content": rt.settings.llm.instructions}
+        tools = rt.engines.tools.specs() if rt.engines.tools else []
+        for chat in rt.engines.chat:
+            if isinstance(chat, LlamaCppChat):
+                chat.warm([system], tools)
+
+
 async def serve_forever(
     settings: Settings,
     *,
@@ -626,6 +639,9 @@ async def serve_forever(
         log.info("server tools: %s", ", ".join(tools.names()) or "none answered")
         for rt in runtimes:
             rt.engines.tools = tools
+    t0 = time.perf_counter()
+    await asyncio.to_thread(warm_local_llms, runtimes)
+    log.info("local LLM contexts warmed in %.1f s", time.perf_counter() - t0)
     turn_log = TurnLog(settings.turn_log_path)
     cases = CaseRecorder.from_settings(settings)
     if cases is not None:

@@ -52,7 +52,11 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                 lambda r: resolve_asr(r, settings.model_cache),
             )
         )
-    refs += [("llm", b.model, resolve_llm) for b in settings.llm.backends if b.kind == "gguf"]
+    refs += [
+        ("llm", b.model, lambda r: resolve_llm(r, settings.model_cache))
+        for b in settings.llm.backends
+        if b.kind == "gguf"
+    ]
     if settings.tts.engine == "piper":
         refs.append(("tts", settings.tts.voice, resolve_tts))
     refs.append(("vad", settings.vad.model, resolve_vad))

@@ -102,13 +102,18 @@ def check_llm(settings: Settings) -> list[Result]:
     for i, backend in enumerate(settings.llm.backends):
         label = f"llm[{i}] {backend.label}"
         if backend.kind == "gguf":
-            model = resolve_llm(backend.model)
+            model = resolve_llm(backend.model, settings.model_cache)
             source = f"{model.identity} {model.path}"
         else:
             source = f"openai-compatible {mask_url(str(backend.url))} model={backend.model}"
         try:
             chat, load_s = _timed(
-                functools.partial(build_chat, backend, timeout_s=settings.llm.total_timeout_s)
+                functools.partial(
+                    build_chat,
+                    backend,
+                    timeout_s=settings.llm.total_timeout_s,
+                    cache_dir=settings.model_cache,
+                )
             )
             text, first, total = asyncio.run(_first_reply(chat))
             results.append(
