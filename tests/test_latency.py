@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.mounts import tmpfs
+from voice import turnlog_reader
 from voice.latency import REGISTRY, STAGES, TurnLog, TurnRecord, metrics_text
 
 
@@ -42,6 +43,44 @@ def test_durations_from_marks() -> None:
             "voice_to_voice": 960.0,
         }
     )
+
+
+def test_a_speculative_answer_ahead_of_the_endpoint_costs_only_what_comes_after_it(
+    tmp_path: Path,
+) -> None:
+    """Answered in the pause: the first token came before the endpoint. No stage is negative
+    (such a record was dropped by the reader as broken, taking the fastest turns out of the
+    figures), and the stages still add up to voice-to-voice."""
+    record = TurnRecord(session_id="s", turn_id="t")
+    for mark, at in [
+        ("speech_end", 10.0),
+        ("asr_final", 10.3),
+        ("llm_first_token", 10.45),
+        ("endpoint", 10.5),
+        ("first_piece", 10.55),
+        ("tts_first_audio", 10.65),
+        ("first_audio_sent", 10.66),
+    ]:
+        record.mark(mark, at)
+    durations = record.durations()
+    assert durations == pytest.approx(
+        {
+            "endpointing": 500.0,
+            "asr": 0.0,
+            "llm_first_token": 0.0,
+            "first_piece": 50.0,  # from the endpoint, not from the earlier first token
+            "tts_first_audio": 100.0,
+            "send": 10.0,
+            "voice_to_voice": 660.0,
+        }
+    )
+    stages = ("endpointing", "asr", "llm_first_token", "first_piece", "tts_first_audio", "send")
+    assert sum(durations[s] for s in stages) == pytest.approx(durations["voice_to_voice"])
+    log = TurnLog(tmp_path / "turns.jsonl")
+    log.write(record)
+    log.close()
+    read = turnlog_reader.read([tmp_path / "turns.jsonl"])
+    assert len(read.turns) == 1 and read.bad == []
 
 
 def test_durations_only_for_marks_that_exist() -> None:

@@ -154,15 +154,24 @@ class TurnRecord:
             # Speculative ASR may finish before the endpoint is declared: that costs nothing.
             out["asr"] = max(0.0, (m["asr_final"] - m["endpoint"]) * 1000)
         llm_ready = [m[k] for k in ("asr_final", "endpoint") if k in m]
-        if "llm_first_token" in m and llm_ready:
-            out["llm_first_token"] = (m["llm_first_token"] - max(llm_ready)) * 1000
-        span("first_piece", "llm_first_token", "first_piece")
-        span("tts_first_audio", "first_piece", "tts_first_audio")
+        ready = max(llm_ready, default=None)
+
+        def after(start: str, end: str) -> None:
+            # A speculative answer (started in a pause on the partial transcript) may pass
+            # its first marks before the endpoint: a stage costs only what it adds after it.
+            if start in m and end in m:
+                begin = m[start] if ready is None else max(m[start], ready)
+                out[end] = max(0.0, (m[end] - begin) * 1000)
+
+        if "llm_first_token" in m and ready is not None:
+            out["llm_first_token"] = max(0.0, (m["llm_first_token"] - ready) * 1000)
+        after("llm_first_token", "first_piece")
+        after("first_piece", "tts_first_audio")
         span("send", "tts_first_audio", "first_audio_sent")
         span("voice_to_voice", "speech_end", "first_audio_sent")
-        if "tool_decided" in m and llm_ready:
+        if "tool_decided" in m and ready is not None:
             # From the moment the model could start to its first tool-call piece.
-            out["tool_decision"] = (m["tool_decided"] - max(llm_ready)) * 1000
+            out["tool_decision"] = max(0.0, (m["tool_decided"] - ready) * 1000)
         span("tool_call", "tool_call_sent", "tool_result")
         return out
 
