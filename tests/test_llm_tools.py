@@ -4,6 +4,7 @@ that streams calls the way vLLM does, and the embedded SmolLM2 decoding under th
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -340,6 +341,32 @@ async def test_embedded_answers_after_a_tool_result_without_calling_it_again(
     assert ("lookup_order", {"order_id": "A1234"}) not in [
         (c["name"], json.loads(c["arguments"])) for c in calls
     ]
+
+
+@pytest.mark.models
+async def test_embedded_with_every_tool_answered_goes_straight_to_words(
+    smollm: LlamaCppChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once every offered tool has its result this turn, one words-only pass, not a pass
+    that may write the same call again first."""
+    passes: list[bool] = []
+    generate = smollm._generate
+
+    def counting(*args: Any, **kwargs: Any) -> Iterator[str]:
+        passes.append(kwargs.get("words_only", False))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(smollm, "_generate", counting)
+    said, calls = await _collect(
+        smollm.stream(_after_result(), max_tokens=30, temperature=0.0, tools=[ORDER])
+    )
+    assert calls == [] and said.strip() and passes == [True]
+    passes.clear()  # a tool not called yet: the first pass may still call it
+    with contextlib.suppress(EngineError):  # SmolLM2 may write a call past max_tokens
+        await _collect(
+            smollm.stream(_after_result(), max_tokens=30, temperature=0.0, tools=[ORDER, BOOK])
+        )
+    assert passes[0] is False
 
 
 @pytest.mark.models

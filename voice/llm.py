@@ -300,8 +300,19 @@ class LlamaCppChat:
         if not tools:  # a plain turn: no grammar, no parsing, as fast as before
             yield from self._generate(messages, max_tokens, temperature, stop)
             return
+        done = answered(messages)
+        if tool_choice == "auto" and {t.name for t in tools} <= {name for name, _ in done}:
+            # Every tool offered was called since the user spoke and its result is in hand:
+            # words only, at once. Offered calls, Qwen2.5 0.5B called the same tool again
+            # nearly every time; the repeat was dropped and a words-only pass run after it,
+            # ~1 s of a tool turn spent writing a call nobody would make.
+            words = grammar(tools, "none", parallel=False)
+            yield from self._generate(
+                messages, max_tokens, temperature, stop, tools=tools, rules=words, words_only=True
+            )
+            return
         rules = grammar(tools, tool_choice, parallel=parallel_tool_calls)
-        reader = CallReader(answered(messages))
+        reader = CallReader(done)
         for text in self._generate(
             messages,
             max_tokens,

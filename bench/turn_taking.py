@@ -1,0 +1,371 @@
+"""Turn-taking: how well each signal tells a finished turn from a mid-sentence pause, and how
+often today's endpointing cuts in.
+
+The set: 20 sentences with a clause boundary, each spoken whole by Piper, and the same audio
+with a pause (300, 500, 700 or 900 ms, cycling) opened at the boundary: the first part keeps
+its mid-sentence prosody (the cut point is the end of the boundary word, from Whisper's word
+timestamps on the whole sentence). Plus 8 short complete answers ("Yes.", "Tuesday at ten.").
+Even-numbered sentences are the dev half, odd ones held out; figures are printed for each.
+
+1. ``signals``: at 200 ms into each pause, and 200 ms after each complete utterance, what
+   each signal says: Smart Turn v3.2's probability at several thresholds, the transcript
+   so far (Whisper tiny.en: does it end unfinished, on "and"/"the"/"to"... or "..."), and
+   the two combined. Incomplete judged incomplete = a cut-in avoided; complete judged
+   complete = an endpoint that need not wait.
+2. ``server`` (``--server``): the real server (`castwork voice`, embedded models) hears the
+   paused sentences and the complete answers with ``server_vad`` at 200 and 500 ms of
+   silence: the cut-in rate (one utterance answered as two turns) and the endpoint delay
+   (last speech frame to endpoint) on complete ones.
+
+    .venv/bin/python bench/turn_taking.py [--server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voice import audio as pcm
+from voice import loadtest
+from voice.client import RealtimeClient
+from voice.config import load_settings
+from voice.factory import build_asr, build_tts
+from voice.models import resolve_turn
+from voice.turntaking.smart_turn import SmartTurn
+
+RATE = 16_000
+SENTENCES = (
+    ("I would like to book a table", "for two at seven tonight."),
+    ("Can you check whether my package", "has left the warehouse yet?"),
+    ("My daughter has a dentist appointment on Friday", "and I need to move it."),
+    ("What I really want to know is", "how long the battery lasts."),
+    ("If it rains tomorrow morning", "should I still bring the dog?"),
+    ("I was wondering if you could", "tell me the opening hours."),
+    ("The thing is that I ordered the blue one", "but got the red one."),
+    ("Could you remind me", "to water the plants on Sunday?"),
+    ("We are planning a trip to the coast", "sometime in late August."),
+    ("I think the problem is", "that the printer is out of ink."),
+    ("Please add eggs and milk and", "a loaf of bread to my list."),
+    ("When you get a chance", "send me the invoice for March."),
+    ("How much would it cost to ship", "a small box to Canada?"),
+    ("I need to cancel my subscription because", "I am moving abroad next month."),
+    ("Tell me a story about", "a dragon who likes to bake."),
+    ("Before we hang up", "can you confirm the address?"),
+    ("The meeting was moved from Tuesday", "to Thursday afternoon."),
+    ("I am not sure whether", "I left the oven on."),
+    ("What is the best way to get", "from the airport to downtown?"),
+    ("Last week I bought a jacket from you and", "the zipper already broke."),
+)
+SHORT = (
+    "Yes.",
+    "No, thanks.",
+    "Tuesday at ten.",
+    "That's right.",
+    "Sure, go ahead.",
+    "Two people.",
+    "Okay.",
+    "The blue one.",
+)
+PAUSES_MS = (300, 500, 700, 900)
+THRESHOLDS = (0.5, 0.7, 0.9)
+# A transcript that ends on one of these has not finished its clause.
+UNFINISHED_WORDS = frozenset(
+    [
+        "and",
+        "or",
+        "but",
+        "so",
+        "because",
+        "if",
+        "that",
+        "which",
+        "who",
+        "the",
+        "a",
+        "an",
+        "to",
+        "of",
+        "for",
+        "with",
+        "from",
+        "at",
+        "in",
+        "on",
+        "by",
+        "about",
+        "my",
+        "your",
+        "our",
+        "their",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "i",
+        "we",
+        "you",
+        "he",
+        "she",
+        "they",
+        "could",
+        "would",
+        "should",
+        "can",
+        "will",
+        "whether",
+        "when",
+        "while",
+        "than",
+        "as",
+        "like",
+    ]
+)
+
+
+@dataclass
+class Utterance:
+    text: str
+    audio: pcm.Float32Array  # 16 kHz; for a paused one, with the pause opened
+    split: str  # dev or held-out
+    cut_at: int | None = None  # sample where the pause begins (paused ones)
+    pause_ms: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.cut_at is None
+
+
+def unfinished(text: str) -> bool:
+    """Whether a transcript reads as a clause still going: "..." or an unfinished last word."""
+    t = text.strip()
+    if not t or t.endswith(("...", "…", ",", "-")):
+        return True
+    words = re.findall(r"[a-z']+", t.lower())
+    return bool(words) and words[-1] in UNFINISHED_WORDS
+
+
+def _speech(tts: object, text: str) -> pcm.Float32Array:
+    chunks = list(tts.synthesize(text))  # type: ignore[attr-defined]
+    return pcm.resample(pcm.concat(chunks), tts.sample_rate, RATE)  # type: ignore[attr-defined]
+
+
+def build_set(cache: Path) -> list[Utterance]:
+    """Synthesised once into ``cache`` (a JSON of cut points beside the WAVs)."""
+    settings = load_settings()
+    index = cache / "set.json"
+    if index.is_file():
+        meta = json.loads(index.read_text())
+        return [
+            Utterance(
+                m["text"], pcm.read_wav(cache / m["wav"])[0], m["split"], m["cut_at"], m["pause_ms"]
+            )
+            for m in meta
+        ]
+    cache.mkdir(parents=True, exist_ok=True)
+    tts, asr = build_tts(settings), build_asr(settings)
+    out: list[Utterance] = []
+    for i, (first, second) in enumerate(SENTENCES):
+        split = "dev" if i % 2 == 0 else "held-out"
+        whole = _speech(tts, f"{first} {second}")
+        out.append(Utterance(f"{first} {second}", whole, split))
+        words = asr.transcribe(whole, word_timestamps=True).words
+        n = len(first.split())
+        if len(words) <= n:
+            print(f"skipped (Whisper heard {len(words)} words): {first} / {second}")
+            continue
+        cut = _quietest(whole, words[n - 1].end - 0.08, words[n].start + 0.08)
+        pause_ms = PAUSES_MS[i % len(PAUSES_MS)]
+        gap = np.zeros(RATE * pause_ms // 1000, np.float32)
+        paused = np.concatenate([whole[:cut], gap, whole[cut:]])
+        out.append(Utterance(f"{first} | {second}", paused, split, cut, pause_ms))
+    for i, text in enumerate(SHORT):
+        out.append(Utterance(text, _speech(tts, text), "dev" if i % 2 == 0 else "held-out"))
+    meta = []
+    for k, u in enumerate(out):
+        name = f"{k:02d}.wav"
+        (cache / name).write_bytes(pcm.wav_bytes(u.audio, RATE))
+        meta.append(
+            {
+                "wav": name,
+                "text": u.text,
+                "split": u.split,
+                "cut_at": u.cut_at,
+                "pause_ms": u.pause_ms,
+            }
+        )
+    index.write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def _quietest(audio: pcm.Float32Array, start_s: float, end_s: float) -> int:
+    """The quietest 10 ms in a span around a word boundary: Whisper's word times are only
+    roughly right, and a cut inside a word would leave half of it on each side."""
+    hop = RATE // 100
+    lo, hi = max(0, int(start_s * RATE)), min(len(audio) - hop, int(end_s * RATE))
+    if hi <= lo:
+        return max(0, min(len(audio), int((start_s + end_s) / 2 * RATE)))
+    energy = [float(np.mean(audio[i : i + hop] ** 2)) for i in range(lo, hi, hop)]
+    return lo + hop * int(np.argmin(energy)) + hop // 2
+
+
+def judged_audio(u: Utterance) -> pcm.Float32Array:
+    """What a judge hears 200 ms into the pause (or after the complete utterance's speech)."""
+    end = u.cut_at if u.cut_at is not None else _speech_end(u.audio)
+    return np.concatenate([u.audio[:end], np.zeros(RATE // 5, np.float32)])
+
+
+def _speech_end(audio: pcm.Float32Array) -> int:
+    loud = np.flatnonzero(np.abs(audio) > 0.005)  # Piper's silence is digital: nearly zero
+    return int(loud[-1]) + 1 if len(loud) else len(audio)
+
+
+@dataclass(frozen=True)
+class Judged:
+    utterance: Utterance
+    p: float  # Smart Turn's probability of a finished turn
+    unfinished: bool  # the transcript so far reads unfinished
+    ms: float  # the model's inference time
+
+
+def _row(split: str, name: str, part: list[Judged], says_complete: Callable[[Judged], bool]) -> str:
+    paused = [x for x in part if not x.utterance.complete]
+    whole = [x for x in part if x.utterance.complete]
+    avoided = sum(1 for x in paused if not says_complete(x))
+    right = sum(1 for x in whole if says_complete(x))
+    return f"| {split} | {name} | {avoided}/{len(paused)} | {right}/{len(whole)} |"
+
+
+def _above(threshold: float, *, and_transcript: bool = False) -> Callable[[Judged], bool]:
+    return lambda x: x.p >= threshold and not (and_transcript and x.unfinished)
+
+
+def signals(utterances: list[Utterance]) -> list[str]:
+    settings = load_settings()
+    turn = SmartTurn(resolve_turn("smart-turn-v3.2").path)
+    asr = build_asr(settings)
+    rows = []
+    per: list[Judged] = []
+    for u in utterances:
+        audio = judged_audio(u)
+        t0 = time.perf_counter()
+        p = turn.probability(audio)
+        ms = (time.perf_counter() - t0) * 1000
+        text = asr.transcribe(audio).text
+        per.append(Judged(u, p, unfinished(text), ms))
+        kind = "complete" if u.complete else f"paused {u.pause_ms}"
+        print(f"{u.split:8s} {kind:11s} p={p:.2f} text-unfinished={unfinished(text)!s:5s} {text!r}")
+    rows.append(
+        "| split | signal | paused judged incomplete (cut-ins avoided) | complete judged complete |"
+    )
+    rows.append("|---|---|---|---|")
+    for split in ("dev", "held-out"):
+        part = [x for x in per if x.utterance.split == split]
+        for thr in THRESHOLDS:
+            rows.append(_row(split, f"Smart Turn >= {thr}", part, _above(thr)))
+        rows.append(_row(split, "transcript not unfinished", part, lambda x: not x.unfinished))
+        for thr in THRESHOLDS:
+            rows.append(
+                _row(
+                    split,
+                    f"Smart Turn >= {thr} and transcript",
+                    part,
+                    _above(thr, and_transcript=True),
+                )
+            )
+    times = [x.ms for x in per]
+    rows.append(
+        f"\nSmart Turn inference: median {statistics.median(times):.0f} ms, max {max(times):.0f} ms "
+        f"(1 thread, load average {os.getloadavg()[0]:.1f})"
+    )
+    return rows
+
+
+async def _play(url: str, u: Utterance, silence_ms: int) -> int:
+    """Play one utterance, then 2.5 s of silence; the number of turns the server committed."""
+    client = await RealtimeClient.open(url)
+    try:
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {
+                        "input": {
+                            "turn_detection": {
+                                "type": "server_vad",
+                                "silence_duration_ms": silence_ms,
+                                "create_response": False,
+                            }
+                        }
+                    },
+                },
+            }
+        )
+        await client.stream(u.audio, RATE)
+        await client.stream(np.zeros(RATE * 5 // 2, np.float32), RATE)
+        return client.types().count("input_audio_buffer.committed")
+    finally:
+        await client.close()
+
+
+def server(utterances: list[Utterance], work: Path) -> list[str]:
+    rows = [
+        "| split | endpointing | cut-ins (paused sentences answered as 2+ turns) | complete "
+        "utterances: endpoint delay P50 / P95 ms |",
+        "|---|---|---|---|",
+    ]
+    for silence_ms in (200, 500):
+        with loadtest.ServerProcess(work / f"vad-{silence_ms}") as srv:
+            counts = [asyncio.run(_play(srv.url, u, silence_ms)) for u in utterances]
+            time.sleep(0.5)
+            delays = [
+                t.durations_ms["endpointing"]
+                for t in srv.turns()
+                if "endpointing" in t.durations_ms
+            ]
+        for split in ("dev", "held-out"):
+            paused = [
+                c
+                for u, c in zip(utterances, counts, strict=True)
+                if u.split == split and not u.complete
+            ]
+            cut = sum(1 for c in paused if c > 1)
+            rows.append(
+                f"| {split} | server_vad {silence_ms} ms | {cut}/{len(paused)} | "
+                f"{np.percentile(delays, 50):.0f} / {np.percentile(delays, 95):.0f} (all turns) |"
+            )
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--server", action="store_true", help="also play the set to the real server")
+    args = ap.parse_args()
+    settings = load_settings()
+    utterances = build_set(settings.data_dir / "turn-taking")
+    n_paused = sum(1 for u in utterances if not u.complete)
+    print(f"# turn-taking set: {n_paused} paused sentences, {len(utterances) - n_paused} complete")
+    lines = signals(utterances)
+    if args.server:
+        lines += ["", *server(utterances, Path(tempfile.mkdtemp(prefix="castwork-turns-")))]
+    print("\n" + "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
