@@ -515,3 +515,23 @@ async def test_embedded_qwen_native_template_call_is_valid() -> None:
     )
     assert [c["name"] for c in calls] == ["lookup_order"]
     assert json.loads(calls[0]["arguments"]) == {"order_id": "A1234"}
+
+
+@pytest.mark.models
+def test_a_prompt_too_long_to_warm_is_logged_and_the_contexts_stay_usable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Instructions longer than the context fail the warm-up, not the server's start."""
+    from types import SimpleNamespace
+
+    from voice.server import warm_local_llms
+
+    chat = LlamaCppChat(
+        resolve_llm("smollm2-135m").path, name="tiny", n_threads=1, context_tokens=256
+    )
+    settings = SimpleNamespace(llm=SimpleNamespace(instructions="Be brief. " * 400))
+    runtime = SimpleNamespace(settings=settings, engines=SimpleNamespace(tools=None, chat=[chat]))
+    warm_local_llms([runtime, runtime])  # type: ignore[list-item]  # two arms, one model
+    (record,) = [r for r in caplog.records if "could not warm tiny" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert len(chat._contexts.take_free()) == 1  # handed back, not lost

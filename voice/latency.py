@@ -153,8 +153,8 @@ class TurnRecord:
         if "endpoint" in m and "asr_final" in m:
             # Speculative ASR may finish before the endpoint is declared: that costs nothing.
             out["asr"] = max(0.0, (m["asr_final"] - m["endpoint"]) * 1000)
-        llm_ready = [m[k] for k in ("asr_final", "endpoint") if k in m]
-        ready = max(llm_ready, default=None)
+        # The LLM can start once both the endpoint and the transcript are there.
+        ready = max((m[k] for k in ("asr_final", "endpoint") if k in m), default=None)
 
         def after(start: str, end: str) -> None:
             # A speculative answer (started in a pause on the partial transcript) may pass

@@ -599,13 +599,23 @@ def _eager_default_executor(loop: asyncio.AbstractEventLoop) -> None:
 def warm_local_llms(runtimes: Sequence[Runtime]) -> None:
     """Local models read the default instructions and the server's tools into every context
     before the first caller does (:meth:`LlamaCppChat.warm`). A client's own instructions or
-    tools still cost their first turn a cold read."""
+    tools still cost their first turn a cold read. Arms that share a model and instructions
+    warm it once. Only an optimisation: a prompt that fails here (longer than the context,
+    say) is logged, and the turns report it as they would have."""
+    done: set[tuple[int, str]] = set()
     for rt in runtimes:
         system: Message = {"role": "system", "content": rt.settings.llm.instructions}
         tools = rt.engines.tools.specs() if rt.engines.tools else []
         for chat in rt.engines.chat:
-            if isinstance(chat, LlamaCppChat):
+            if not isinstance(chat, LlamaCppChat) or (id(chat), system["content"]) in done:
+                continue
+            done.add((id(chat), system["content"]))
+            try:
                 chat.warm([system], tools)
+            except Exception as exc:  # llama.cpp raises ValueError and RuntimeError alike
+                log.warning(
+                    "could not warm %s (first turns read the prompt cold): %s", chat.name, exc
+                )
 
 
 async def serve_forever(
