@@ -1,21 +1,25 @@
 """Turn-taking: how well each signal tells a finished turn from a mid-sentence pause, and how
-often today's endpointing cuts in.
+often each endpointing mode cuts in.
 
 The set: 20 sentences with a clause boundary, each spoken whole by Piper, and the same audio
-with a pause (300, 500, 700 or 900 ms, cycling) opened at the boundary: the first part keeps
-its mid-sentence prosody (the cut point is the end of the boundary word, from Whisper's word
-timestamps on the whole sentence). Plus 8 short complete answers ("Yes.", "Tuesday at ten.").
-Even-numbered sentences are the dev half, odd ones held out; figures are printed for each.
+with a pause opened at the boundary: 700 ms for every sentence (the target's case) and, for
+15 of them, also 300, 500 or 900 ms (so each half has every length); the first part keeps its
+mid-sentence prosody (the cut point is the end of the boundary word, from Whisper's word
+timestamps on the whole sentence). Plus 8 short complete answers ("Yes.", "Tuesday at ten."),
+played after the agent asked a question. Even-numbered sentences are the dev half (the
+eagerness settings in voice/turntaking/policy.py were chosen on it), odd ones held out;
+figures are printed for each.
 
 1. ``signals``: at 200 ms into each pause, and 200 ms after each complete utterance, what
    each signal says: Smart Turn v3.2's probability at several thresholds, the transcript
-   so far (Whisper tiny.en: does it end unfinished, on "and"/"the"/"to"... or "..."), and
-   the two combined. Incomplete judged incomplete = a cut-in avoided; complete judged
-   complete = an endpoint that need not wait.
+   so far (Whisper tiny.en: does it end unfinished, on "and"/"the"/"to"... or "..."), the
+   two combined, and semantic_vad's whole rule per eagerness. Incomplete judged incomplete =
+   a cut-in avoided; complete judged complete = an endpoint that need not wait.
 2. ``server`` (``--server``): the real server (`castwork voice`, embedded models) hears the
-   paused sentences and the complete answers with ``server_vad`` at 200 and 500 ms of
-   silence: the cut-in rate (one utterance answered as two turns) and the endpoint delay
-   (last speech frame to endpoint) on complete ones.
+   set with ``server_vad`` at 200 and 500 ms of silence and ``semantic_vad`` at each
+   eagerness: the cut-in rate (one utterance committed as two turns or more), on all pauses
+   and on the 700 ms ones, and the endpoint delay (last speech frame to endpoint) on the
+   complete utterances.
 
     .venv/bin/python bench/turn_taking.py [--server]
 """
@@ -26,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -43,6 +46,7 @@ from voice.client import RealtimeClient
 from voice.config import load_settings
 from voice.factory import build_asr, build_tts
 from voice.models import resolve_turn
+from voice.turntaking.policy import PATIENCE, judge, reads_unfinished, sure_enough
 from voice.turntaking.smart_turn import SmartTurn
 
 RATE = 16_000
@@ -80,59 +84,6 @@ SHORT = (
 )
 PAUSES_MS = (300, 500, 700, 900)
 THRESHOLDS = (0.5, 0.7, 0.9)
-# A transcript that ends on one of these has not finished its clause.
-UNFINISHED_WORDS = frozenset(
-    [
-        "and",
-        "or",
-        "but",
-        "so",
-        "because",
-        "if",
-        "that",
-        "which",
-        "who",
-        "the",
-        "a",
-        "an",
-        "to",
-        "of",
-        "for",
-        "with",
-        "from",
-        "at",
-        "in",
-        "on",
-        "by",
-        "about",
-        "my",
-        "your",
-        "our",
-        "their",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "i",
-        "we",
-        "you",
-        "he",
-        "she",
-        "they",
-        "could",
-        "would",
-        "should",
-        "can",
-        "will",
-        "whether",
-        "when",
-        "while",
-        "than",
-        "as",
-        "like",
-    ]
-)
 
 
 @dataclass
@@ -146,15 +97,6 @@ class Utterance:
     @property
     def complete(self) -> bool:
         return self.cut_at is None
-
-
-def unfinished(text: str) -> bool:
-    """Whether a transcript reads as a clause still going: "..." or an unfinished last word."""
-    t = text.strip()
-    if not t or t.endswith(("...", "…", ",", "-")):
-        return True
-    words = re.findall(r"[a-z']+", t.lower())
-    return bool(words) and words[-1] in UNFINISHED_WORDS
 
 
 def _speech(tts: object, text: str) -> pcm.Float32Array:
@@ -187,10 +129,11 @@ def build_set(cache: Path) -> list[Utterance]:
             print(f"skipped (Whisper heard {len(words)} words): {first} / {second}")
             continue
         cut = _quietest(whole, words[n - 1].end - 0.08, words[n].start + 0.08)
-        pause_ms = PAUSES_MS[i % len(PAUSES_MS)]
-        gap = np.zeros(RATE * pause_ms // 1000, np.float32)
-        paused = np.concatenate([whole[:cut], gap, whole[cut:]])
-        out.append(Utterance(f"{first} | {second}", paused, split, cut, pause_ms))
+        # Each split gets every pause length, and every sentence the 700 ms one (the target's).
+        for pause_ms in sorted({PAUSES_MS[(i // 2) % len(PAUSES_MS)], 700}):
+            gap = np.zeros(RATE * pause_ms // 1000, np.float32)
+            paused = np.concatenate([whole[:cut], gap, whole[cut:]])
+            out.append(Utterance(f"{first} | {second}", paused, split, cut, pause_ms))
     for i, text in enumerate(SHORT):
         out.append(Utterance(text, _speech(tts, text), "dev" if i % 2 == 0 else "held-out"))
     meta = []
@@ -238,6 +181,7 @@ class Judged:
     p: float  # Smart Turn's probability of a finished turn
     unfinished: bool  # the transcript so far reads unfinished
     ms: float  # the model's inference time
+    text: str = ""  # the transcript so far
 
 
 def _row(split: str, name: str, part: list[Judged], says_complete: Callable[[Judged], bool]) -> str:
@@ -245,6 +189,24 @@ def _row(split: str, name: str, part: list[Judged], says_complete: Callable[[Jud
     whole = [x for x in part if x.utterance.complete]
     avoided = sum(1 for x in paused if not says_complete(x))
     right = sum(1 for x in whole if says_complete(x))
+    return f"| {split} | {name} | {avoided}/{len(paused)} | {right}/{len(whole)} |"
+
+
+def _rule_row(split: str, eagerness: str, part: list[Judged]) -> str:
+    """The whole semantic_vad rule: a paused sentence is not cut when the wait it chose is
+    longer than its pause; a complete one counts when the turn ends at once."""
+
+    def wait(x: Judged) -> int:
+        if sure_enough(x.p, eagerness):
+            return 0  # the server ends the turn before the transcript is in
+        after_question = x.utterance.text in SHORT
+        return judge(x.p, x.text, eagerness, after_question=after_question).wait_ms
+
+    paused = [x for x in part if not x.utterance.complete]
+    whole = [x for x in part if x.utterance.complete]
+    avoided = sum(1 for x in paused if wait(x) > x.utterance.pause_ms)
+    right = sum(1 for x in whole if wait(x) == 0)
+    name = f"semantic_vad rule, {eagerness} (adaptive wait)"
     return f"| {split} | {name} | {avoided}/{len(paused)} | {right}/{len(whole)} |"
 
 
@@ -264,9 +226,11 @@ def signals(utterances: list[Utterance]) -> list[str]:
         p = turn.probability(audio)
         ms = (time.perf_counter() - t0) * 1000
         text = asr.transcribe(audio).text
-        per.append(Judged(u, p, unfinished(text), ms))
+        per.append(Judged(u, p, reads_unfinished(text), ms, text))
         kind = "complete" if u.complete else f"paused {u.pause_ms}"
-        print(f"{u.split:8s} {kind:11s} p={p:.2f} text-unfinished={unfinished(text)!s:5s} {text!r}")
+        print(
+            f"{u.split:8s} {kind:11s} p={p:.2f} text-unfinished={reads_unfinished(text)!s:5s} {text!r}"
+        )
     rows.append(
         "| split | signal | paused judged incomplete (cut-ins avoided) | complete judged complete |"
     )
@@ -285,6 +249,8 @@ def signals(utterances: list[Utterance]) -> list[str]:
                     _above(thr, and_transcript=True),
                 )
             )
+        for eagerness in ("high", "medium", "low"):
+            rows.append(_rule_row(split, eagerness, part))
     times = [x.ms for x in per]
     rows.append(
         f"\nSmart Turn inference: median {statistics.median(times):.0f} ms, max {max(times):.0f} ms "
@@ -293,59 +259,104 @@ def signals(utterances: list[Utterance]) -> list[str]:
     return rows
 
 
-async def _play(url: str, u: Utterance, silence_ms: int) -> int:
-    """Play one utterance, then 2.5 s of silence; the number of turns the server committed."""
+QUESTION = "How many people, and which day suits you?"  # what the agent asked before a short answer
+# (mode, silence_duration_ms or eagerness) played to the server, in this order.
+MODES = (
+    ("server_vad", "200"),
+    ("server_vad", "500"),
+    ("semantic_vad", "high"),
+    ("semantic_vad", "auto"),
+    ("semantic_vad", "low"),
+)
+
+
+def _turn_detection(mode: str, knob: str) -> dict[str, object]:
+    if mode == "server_vad":
+        return {"type": mode, "silence_duration_ms": int(knob), "create_response": False}
+    return {"type": mode, "eagerness": knob, "create_response": False}
+
+
+def _trailing_ms(mode: str, knob: str) -> int:
+    """Silence after each utterance: past the longest wait the mode can take."""
+    limit = int(knob) if mode == "server_vad" else PATIENCE[knob].max_wait_ms
+    return limit + 1000
+
+
+async def _play(url: str, u: Utterance, mode: str, knob: str) -> tuple[str, int]:
+    """Play one utterance (a short answer after the agent's question), then silence; the
+    session id and the number of turns the server committed."""
     client = await RealtimeClient.open(url)
     try:
+        session_id = client.events[0].event["session"]["id"]
+        td = _turn_detection(mode, knob)
         await client.send(
             {
                 "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "audio": {
-                        "input": {
-                            "turn_detection": {
-                                "type": "server_vad",
-                                "silence_duration_ms": silence_ms,
-                                "create_response": False,
-                            }
-                        }
-                    },
-                },
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": td}}},
             }
         )
+        if u.complete and u.text in SHORT:
+            await client.send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": QUESTION}],
+                    },
+                }
+            )
         await client.stream(u.audio, RATE)
-        await client.stream(np.zeros(RATE * 5 // 2, np.float32), RATE)
-        return client.types().count("input_audio_buffer.committed")
+        # An open microphone until the last turn has ended (or the mode's longest wait passed).
+        deadline = time.monotonic() + _trailing_ms(mode, knob) / 1000
+        async with client.silence():
+            while time.monotonic() < deadline:
+                vad = [t for t in client.types() if t.startswith("input_audio_buffer.speech_")]
+                if vad and vad[-1] == "input_audio_buffer.speech_stopped":
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # the commit follows speech_stopped
+        return session_id, client.types().count("input_audio_buffer.committed")
     finally:
         await client.close()
 
 
-def server(utterances: list[Utterance], work: Path) -> list[str]:
+def _pct(values: list[float], q: float) -> str:
+    return f"{np.percentile(values, q):.0f}" if values else "-"
+
+
+def server(
+    utterances: list[Utterance], work: Path, modes: tuple[tuple[str, str], ...] = MODES
+) -> list[str]:
+    """Each mode on one server run: cut-ins on the paused sentences (all pauses, and the
+    700 ms ones) and the endpoint delay on the complete utterances, per split."""
     rows = [
-        "| split | endpointing | cut-ins (paused sentences answered as 2+ turns) | complete "
-        "utterances: endpoint delay P50 / P95 ms |",
-        "|---|---|---|---|",
+        "| split | turn detection | cut-ins (paused sentences answered as 2+ turns) | of them "
+        "700 ms pauses | complete utterances: endpoint delay P50 / P95 ms | complete ones "
+        "split or unanswered |",
+        "|---|---|---|---|---|---|",
     ]
-    for silence_ms in (200, 500):
-        with loadtest.ServerProcess(work / f"vad-{silence_ms}") as srv:
-            counts = [asyncio.run(_play(srv.url, u, silence_ms)) for u in utterances]
+    for mode, knob in modes:
+        with loadtest.ServerProcess(work / f"{mode}-{knob}") as srv:
+            played = [(u, *asyncio.run(_play(srv.url, u, mode, knob))) for u in utterances]
             time.sleep(0.5)
-            delays = [
-                t.durations_ms["endpointing"]
-                for t in srv.turns()
-                if "endpointing" in t.durations_ms
-            ]
+            first: dict[str, float] = {}
+            for t in srv.turns():
+                if "endpointing" in t.durations_ms and t.session_id not in first:
+                    first[t.session_id] = t.durations_ms["endpointing"]
+        label = f"{mode} {knob}" + (" ms" if mode == "server_vad" else "")
         for split in ("dev", "held-out"):
-            paused = [
-                c
-                for u, c in zip(utterances, counts, strict=True)
-                if u.split == split and not u.complete
-            ]
-            cut = sum(1 for c in paused if c > 1)
+            mine = [(u, sid, n) for u, sid, n in played if u.split == split]
+            paused = [(u, n) for u, _, n in mine if not u.complete]
+            cut = sum(1 for _, n in paused if n > 1)
+            at700 = [n for u, n in paused if u.pause_ms == 700]
+            whole = [(sid, n) for u, sid, n in mine if u.complete]
+            delays = [first[sid] for sid, n in whole if n == 1 and sid in first]
             rows.append(
-                f"| {split} | server_vad {silence_ms} ms | {cut}/{len(paused)} | "
-                f"{np.percentile(delays, 50):.0f} / {np.percentile(delays, 95):.0f} (all turns) |"
+                f"| {split} | {label} | {cut}/{len(paused)} | "
+                f"{sum(1 for n in at700 if n > 1)}/{len(at700)} | "
+                f"{_pct(delays, 50)} / {_pct(delays, 95)} | "
+                f"{sum(1 for _, n in whole if n != 1)}/{len(whole)} |"
             )
     return rows
 
@@ -355,14 +366,22 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--server", action="store_true", help="also play the set to the real server")
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=[f"{m}:{k}" for m, k in MODES],
+        help="server modes, e.g. server_vad:500 semantic_vad:auto",
+    )
     args = ap.parse_args()
     settings = load_settings()
-    utterances = build_set(settings.data_dir / "turn-taking")
+    utterances = build_set(settings.data_dir / "turn-taking-v2")
     n_paused = sum(1 for u in utterances if not u.complete)
     print(f"# turn-taking set: {n_paused} paused sentences, {len(utterances) - n_paused} complete")
     lines = signals(utterances)
     if args.server:
-        lines += ["", *server(utterances, Path(tempfile.mkdtemp(prefix="castwork-turns-")))]
+        modes = tuple(tuple(m.split(":", 1)) for m in args.modes)
+        work = Path(tempfile.mkdtemp(prefix="castwork-turns-"))
+        lines += ["", *server(utterances, work, modes)]
     print("\n" + "\n".join(lines))
     return 0
 

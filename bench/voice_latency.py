@@ -6,7 +6,11 @@ its next turn. Prints voice-to-voice P50/P95 (server's turn log: last speech fra
 first answer audio out; and the client's view: last clip sample sent -> first audio delta
 received) and the median split per stage.
 
-    .venv/bin/python bench/voice_latency.py [--sessions 1 4] [--turns 6] [--out DIR]
+``--compare``: then the same on a second server with the defaults of 2026-12-06 (server_vad,
+500 ms of silence; Whisper's full 30 s window; any speech over an answer interrupts it), so
+the two sit side by side in one run.
+
+    .venv/bin/python bench/voice_latency.py [--sessions 1 4] [--turns 6] [--compare] [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ from pathlib import Path
 from voice import evalset, loadtest, turnlog_reader, turnstats
 from voice.config import load_settings
 from voice.factory import build_tts
+
+# The defaults before semantic_vad, the fitted Whisper window and backchannels (#16).
+BEFORE = {
+    "CASTWORK_VAD__TURN_DETECTION": "server_vad",
+    "CASTWORK_ASR__MIN_WINDOW_S": "0",
+    "CASTWORK_VAD__BARGE_IN_MIN_MS": "0",
+}
 
 
 def read_turns(path: Path) -> list[turnstats.Turn]:
@@ -60,30 +71,38 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--turns", type=int, default=6, help="turns per session in each phase")
     ap.add_argument("--out", type=Path, help="keep the turn log and server log here")
+    ap.add_argument("--compare", action="store_true", help="also run the 2026-12-06 defaults")
     args = ap.parse_args()
 
     work = args.out or Path(tempfile.mkdtemp(prefix="castwork-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     settings = load_settings()
     clips = evalset.build(build_tts(settings), settings.data_dir / "evalset")
-    server = loadtest.ServerProcess(work)
-    turn_log = server.turn_log
-    with server:
-        print(
-            f"# castwork voice latency — {os.cpu_count()} cores, clips: {len(clips)} Piper-spoken sentences"
-        )
-        lines: list[str] = []
-        for n in args.sessions:
-            seen = {t.session_id for t in server.turns()}
-            t0 = time.monotonic()
-            client_v2v = asyncio.run(run_phase(server.url, clips, n, args.turns))
-            time.sleep(0.5)
-            phase = [t for t in server.turns() if t.session_id not in seen]
-            lines += report(
-                f"{n} concurrent session(s), {time.monotonic() - t0:.0f} s", phase, client_v2v
-            )
-            print("\n".join(lines[-4:]), flush=True)
-    print(f"turn log: {turn_log}")
+    print(
+        f"# castwork voice latency — {os.cpu_count()} cores, clips: {len(clips)} Piper-spoken "
+        "sentences"
+    )
+    lines: list[str] = []
+    servers: list[tuple[str, Path, dict[str, str]]] = [("defaults", work / "defaults", {})]
+    if args.compare:
+        servers.append(("2026-12-06 defaults", work / "before", BEFORE))
+    for name, folder, env in servers:
+        server = loadtest.ServerProcess(folder, env=env)
+        with server:
+            for n in args.sessions:
+                seen = {t.session_id for t in server.turns()}
+                t0 = time.monotonic()
+                client_v2v = asyncio.run(run_phase(server.url, clips, n, args.turns))
+                time.sleep(0.5)
+                phase = [t for t in server.turns() if t.session_id not in seen]
+                lines += report(
+                    f"{name}, {n} concurrent session(s), {time.monotonic() - t0:.0f} s",
+                    phase,
+                    client_v2v,
+                )
+                print("\n".join(lines[-4:]), flush=True)
+        print(f"turn log: {server.turn_log}")
+    print("\n" + "\n".join(lines))
     return 0
 
 

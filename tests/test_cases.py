@@ -215,7 +215,7 @@ async def _talk_over(client: RealtimeClient) -> None:
     await client.wait_for("response.output_audio.delta")
     await asyncio.sleep(0.4)
     after = len(client.events)
-    await client.stream(tone(400), 16_000, realtime=False)
+    await client.stream(tone(1200), 16_000, realtime=False)  # past vad.barge_in_min_ms
     await client.wait_for("response.done", after=after)
     await client.stream(silence(900), 16_000, realtime=False)
     await client.wait_for("response.done", after=len(client.events) - 1, timeout=10)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tests.voice_fakes import wer
-from voice.asr import WhisperTranscriber, is_hallucination
+from voice.asr import WhisperTranscriber, is_hallucination, looks_looped
 from voice.audio import resample
 from voice.config import Settings
-from voice.factory import build_chat_chain
+from voice.factory import build_asr, build_chat_chain
 from voice.tts import EspeakSynthesizer, PiperSynthesizer
 from voice.vad import FRAME_SAMPLES, SileroVad
 from workers.doctor import CLIP_TEXT, bundled_clip
@@ -41,6 +41,40 @@ def test_whisper_transcribes_the_clip(asr_tiny: WhisperTranscriber) -> None:
     result = asr_tiny.transcribe(bundled_clip())
     assert wer(CLIP_TEXT, result.text) < 0.25, result.text
     assert result.no_speech_prob < 0.3 and result.avg_logprob > -1.0
+
+
+def test_a_window_that_fits_the_turn_hears_the_same_words(
+    asr_tiny: WhisperTranscriber, settings: Settings
+) -> None:
+    """The short encoder window (asr.min_window_s, on by default) against the 30 s one."""
+    full = build_asr(
+        settings.model_copy(update={"asr": settings.asr.model_copy(update={"min_window_s": 0})}),
+        "tiny.en",
+    )
+    clip = bundled_clip()
+    assert asr_tiny._min_window_s > 0 and len(clip) < 8 * 16_000
+    fitted, whole = asr_tiny.transcribe(clip), full.transcribe(clip)
+    assert wer(CLIP_TEXT, fitted.text) < 0.25, fitted.text
+    assert wer(whole.text, fitted.text) < 0.15, (whole.text, fitted.text)
+    assert fitted.no_speech_prob < 0.3 and fitted.avg_logprob > -1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds", "looped"),
+    [
+        ("What is the capital of France?", 2.0, False),
+        ("What is the capital of France? What is the", 2.0, True),
+        ("Okay. Okay. Okay.", 1.0, True),
+        ("Thanks! That was really helpful! Thanks! That was really helpful!", 2.5, True),
+        ("Yes.", 0.6, False),
+        ("one two three four five six seven eight nine ten eleven twelve", 1.5, True),
+        ("I would like to book a table for two at seven tonight.", 3.5, False),
+    ],
+)
+def test_a_looped_short_window_decode_is_recognised(
+    text: str, seconds: float, looped: bool
+) -> None:
+    assert looks_looped(text, seconds) is looped
 
 
 def test_whisper_on_silence_is_caught_by_the_guard(asr_tiny: WhisperTranscriber) -> None:

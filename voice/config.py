@@ -67,6 +67,10 @@ class AsrSettings(_Section):
     beam_size: Annotated[int, Field(ge=1, le=10)] = 1
     cpu_threads: Annotated[int, Field(ge=0, le=256)] = 2
     language: str | None = "en"
+    # Encode turns shorter than 30 s in a window that fits them (at least this long; the
+    # speech plus 2 s), decoding again on the full 30 s window when the result looks looped:
+    # tiny.en's encoder ~410 -> ~60-120 ms on 2 cores. 0: always the 30 s window.
+    min_window_s: Annotated[float, Field(ge=0, le=30)] = 8.0
     # Hallucination guard: a segment this likely to be silence, or this unsure, is dropped.
     no_speech_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
     min_avg_logprob: Annotated[float, Field(le=0)] = -1.0
@@ -162,6 +166,19 @@ class VadSettings(_Section):
     # partial transcript this often while the user speaks (0: never).
     speculative_after_ms: Annotated[int, Field(ge=32, le=10_000)] = 160
     partial_every_ms: Annotated[int, Field(ge=0, le=60_000)] = 1200
+    # The turn detection a session starts with (a client may change it by session.update):
+    # server_vad ends a turn after silence_duration_ms of silence; semantic_vad judges each
+    # pause at speculative_after_ms with the end-of-turn model (turn_model) and the transcript
+    # so far, and waits up to the eagerness's limit when they say the speaker goes on
+    # (voice.turntaking.policy; bench/turn_taking.py measures both).
+    turn_detection: Literal["server_vad", "semantic_vad"] = "semantic_vad"
+    # Speech over the agent's answer interrupts it once this much of it is speech, or sooner
+    # when its transcript is not a backchannel ("uh-huh", "okay"); 0: any speech at once.
+    barge_in_min_ms: Annotated[int, Field(ge=0, le=5000)] = 1000
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
+    # Smart Turn v3.2 from the pipecat-ai wheel, or a path to an ONNX file with its
+    # interface; "" for none (semantic_vad then judges by the transcript alone).
+    turn_model: str = "smart-turn-v3.2"
 
     @field_validator("model")
     @classmethod

@@ -129,6 +129,15 @@ class VoiceActivity(Protocol):
         ...
 
 
+class EndOfTurn(Protocol):
+    """Whether a speaker has finished, from the sound of the turn so far (16 kHz, ending in
+    the pause being judged)."""
+
+    name: str
+
+    def probability(self, audio: Float32Array) -> float: ...
+
+
 class Transcriber(Protocol):
     name: str
 

@@ -16,9 +16,10 @@ from voice.engines import ChatModel, Synthesizer
 from voice.errors import EngineError
 from voice.experiments import arm_configs
 from voice.llm import LlamaCppChat, OpenAIChat
-from voice.models import resolve_asr, resolve_llm, resolve_tts, resolve_vad
+from voice.models import resolve_asr, resolve_llm, resolve_tts, resolve_turn, resolve_vad
 from voice.tts import EspeakSynthesizer, PiperSynthesizer
 from voice.turns import APOLOGY, Engines, Runtime, TurnPolicy
+from voice.turntaking.smart_turn import SmartTurn
 from voice.vad import SileroVad
 
 T = TypeVar("T")
@@ -26,6 +27,12 @@ T = TypeVar("T")
 
 def build_vad(settings: Settings) -> SileroVad:
     return SileroVad(resolve_vad(settings.vad.model).path)
+
+
+def build_turn(settings: Settings) -> SmartTurn | None:
+    """semantic_vad's end-of-turn model; None when ``vad.turn_model`` is empty."""
+    ref = settings.vad.turn_model
+    return SmartTurn(resolve_turn(ref).path, name=ref) if ref else None
 
 
 def build_asr(settings: Settings, ref: str | None = None) -> WhisperTranscriber:
@@ -40,6 +47,7 @@ def build_asr(settings: Settings, ref: str | None = None) -> WhisperTranscriber:
         cpu_threads=a.cpu_threads,
         beam_size=a.beam_size,
         language=a.language,
+        min_window_s=a.min_window_s,
     )
 
 
@@ -137,6 +145,7 @@ def _engines(s: Settings, once: Once) -> Engines:
         else None,
         tts_fallback=tts_fallback,
         apology=apology,
+        turn=once("turn", s.vad.turn_model, lambda: build_turn(s)),
     )
 
 

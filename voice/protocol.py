@@ -50,14 +50,31 @@ class AudioFormat(_Model):
 
 
 class TurnDetection(_Model):
-    # semantic_vad is accepted and served by the same VAD endpointing as server_vad.
+    """``server_vad`` ends a turn after ``silence_duration_ms`` of silence. ``semantic_vad``
+    asks early in each pause whether the speaker has finished (the end-of-turn model and the
+    transcript so far, :mod:`voice.turntaking.policy`) and waits up to an ``eagerness``-
+    dependent limit when not. Both use the VAD's ``threshold`` and ``prefix_padding_ms`` to
+    find speech. ``idle_timeout_ms``: silence after the agent's answer before it prompts the
+    user (once; ``input_audio_buffer.timeout_triggered``)."""
+
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     prefix_padding_ms: Annotated[int, Field(ge=0, le=5000)] = 300
     silence_duration_ms: Annotated[int, Field(ge=100, le=10_000)] = 500
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     create_response: bool = True
     interrupt_response: bool = True
-    idle_timeout_ms: int | None = None
+    idle_timeout_ms: Annotated[int, Field(ge=5000, le=30_000)] | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """As the session object shows it: each type with its own fields (as OpenAI's)."""
+        own = (
+            {"eagerness"}
+            if self.type == "semantic_vad"
+            else {"threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"}
+        )
+        common = {"type", "create_response", "interrupt_response"}
+        return self.model_dump(include=own | common)
 
 
 class Transcription(_Model):

@@ -48,6 +48,7 @@ from voice.session import (
     CancelResponse,
     Close,
     FinishTurn,
+    JudgeTurn,
     ReleaseResponse,
     Send,
     SessionConfig,
@@ -307,6 +308,8 @@ class Connection:
             threshold=s.vad.threshold,
             prefix_padding_ms=s.vad.prefix_padding_ms,
             silence_duration_ms=s.vad.silence_duration_ms,
+            type=s.vad.turn_detection,
+            eagerness=s.vad.eagerness,
         )
         config = SessionConfig(
             instructions=s.llm.instructions,
@@ -314,6 +317,7 @@ class Connection:
             turn_detection=td,
             speculative_after_ms=s.vad.speculative_after_ms,
             partial_every_ms=s.vad.partial_every_ms,
+            barge_in_min_ms=s.vad.barge_in_min_ms,
             no_speech_threshold=s.asr.no_speech_threshold,
             min_avg_logprob=s.asr.min_avg_logprob,
             history_chars=s.llm.history_chars,
@@ -441,6 +445,8 @@ class Connection:
                 await self._send(action.event)
             elif isinstance(action, Transcribe):
                 self._spawn(self._transcribe(action))
+            elif isinstance(action, JudgeTurn):
+                self._spawn(self._judge(action))
             elif isinstance(action, StartResponse):
                 self._start_response(action)
             elif isinstance(action, ReleaseResponse):
@@ -469,6 +475,15 @@ class Connection:
         await self._do(
             self.core.on_transcript(action.request_id, result, time.monotonic(), retried=retried)
         )
+
+    async def _judge(self, action: JudgeTurn) -> None:
+        model, probability = self.rt.engines.turn, None
+        if model is not None:
+            try:
+                probability = await asyncio.to_thread(model.probability, action.audio)
+            except Exception:  # a broken judge must not end the turn: the transcript decides
+                log.exception("end-of-turn model %s failed", model.name)
+        await self._do(self.core.on_turn_judged(action.request_id, probability, time.monotonic()))
 
     def _start_response(self, action: StartResponse) -> None:
         cfg = self.core.config

@@ -37,10 +37,12 @@ from voice.engines import Message, ToolChoice, ToolSpec, Transcript
 from voice.errors import ProtocolError
 from voice.latency import TurnRecord
 from voice.lineage import digest
+from voice.turntaking.policy import PATIENCE, is_backchannel, judge, sure_enough
 from voice.vad import FRAME_SAMPLES
 
 FRAME_MS = FRAME_SAMPLES * 1000 // INTERNAL_RATE  # 32
 SORRY_DIDNT_CATCH = "Sorry, I didn't catch that. Could you say it again?"
+STILL_THERE = "Are you still there?"
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -57,6 +59,15 @@ class Transcribe:
     audio: Float32Array = field(repr=False)
     purpose: Literal["partial", "speculative", "final"]
     turn: TurnRecord | None
+
+
+@dataclass(frozen=True)
+class JudgeTurn:
+    """Ask the end-of-turn model whether the speech in ``audio`` (the turn so far, ending in
+    the pause) is finished; the answer comes back through :meth:`VoiceSession.on_turn_judged`."""
+
+    request_id: str
+    audio: Float32Array = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,16 @@ class Close:
     reason: str
 
 
-Action = Send | Transcribe | StartResponse | ReleaseResponse | CancelResponse | FinishTurn | Close
+Action = (
+    Send
+    | Transcribe
+    | JudgeTurn
+    | StartResponse
+    | ReleaseResponse
+    | CancelResponse
+    | FinishTurn
+    | Close
+)
 POLICY_VIOLATION = 1008  # the WebSocket close code
 
 
@@ -123,6 +143,9 @@ class SessionConfig:
     # and how often partial transcripts are attempted while the user speaks.
     speculative_after_ms: int = 160
     partial_every_ms: int = 1200
+    # Speech over the agent interrupts it once this much of it is heard, or when its words
+    # are not a backchannel ("uh-huh", "okay"); 0: any speech interrupts at once.
+    barge_in_min_ms: int = 1000
     # The hallucination guard's thresholds (settings.asr).
     no_speech_threshold: float = 0.6
     min_avg_logprob: float = -1.0
@@ -162,7 +185,7 @@ class SessionConfig:
                     "format": fmt(self.input_format),
                     "transcription": {"model": "whisper"},
                     "noise_reduction": None,
-                    "turn_detection": td.model_dump(exclude_none=True) if td else None,
+                    "turn_detection": td.wire() if td else None,
                 },
                 "output": {
                     "format": fmt(self.output_format),
@@ -225,6 +248,19 @@ class VoiceSession:
         self._speculative: str | None = None  # request id of this pause's decode
         self._spec_result: Transcript | None = None
         self._spec_retried = False
+        self._spec_done = False  # this pause's speculative decode answered (maybe with None)
+        # semantic_vad: this pause's end-of-turn judgement (request id, then its probability)
+        self._judge: str | None = None
+        self._judged: tuple[float | None] | None = None
+        self._pause_limit_ms: int | None = None  # the wait the judgement chose for this pause
+        # idle_timeout_ms: when the agent last finished speaking, and whether the user has
+        # spoken since it last prompted them
+        self._idle_from: float | None = None
+        self._idle_armed = True
+        # Speech over the agent's answer, not yet known to be an interruption; and how much
+        # of it was speech (barge_in_min_ms of it makes it one).
+        self._overlap = False
+        self._overlap_speech_ms = 0
         self._awaiting_final: dict[str, str] = {}  # request id -> item id, post-endpoint
         self._response: _Response | None = None
         self._response_requested: p.ResponseParams | None = None
@@ -309,14 +345,26 @@ class VoiceSession:
         if purpose == "speculative":
             if request_id != self._speculative:
                 return []  # speech resumed: this decode is stale
-            self._spec_result, self._spec_retried = result, retried
-            return self._prefetch(request_id, result, now)
+            self._spec_result, self._spec_retried, self._spec_done = result, retried, True
+            if self._overlap:
+                return self._overlap_heard(result, now)
+            return self._prefetch(request_id, result, now) + self._settle_pause(now)
         if item_id is None or turn is None:
             return []
         self._awaiting_final.pop(request_id, None)
         if retried:
             turn.add_recovery("asr_retry")
         return self._final(item_id, turn, result, now)
+
+    def on_turn_judged(
+        self, request_id: str, probability: float | None, now: float
+    ) -> list[Action]:
+        """The end-of-turn model's answer to a :class:`JudgeTurn` (None: no model, or it
+        failed: the transcript alone decides)."""
+        if request_id != self._judge:
+            return []  # speech resumed, or the pause already ended the turn
+        self._judged = (probability,)
+        return self._settle_pause(now)
 
     def on_response_done(
         self,
@@ -350,6 +398,8 @@ class VoiceSession:
             )
         for call in calls[message_at:]:
             self._keep(call)
+        if status == "completed" and not self._speaking:
+            self._idle_from = now
         if self._auto_answer and self._answerable_turn is not None:
             turn, self._answerable_turn, self._auto_answer = self._answerable_turn, None, False
             return [self._start_response(turn, now)]
@@ -387,7 +437,7 @@ class VoiceSession:
             if "turn_detection" in inp.model_fields_set:
                 c.turn_detection = inp.turn_detection
                 if inp.turn_detection is None:
-                    self._speaking, self._run = False, 0
+                    self._speaking, self._run, self._overlap = False, 0, False
                     dropped = self._drop_speculative()
         if s.audio and s.audio.output:
             out = s.audio.output
@@ -428,7 +478,7 @@ class VoiceSession:
 
     def _on_input_audio_buffer_clear(self, ev: p.InputAudioBufferClear, now: float) -> list[Action]:
         self._drop_buffer()
-        self._speaking, self._run = False, 0
+        self._speaking, self._run, self._overlap = False, 0, False
         return [*self._drop_speculative(), Send(p.event("input_audio_buffer.cleared"))]
 
     def _on_conversation_item_create(
@@ -528,12 +578,19 @@ class VoiceSession:
         speech = prob >= td.threshold
         if not self._speaking:
             self._run = self._run + 1 if speech else 0
-            return self._speech_started(frame_end_ms, td, now) if self._run >= 2 else []
+            if self._run >= 2:
+                return self._speech_started(frame_end_ms, td, now)
+            return self._idle_check(td, frame_end_ms, now)
         if frame_end_ms - self._speech_start_ms >= self.config.max_buffer_ms:
             return self._turn_too_long(td, now)
         if speech:
             self._last_speech_ms, self._last_speech_at, self._silence_ms = frame_end_ms, now, 0
             out = self._drop_speculative()
+            if self._overlap:
+                self._overlap_speech_ms += FRAME_MS
+                if self._overlap_speech_ms >= self.config.barge_in_min_ms:
+                    out += self._overlap_confirmed(td)
+                return out
             if (
                 frame_end_ms - self._last_partial_ms >= self.config.partial_every_ms
                 and not self._requests
@@ -546,44 +603,189 @@ class VoiceSession:
                 )
             return out
         self._silence_ms += FRAME_MS
-        if self._silence_ms >= td.silence_duration_ms:
+        if self._overlap:  # short speech over the agent: its transcript decides
+            if self._speculative is not None or self._silence_ms < self.config.speculative_after_ms:
+                return []
+            action = self._transcribe(
+                "speculative", self._item_id, None, self._speech_start_ms, frame_end_ms
+            )
+            self._speculative, self._spec_result = action.request_id, None
+            return [action]
+        if self._silence_ms >= self._pause_limit(td):
             return self._endpoint(td, now)
         if self._silence_ms >= self.config.speculative_after_ms and self._speculative is None:
             action = self._transcribe(
                 "speculative", self._item_id, self._turn, self._speech_start_ms, frame_end_ms
             )
             self._speculative, self._spec_result = action.request_id, None
-            return [action]
+            if td.type != "semantic_vad":
+                return [action]
+            self._judge = p.new_id("eot")
+            return [action, JudgeTurn(self._judge, action.audio)]
         return []
+
+    def _pause_limit(self, td: p.TurnDetection) -> int:
+        """The silence that ends a turn whatever else is known."""
+        if td.type == "server_vad":
+            return td.silence_duration_ms
+        if self._pause_limit_ms is not None:
+            return self._pause_limit_ms
+        return PATIENCE[td.eagerness].max_wait_ms
+
+    def _settle_pause(self, now: float) -> list[Action]:
+        """semantic_vad: once both the judgement and the speculative transcript are in, end
+        the turn now or keep listening (up to the eagerness's wait)."""
+        td = self.config.turn_detection
+        if td is None or self._judge is None or self._judged is None:
+            return []
+        if not self._speaking or self._turn is None:
+            return []
+        if not self._spec_done:
+            if not sure_enough(self._judged[0], td.eagerness):
+                return []  # the transcript decides with it
+            self._record_pause(self._judged[0], "model_sure")
+            return self._endpoint(td, now)  # the decode in flight becomes the final one
+        c, result = self.config, self._spec_result
+        text = (
+            result.text
+            if result is not None
+            and usable(result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob)
+            else ""
+        )
+        (probability,) = self._judged
+        verdict = judge(probability, text, td.eagerness, after_question=self._agent_asked())
+        self._judge = None  # one verdict a pause
+        self._record_pause(probability, verdict.why)
+        if verdict.finished or self._silence_ms >= verdict.wait_ms:
+            return self._endpoint(td, now)
+        self._pause_limit_ms = verdict.wait_ms
+        return []
+
+    def _record_pause(self, probability: float | None, why: str) -> None:
+        assert self._turn is not None
+        pauses = self._turn.extra.setdefault("pauses", [])
+        assert isinstance(pauses, list)
+        pauses.append(
+            {
+                "at_ms": self._silence_ms,
+                "p": None if probability is None else round(probability, 3),
+                "verdict": why,
+            }
+        )
+
+    def _agent_asked(self) -> bool:
+        """Whether the agent's last words were a question (its answer is then likely short)."""
+        for item in reversed(self.items.values()):
+            if item.role == "assistant" and item.kind == "message":
+                return item.text.rstrip().endswith("?")
+        return False
+
+    def _idle_check(self, td: p.TurnDetection, frame_end_ms: float, now: float) -> list[Action]:
+        """idle_timeout_ms: the agent finished and nobody spoke since: prompt the user, once."""
+        if td.idle_timeout_ms is None or self._idle_from is None or not self._idle_armed:
+            return []
+        if self._response is not None or now - self._idle_from < td.idle_timeout_ms / 1000:
+            return []
+        self._idle_from, self._idle_armed = None, False
+        turn = self._new_turn(now)
+        turn.mark("endpoint", now)
+        turn.extra["idle_timeout"] = True
+        out: list[Action] = [
+            Send(
+                p.event(
+                    "input_audio_buffer.timeout_triggered",
+                    audio_start_ms=int(
+                        max(self._buffer.start_ms, frame_end_ms - td.idle_timeout_ms)
+                    ),
+                    audio_end_ms=int(frame_end_ms),
+                    item_id=p.new_id("item"),
+                )
+            )
+        ]
+        return [*out, self._start_response(turn, now, canned=STILL_THERE)]
 
     def _speech_started(self, frame_end_ms: float, td: p.TurnDetection, now: float) -> list[Action]:
         out: list[Action] = []
         self._speaking, self._silence_ms = True, 0
+        self._idle_from, self._idle_armed = None, True
         onset = frame_end_ms - self._run * FRAME_MS
         self._speech_start_ms = max(self._buffer.start_ms, onset - td.prefix_padding_ms)
         self._last_speech_ms, self._last_speech_at = frame_end_ms, now
         self._last_partial_ms, self._partial_text = frame_end_ms, ""
         resp = self._response
-        if resp is not None and not resp.held and td.interrupt_response:
-            resp.turn.add_recovery("barge_in")
-            out.append(CancelResponse(resp.id, "turn_detected"))
+        interrupting = resp is not None and not resp.held and td.interrupt_response
+        # Speech over the agent is not yet an interruption: "uh-huh" must not cancel it.
+        self._overlap = interrupting and self.config.barge_in_min_ms > 0
+        self._overlap_speech_ms = self._run * FRAME_MS
+        if interrupting and not self._overlap:
+            out += self._interrupt()
         out += self._drop_speculative()
         self._item_id = p.new_id("item")
         self._turn = self._new_turn(now)
         self._turn.mark("speech_start", now)
-        out.append(
-            Send(
-                p.event(
-                    "input_audio_buffer.speech_started",
-                    audio_start_ms=int(self._speech_start_ms),
-                    item_id=self._item_id,
-                )
+        if self._overlap:
+            return out  # announced once it is an interruption (or a turn)
+        return [*out, self._announce_speech()]
+
+    def _announce_speech(self) -> Send:
+        return Send(
+            p.event(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=int(self._speech_start_ms),
+                item_id=self._item_id,
             )
         )
+
+    def _interrupt(self) -> list[Action]:
+        """Barge-in: the active response is cancelled (its unplayed audio is dropped)."""
+        resp = self._response
+        if resp is None or resp.held:
+            return []
+        resp.turn.add_recovery("barge_in")
+        return [CancelResponse(resp.id, "turn_detected")]
+
+    def _overlap_confirmed(self, td: p.TurnDetection) -> list[Action]:
+        """Speech over the agent is a real turn: announce it and interrupt the answer (when
+        it is still going). semantic_vad then judges the pause the words ended in."""
+        self._overlap = False
+        out: list[Action] = [self._announce_speech(), *self._interrupt()]
+        if td.type == "semantic_vad" and self._silence_ms > 0:
+            self._judge = p.new_id("eot")
+            out.append(
+                JudgeTurn(
+                    self._judge, self._buffer.slice(self._speech_start_ms, self._buffer.end_ms)
+                )
+            )
         return out
+
+    def _overlap_heard(self, result: Transcript | None, now: float) -> list[Action]:
+        """Short speech over the agent was transcribed: a backchannel ("uh-huh", "okay") or
+        noise is let go (the agent goes on); any other words interrupt it."""
+        td = self.config.turn_detection
+        assert td is not None
+        c = self.config
+        text = (
+            result.text
+            if result is not None
+            and usable(result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob)
+            else ""
+        )
+        if text and not is_backchannel(text):
+            out = self._overlap_confirmed(td)
+            if td.type == "server_vad" and self._silence_ms >= td.silence_duration_ms:
+                out += self._endpoint(td, now)  # the pause ended while the words were decoded
+            return out
+        if self._response is not None:
+            resp_extra = self._response.turn.extra
+            resp_extra["backchannels"] = int(str(resp_extra.get("backchannels", 0))) + 1
+        self._overlap, self._speaking, self._run = False, False, 0
+        self._item_id, self._turn = None, None
+        self._drop_speculative()
+        return []
 
     def _endpoint(self, td: p.TurnDetection, now: float) -> list[Action]:
         self._speaking, self._run = False, 0
+        self._judge, self._judged, self._pause_limit_ms = None, None, None
         assert self._item_id is not None and self._turn is not None
         item_id, turn = self._item_id, self._turn
         turn.mark("speech_end", self._last_speech_at)
@@ -626,7 +828,7 @@ class VoiceSession:
                 )
             ),
         ]
-        spec, self._speculative = self._speculative, None
+        spec, self._speculative, self._spec_done = self._speculative, None, False
         if spec is not None and self._spec_result is not None:
             if self._spec_retried:
                 turn.add_recovery("asr_retry")
@@ -667,6 +869,8 @@ class VoiceSession:
         c = self.config
         if result is None or td is None or not td.create_response:
             return []
+        if td.type == "semantic_vad":
+            return []  # the turn ends as soon as the judgement says so: nothing to prefetch
         if not usable(result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob):
             return []
         if self._response is not None or self._item_id is None or self._turn is None:
@@ -732,6 +936,14 @@ class VoiceSession:
                 self._response = None
             return [*out, FinishTurn(turn)]
         td = self.config.turn_detection
+        if self._speaking and td is not None and td.create_response:
+            # The caller went on before the answer began (the pause was not the end): the
+            # next turn's answer covers both, its history holds these words.
+            if held is not None:
+                out.append(CancelResponse(held.id, "superseded"))
+                self._response = None
+            turn.outcome = "continued"
+            return [*out, FinishTurn(turn)]
         if held is not None:
             held.held = False
             return [*out, ReleaseResponse(held.id)]
@@ -859,7 +1071,8 @@ class VoiceSession:
             if resp is not None and resp.held and resp.transcript_request == self._speculative:
                 out.append(CancelResponse(resp.id, "superseded"))
                 self._response = None
-        self._speculative, self._spec_result = None, None
+        self._speculative, self._spec_result, self._spec_done = None, None, False
+        self._judge, self._judged, self._pause_limit_ms = None, None, None
         return out
 
     def _drop_buffer(self) -> None:

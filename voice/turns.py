@@ -31,6 +31,7 @@ from voice.chunker import SpeakableChunker
 from voice.config import Settings
 from voice.engines import (
     ChatModel,
+    EndOfTurn,
     Message,
     Synthesizer,
     ToolCallDelta,
@@ -68,6 +69,8 @@ class Engines:
     apology: tuple[pcm.Float32Array, int] | None = None  # cached clip and its rate
     # The operator's server-side tools (HTTP, MCP), offered beside the client's own.
     tools: ToolBox | None = None
+    # semantic_vad's end-of-turn model (None: the transcript alone judges a pause).
+    turn: EndOfTurn | None = None
 
 
 @dataclass(frozen=True)
