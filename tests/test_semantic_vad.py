@@ -125,7 +125,8 @@ def test_finished_ends_the_turn_when_judgement_and_transcript_are_both_in() -> N
     d = Driver()
     semantic(d)
     spec, asked = pause_asked(d)
-    assert d.transcript(spec.request_id, HEARD) == []  # no prefetch: the judgement decides
+    (held,) = starts(d.transcript(spec.request_id, HEARD))  # prepared in the pause, unsent
+    assert held.held
     actions = judged(d, asked.request_id, 0.9)
     assert types(actions) == [
         "input_audio_buffer.speech_stopped",
@@ -134,11 +135,12 @@ def test_finished_ends_the_turn_when_judgement_and_transcript_are_both_in() -> N
         "conversation.item.input_audio_transcription.completed",
         "conversation.item.done",
     ]
-    (start,) = starts(actions)  # answered with the speculative transcript: no second decode
-    assert not start.held and transcribes(actions) == []
-    assert start.messages[-1] == {"role": "user", "content": "what time is it"}
-    assert start.turn.extra["pauses"] == [{"at_ms": 160, "p": 0.9, "verdict": "model"}]
-    assert start.turn.marks["endpoint"] - start.turn.marks["speech_end"] == pytest.approx(0.16)
+    # Released: answered with the speculative transcript, no second decode.
+    assert of_type(actions, ReleaseResponse) == [ReleaseResponse(held.response_id)]
+    assert transcribes(actions) == [] and starts(actions) == []
+    assert held.messages[-1] == {"role": "user", "content": "what time is it"}
+    assert held.turn.extra["pauses"] == [{"at_ms": 160, "p": 0.9, "verdict": "model"}]
+    assert held.turn.marks["endpoint"] - held.turn.marks["speech_end"] == pytest.approx(0.16)
 
 
 def test_the_judgement_may_come_before_the_transcript() -> None:
@@ -177,8 +179,9 @@ def test_goes_on_waits_to_the_eagerness_limit_then_ends_the_turn() -> None:
     assert "input_audio_buffer.speech_stopped" not in types(quiet)
     actions = d.pause(64)
     assert "input_audio_buffer.speech_stopped" in types(actions)
-    (start,) = starts(actions)
-    assert start.turn.extra["pauses"][0]["verdict"] == "model_unfinished"
+    (held,) = starts(d.actions)  # prepared while it waited, released now
+    assert of_type(actions, ReleaseResponse) == [ReleaseResponse(held.response_id)]
+    assert held.turn.extra["pauses"][0]["verdict"] == "model_unfinished"
 
 
 def test_a_model_that_only_leans_to_finished_ends_the_turn_at_the_shorter_wait() -> None:
@@ -225,7 +228,7 @@ def test_without_a_model_the_shell_answers_none_and_the_transcript_decides() -> 
     d.transcript(spec.request_id, HEARD)
     actions = judged(d, asked.request_id, None)
     assert "input_audio_buffer.speech_stopped" in types(actions)
-    assert starts(actions)[0].turn.extra["pauses"][0] == {
+    assert starts(d.actions)[-1].turn.extra["pauses"][0] == {
         "at_ms": 160,
         "p": None,
         "verdict": "transcript",
@@ -388,8 +391,8 @@ def test_speech_that_resumes_before_the_answer_begins_is_answered_with_it() -> N
     (finished,) = of_type(actions, FinishTurn)
     assert finished.turn.outcome == "continued"
     spec2 = transcribes(d.pause(192))[0]
-    d.transcript(spec2.request_id, Transcript("for two at seven.", 0.01, -0.2))
+    (start,) = starts(d.transcript(spec2.request_id, Transcript("for two at seven.", 0.01, -0.2)))
     (asked2,) = of_type(d.actions, JudgeTurn)[-1:]
-    (start,) = starts(judged(d, asked2.request_id, 0.95))
+    assert of_type(judged(d, asked2.request_id, 0.95), ReleaseResponse)
     users = [m["content"] for m in start.messages if m["role"] == "user"]
     assert users == ["I would like to book a table", "for two at seven."]

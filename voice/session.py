@@ -869,8 +869,6 @@ class VoiceSession:
         c = self.config
         if result is None or td is None or not td.create_response:
             return []
-        if td.type == "semantic_vad":
-            return []  # the turn ends as soon as the judgement says so: nothing to prefetch
         if not usable(result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob):
             return []
         if self._response is not None or self._item_id is None or self._turn is None:
