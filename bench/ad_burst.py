@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.ad_helpers import photo_bytes  # real photos, shared with the tests
-from voice.loadtest import free_port
+from voice.monitoring.loadtest import free_port
 
 KEY = "burst-merchant-key"
 

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from voice import audio as pcm
-from voice import loadtest
-from voice.client import RealtimeClient
-from voice.config import load_settings
-from voice.factory import build_tts
-from voice.fake_openai import Behaviour, FakeOpenAIServer
+from voice.clients.realtime import RealtimeClient
+from voice.engines.factory import build_tts
+from voice.monitoring import loadtest
+from voice.testing.fake_openai import Behaviour, FakeOpenAIServer
+from workers.settings import load_settings
 
 RATE = 16_000
 QUESTION = "When are you open?"

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from castwork.cli import _count
 from voice import audio as pcm
-from voice import evalset, loadtest, turnstats
-from voice.cases import CaseRecorder, CaseStore
-from voice.config import Settings, load_settings
-from voice.factory import build_tts
-from voice.latency import TurnRecord
-from workers.cli import _count
+from voice.core.record import TurnRecord
+from voice.engines.factory import build_tts
+from voice.learning.cases import CaseRecorder, CaseStore
+from voice.monitoring import evalset, loadtest, turnstats
+from workers.settings import Settings, load_settings
 
 
 def _dropped(server: loadtest.ServerProcess) -> float:

@@ -570,7 +570,7 @@ def verdict(ok: bool) -> str:
 
 
 def main() -> int:
-    from voice.config import load_settings
+    from workers.settings import load_settings
 
     settings = load_settings().media
     ap = argparse.ArgumentParser(

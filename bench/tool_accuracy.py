@@ -35,11 +35,12 @@ from typing import Any
 
 import jsonschema
 
-from voice.config import LlmSettings
-from voice.engines import Message, ToolCallDelta, ToolSpec
-from voice.errors import EngineError, ModelError
-from voice.llm import LlamaCppChat
-from voice.models import resolve_llm
+from base.errors import ModelError
+from voice.engines.contracts import Message, ToolCallDelta, ToolSpec
+from voice.engines.llm import LlamaCppChat
+from voice.engines.registry import resolve_llm
+from voice.errors import EngineError
+from voice.settings import LlmSettings
 
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 TOOLS = [

@@ -40,12 +40,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from voice import evalset, loadtest, turnstats
-from voice.config import load_settings
-from voice.errors import ModelError
-from voice.factory import build_tts
-from voice.fake_openai import Behaviour, FakeOpenAIServer
-from voice.models import resolve_llm
+from base.errors import ModelError
+from voice.engines.factory import build_tts
+from voice.engines.registry import resolve_llm
+from voice.monitoring import evalset, loadtest, turnstats
+from voice.testing.fake_openai import Behaviour, FakeOpenAIServer
+from workers.settings import load_settings
 
 TOOL_QUESTIONS = (
     "Where is my order A100?",

@@ -7,7 +7,7 @@ with a pause opened at the boundary: 700 ms for every sentence (the target's cas
 mid-sentence prosody (the cut point is the end of the boundary word, from Whisper's word
 timestamps on the whole sentence). Plus 8 short complete answers ("Yes.", "Tuesday at ten."),
 played after the agent asked a question. Even-numbered sentences are the dev half (the
-eagerness settings in voice/turntaking/policy.py were chosen on it), odd ones held out;
+eagerness settings in voice/core/turntaking.py were chosen on it), odd ones held out;
 figures are printed for each.
 
 1. ``signals``: at 200 ms into each pause, and 200 ms after each complete utterance, what
@@ -41,13 +41,13 @@ from pathlib import Path
 import numpy as np
 
 from voice import audio as pcm
-from voice import loadtest
-from voice.client import RealtimeClient
-from voice.config import load_settings
-from voice.factory import build_asr, build_tts
-from voice.models import resolve_turn
-from voice.turntaking.policy import PATIENCE, judge, reads_unfinished, sure_enough
-from voice.turntaking.smart_turn import SmartTurn
+from voice.clients.realtime import RealtimeClient
+from voice.core.turntaking import PATIENCE, judge, reads_unfinished, sure_enough
+from voice.engines.factory import build_asr, build_tts
+from voice.engines.registry import resolve_turn
+from voice.engines.smart_turn import SmartTurn
+from voice.monitoring import loadtest
+from workers.settings import load_settings
 
 RATE = 16_000
 SENTENCES = (

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from voice.client import RealtimeClient
-from voice.loadtest import free_port
-from voice.testing import silence, tone
+from voice.clients.realtime import RealtimeClient
+from voice.monitoring.loadtest import free_port
+from voice.testing.fakes import silence, tone
 
 CHUNK = 256 * 1024
 SILENCE_BYTE = {"audio/pcmu": b"\xff", "audio/pcm": b"\x00"}
@@ -64,11 +64,11 @@ class Row:
 
 
 async def _serve(port: int, voice: dict[str, Any], work: Path) -> None:
-    from voice.config import load_settings
-    from voice.latency import TurnLog
-    from voice.server import VoiceServer
-    from voice.testing import EnergyVad, FakeChat, FakeSynthesizer, FakeTranscriber
-    from voice.turns import Engines, TurnPolicy
+    from voice.runtime.latency import TurnLog
+    from voice.runtime.server import VoiceServer
+    from voice.runtime.turns import Engines, TurnPolicy
+    from voice.testing.fakes import EnergyVad, FakeChat, FakeSynthesizer, FakeTranscriber
+    from workers.settings import load_settings
 
     settings = load_settings(data_dir=work, voice=voice)
     engines = Engines(

@@ -24,9 +24,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from voice import evalset, loadtest, turnlog_reader, turnstats
-from voice.config import load_settings
-from voice.factory import build_tts
+from voice.engines.factory import build_tts
+from voice.monitoring import evalset, loadtest, turnlog_reader, turnstats
+from workers.settings import load_settings
 
 # The defaults before semantic_vad, the fitted Whisper window and backchannels (#16).
 BEFORE = {

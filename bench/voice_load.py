@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from voice import evalset, loadtest, turnstats
-from voice.config import load_settings
-from voice.factory import build_tts
-from workers.cli import _count
+from castwork.cli import _count
+from voice.engines.factory import build_tts
+from voice.monitoring import evalset, loadtest, turnstats
+from workers.settings import load_settings
 
 LEVELS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
 

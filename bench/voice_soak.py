@@ -19,9 +19,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from voice import evalset, loadtest
-from voice.config import load_settings
-from voice.factory import build_tts
+from voice.engines.factory import build_tts
+from voice.monitoring import evalset, loadtest
+from workers.settings import load_settings
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from voice.errors import CastworkError
+from base.errors import CastworkError
 
 
 def first_error(exc: ValidationError, *, default: str) -> tuple[str, str]:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import select
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from base.files import atomic_path
 from media.errors import FfmpegMissing, MediaError, RenderCancelled, RenderError, storage_error
 
 
@@ -232,28 +231,9 @@ def _follow_progress(
                 on_progress(min(1.0, max(0.0, done / duration_s)))
 
 
-@contextmanager
-def atomic_output(final: Path) -> Iterator[Path]:
-    """Yield a unique temporary path next to ``final``; rename it into place on success.
-
-    The name is unique per attempt (pid + random), so two deliveries of one message, or a
-    killed attempt's orphan, never write the same temporary file; readers only ever see the
-    final name, and only complete files get it (rename is atomic within a filesystem)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}.{secrets.token_hex(4)}.part{final.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        # missing_ok is not enough: a read-only mount answers EROFS even for a file that is
-        # not there, and a failed clean-up must not hide the error that brought us here.
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
 def thumbnail(video: Path, out: Path, *, at_s: float, width: int = 540) -> None:
     """A JPEG of the frame at ``at_s``, ``width`` pixels wide."""
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         run(
             [
                 "-ss", f"{at_s:.3f}", "-i", str(video), "-frames:v", "1",
@@ -270,7 +250,7 @@ def frame(video: Path, out: Path, *, at_s: float) -> None:
 
 def preview(video: Path, out: Path, *, seconds: float = 6.0, width: int = 360) -> None:
     """A small, short MP4 to show in lists and chats: the first seconds, low resolution."""
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         run(
             [
                 "-i", str(video), "-t", f"{seconds:.2f}", "-vf", f"scale={width}:-2",

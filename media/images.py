@@ -40,10 +40,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import re
 import struct
-import tempfile
 import threading
 import unicodedata
 import warnings
@@ -54,6 +52,7 @@ from typing import Any, Literal, cast
 import pillow_heif
 from PIL import Image, ImageCms, ImageFile, ImageOps, features
 
+from base.files import atomic_open
 from media.errors import InputError
 
 __all__ = [
@@ -461,16 +460,5 @@ def _write_atomically(im: Image.Image, target: Path, params: dict[str, Any]) -> 
     # Pillow's JPEG and PNG writers carry over some of im.info (comment, colour profile);
     # clearing it is what guarantees that no metadata (EXIF, GPS, XMP) is written out.
     im.info = {}
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            im.save(fh, **params)
-            fh.flush()
-            os.fsync(fh.fileno())
-            # mkstemp creates 0600; the renderer may run as another user of the same group.
-            os.fchmod(fh.fileno(), 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_open(target, durable=True) as fh:
+        im.save(fh, **params)

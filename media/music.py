@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +25,9 @@ from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
+
+from base.files import atomic_open
+from voice.audio import float_to_int16
 
 MusicStyle = Literal["bright", "pulse", "calm"]
 STYLES: tuple[MusicStyle, ...] = get_args(MusicStyle)
@@ -323,24 +324,14 @@ def synthesize(
 # --- Files ---------------------------------------------------------------------------------
 
 
-def to_int16(samples: Float32Array) -> npt.NDArray[np.int16]:
-    return np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
-
-
 def write_wav_atomic(path: Path, samples: Float32Array, sample_rate: int) -> None:
     """Write a 16-bit WAV (mono or (n, channels)) so readers never see a half-written file."""
     frames = samples.reshape(len(samples), -1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, wave.open(f, "wb") as w:
-            w.setnchannels(frames.shape[1])
-            w.setsampwidth(2)
-            w.setframerate(sample_rate)
-            w.writeframes(to_int16(frames).astype("<i2").tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f, wave.open(f, "wb") as w:
+        w.setnchannels(frames.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(float_to_int16(frames).astype("<i2").tobytes())
 
 
 def music_file(

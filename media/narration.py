@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voice.audio import Float32Array, resample
-from voice.engines import Synthesizer, Transcriber
+from voice.engines.contracts import Synthesizer, Transcriber
 from voice.errors import EngineError
 
 log = logging.getLogger(__name__)

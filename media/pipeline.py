@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from base.files import atomic_path
 from media import ffmpeg
 from media.errors import InputError
 from media.graph import EncodeOptions
@@ -34,10 +35,10 @@ from media.music import synthesize
 from media.narration import Narration, Phrase, narrate
 from media.plan import FPS, RenderPlan, Timeline, plan_render, plan_timeline
 from media.render import render_plan
+from media.settings import RenderSettings
 from media.soundtrack import MixSpec, mix
 from media.templates import Aspect, Template, get_template, load_templates, render_all_copy
-from voice.config import Settings
-from voice.engines import Synthesizer, Transcriber
+from voice.engines.contracts import Synthesizer, Transcriber
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class JobPaths:
 
 
 def write_json(path: Path, data: Any) -> None:
-    with ffmpeg.atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
@@ -103,7 +104,7 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def template_for(spec: JobSpec, settings: Settings) -> Template:
+def template_for(spec: JobSpec, settings: RenderSettings) -> Template:
     """The job's template: from ``media.templates_dir`` when it has one by that id, else bundled."""
     extra = settings.media.templates_dir
     if extra is not None and extra.is_dir():
@@ -116,7 +117,7 @@ def template_for(spec: JobSpec, settings: Settings) -> Template:
 # --- Stage 1: prepare -------------------------------------------------------------------
 
 
-def prepare(spec: JobSpec, paths: JobPaths, settings: Settings) -> JobSpec:
+def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec:
     """Normalize photos and logo into ``inputs/``; store the job with those paths."""
     if paths.spec_file.exists():
         return JobSpec.model_validate(read_json(paths.spec_file))
@@ -176,7 +177,7 @@ class NarrationInfo:
 class NarrationEngines:
     """TTS and aligners, loaded once per process on first use (they take seconds to load)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: RenderSettings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
         self._cache: dict[str, Any] = {}
@@ -188,8 +189,8 @@ class NarrationEngines:
             return self._cache[key]
 
     def voice(self, language: str) -> tuple[Synthesizer, Synthesizer | None]:
-        from voice.factory import build_fallback_tts, build_tts
-        from voice.tts import EspeakSynthesizer
+        from voice.engines.factory import build_fallback_tts, build_tts
+        from voice.engines.tts import EspeakSynthesizer
 
         if language == "ko":
             ko = self._settings.media.korean_voice
@@ -202,8 +203,8 @@ class NarrationEngines:
     def aligner(self, language: str) -> Transcriber | None:
         if not self._settings.media.align_captions:
             return None
-        from voice.asr import WhisperTranscriber
-        from voice.models import resolve_asr
+        from voice.engines.asr import WhisperTranscriber
+        from voice.engines.registry import resolve_asr
 
         s = self._settings
 
@@ -223,7 +224,7 @@ class NarrationEngines:
 
 
 def narrate_job(
-    spec: JobSpec, paths: JobPaths, settings: Settings, engines: NarrationEngines
+    spec: JobSpec, paths: JobPaths, settings: RenderSettings, engines: NarrationEngines
 ) -> NarrationInfo:
     """Copy -> narration (TTS + caption timing) -> the job's soundtrack, mixed once."""
     if paths.narration_file.exists() and (
@@ -306,7 +307,7 @@ def timeline_for(
 
 
 def plan_for(
-    spec: JobSpec, paths: JobPaths, settings: Settings, aspect: Aspect, info: NarrationInfo
+    spec: JobSpec, paths: JobPaths, settings: RenderSettings, aspect: Aspect, info: NarrationInfo
 ) -> RenderPlan:
     template = template_for(spec, settings)
     timeline = timeline_for(spec, template, info.duration_s, info.phrase_list)
@@ -325,7 +326,7 @@ def output_path(paths: JobPaths, aspect: Aspect, plan: RenderPlan, options: Enco
     return paths.out / f"ad-{aspect_slug(aspect)}-{digest}.mp4"
 
 
-def encode_options(settings: Settings) -> EncodeOptions:
+def encode_options(settings: RenderSettings) -> EncodeOptions:
     m = settings.media
     return EncodeOptions(crf=m.crf, preset=m.preset, oversample=m.oversample)
 
@@ -333,7 +334,7 @@ def encode_options(settings: Settings) -> EncodeOptions:
 def render_format(
     spec: JobSpec,
     paths: JobPaths,
-    settings: Settings,
+    settings: RenderSettings,
     aspect: Aspect,
     *,
     on_progress: Callable[[float], None] | None = None,
@@ -358,7 +359,7 @@ def render_format(
 # --- Stage 4: finalize ------------------------------------------------------------------
 
 
-def finalize(spec: JobSpec, paths: JobPaths, settings: Settings) -> dict[str, Any]:
+def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> dict[str, Any]:
     """Thumbnails (one per format), a short preview, and manifest.json listing everything."""
     if paths.manifest.exists():
         manifest: dict[str, Any] = read_json(paths.manifest)
@@ -434,7 +435,7 @@ def _stage_progress(report: Progress, stage: str) -> Callable[[float], None]:
 def run_job(
     spec: JobSpec,
     paths: JobPaths,
-    settings: Settings,
+    settings: RenderSettings,
     *,
     engines: NarrationEngines | None = None,
     progress: Progress | None = None,
@@ -456,7 +457,3 @@ def run_job(
     manifest = finalize(spec, paths, settings)
     report("finalize", 1.0)
     return manifest
-
-
-def job_root(settings: Settings, merchant: str, job_id: str) -> JobPaths:
-    return JobPaths(settings.jobs_dir / merchant / job_id)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from base.files import atomic_path
 from media import ffmpeg
 from media.ffmpeg import CancelFn, ProgressFn
 from media.graph import DEFAULT_ENCODE, EncodeOptions, Placed, build_args
@@ -66,7 +67,7 @@ def card_background(plan: RenderPlan, asset_dir: Path) -> Path:
     for y in range(plan.height):
         f = y / max(1, plan.height - 1)
         column.putpixel((0, y), tuple(round(a[i] + (b[i] - a[i]) * f) for i in range(3)))
-    with ffmpeg.atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         column.resize((plan.width, plan.height)).save(tmp, format="PNG")
     return out
 
@@ -82,7 +83,7 @@ def _fit_logo(layer: Layer, asset_dir: Path) -> Placed:
     digest = hashlib.sha256(f"{layer.source.name}:{size}".encode()).hexdigest()[:16]
     out = asset_dir / f"logo-{digest}.png"
     if not out.exists():
-        with ffmpeg.atomic_output(out) as tmp:
+        with atomic_path(out) as tmp:
             logo.resize(size, Image.Resampling.LANCZOS).save(tmp, format="PNG")
     return Placed(layer, out, x + (w - size[0]) // 2, y + (h - size[1]) // 2, *size)
 
@@ -117,7 +118,7 @@ def render_plan(
         return RenderResult(out, plan.duration, reused=True)
     placed = materialize(plan, asset_dir)
     card = card_background(plan, asset_dir)
-    with ffmpeg.atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         args = build_args(plan, placed, card, tmp, options=options)
         ffmpeg.render(
             args,

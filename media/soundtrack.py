@@ -26,7 +26,8 @@ import numpy.typing as npt
 import pyloudnorm
 import soxr
 
-from media.music import Float32Array, to_int16, write_wav_atomic
+from media.music import Float32Array, write_wav_atomic
+from voice.audio import float_to_int16
 
 RATE = 48_000
 # BS.1770's absolute gate: below it nothing is measurable, and it is what silence reports.
@@ -393,7 +394,7 @@ def limit(samples: Float32Array, ceiling_db: float) -> Float32Array:
 
 def _as_written(samples: Float32Array) -> Float32Array:
     """The samples exactly as the 16-bit file will hold them, so measurements are the file's."""
-    written: Float32Array = to_int16(samples).astype(np.float32) / np.float32(32768.0)
+    written: Float32Array = float_to_int16(samples).astype(np.float32) / np.float32(32768.0)
     return written
 
 

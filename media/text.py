@@ -21,12 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import islice, pairwise
@@ -36,6 +33,7 @@ from typing import Literal
 import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
 
+from base.files import atomic_open
 from media.errors import InputError
 from media.fonts import FontWeight, font_path, load_font
 
@@ -668,15 +666,7 @@ def _file_name(text: str, box_w: int, box_h: int, style: TextStyle) -> str:
 
 
 def _write_png(image: Image.Image, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers never see half a PNG."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # Level 1: these files live for one render; speed beats the last 20 % of size.
-            image.save(fh, format="PNG", compress_level=1)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a renderer run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Readers never see half a PNG (:mod:`base.files`)."""
+    with atomic_open(path) as fh:
+        # Level 1: these files live for one render; speed beats the last 20 % of size.
+        image.save(fh, format="PNG", compress_level=1)

@@ -55,7 +55,7 @@ def worker_process(
         [
             sys.executable,
             "-m",
-            "workers.cli",
+            "castwork.cli",
             "worker",
             "--processes",
             "1",

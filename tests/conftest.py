@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from voice.asr import WhisperTranscriber
-from voice.config import Settings, load_settings
-from voice.factory import build_asr, build_tts, build_vad
-from voice.tts import PiperSynthesizer
-from voice.vad import SileroVad
+from voice.engines.asr import WhisperTranscriber
+from voice.engines.factory import build_asr, build_tts, build_vad
+from voice.engines.tts import PiperSynthesizer
+from voice.engines.vad import SileroVad
+from workers.settings import Settings, load_settings
 
 ON_CI = os.environ.get("CI") == "true"
 

@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 ./setup.sh
 V=${CASTWORK_VENV:-.venv}/bin
 echo "== ruff"
-"$V/ruff" check voice media workers tests bench examples
-"$V/ruff" format --check voice media workers tests bench examples
+"$V/ruff" check base voice media workers castwork tests bench examples
+"$V/ruff" format --check base voice media workers castwork tests bench examples
 echo "== mypy"
 "$V/mypy"
 echo "== pytest"

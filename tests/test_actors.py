@@ -18,10 +18,10 @@ from dramatiq.middleware import TimeLimitExceeded
 
 from media.errors import InputError, RenderError
 from media.pipeline import NarrationEngines
-from voice.config import load_settings
 from workers import actors
 from workers.actors import Context
 from workers.broker import PatientRetries
+from workers.settings import load_settings
 from workers.store import JobStore
 
 

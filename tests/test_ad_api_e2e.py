@@ -15,9 +15,9 @@ from PIL import Image
 from media import ffmpeg
 from media.templates import FRAME_SIZES, get_template
 from tests.ad_helpers import ocr, photo_bytes, worker_env, worker_process
-from voice.config import load_settings
 from workers.api import create_app
 from workers.broker import make_broker
+from workers.settings import load_settings
 from workers.store import JobStore
 
 pytestmark = pytest.mark.models

@@ -1,7 +1,7 @@
 """Faults injected for real into the ad-job system, each survived (or refused) with a reason.
 
 - **Redis restarted mid-queue**: a Redis of the test's own, persisted as ``castwork serve``
-  persists its managed Redis (an append-only file; :func:`workers.serve.ensure_redis`, the
+  persists its managed Redis (an append-only file; :func:`castwork.serve.ensure_redis`, the
   same function, starts it), stopped while a job renders and others wait, started again
   from its directory. Every job ends ``done`` exactly once: none lost, none rendered twice,
   no message left over; the API answers 503 meanwhile and takes jobs again after.
@@ -35,14 +35,14 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from castwork.serve import ensure_redis
 from tests.ad_helpers import kill_group, photo_bytes, wait_for, worker_env, worker_process
 from tests.conftest import ON_CI, _free_port
 from tests.mounts import tmpfs
-from voice.config import Settings, load_settings
 from workers.api import create_app
 from workers.broker import make_broker
 from workers.jobs import Upload, submit
-from workers.serve import ensure_redis
+from workers.settings import Settings, load_settings
 from workers.store import TERMINAL, JobRecord, JobStore
 
 CHEAP_JOB = {

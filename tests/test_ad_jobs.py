@@ -14,9 +14,9 @@ from dramatiq import Broker
 
 from media import ffmpeg
 from tests.ad_helpers import kill_group, photo_bytes, wait_for, worker_env, worker_process
-from voice.config import Settings, load_settings
 from workers.broker import make_broker
 from workers.jobs import Upload, submit
+from workers.settings import Settings, load_settings
 from workers.store import JobStore
 
 pytestmark = pytest.mark.models

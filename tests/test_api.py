@@ -23,12 +23,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.types import Message
 
-from media.pipeline import job_root
-from voice.config import Settings, load_settings
-from voice.errors import ConfigError
+from base.errors import ConfigError
 from workers.actors import NARRATE, QUEUE
 from workers.api import CSRF_HEADER, create_app, keys_required
-from workers.store import JobStore
+from workers.settings import Settings, load_settings
+from workers.store import JobStore, job_root
 
 if TYPE_CHECKING:
     # What starlette's TestClient returns (it prefers httpx2 to httpx).

@@ -42,16 +42,17 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 from starlette.routing import Mount
 from websockets.asyncio.client import connect
 
-from media.pipeline import NarrationEngines, job_root
-from voice.client import RealtimeClient
-from voice.config import load_settings
-from voice.errors import ConfigError
-from voice.latency import TurnLog
-from voice.server import VoiceServer
-from voice.testing import EnergyVad
-from voice.turns import TurnPolicy
+from base.errors import ConfigError
+from media.pipeline import NarrationEngines
+from voice.clients.realtime import RealtimeClient
+from voice.runtime.latency import TurnLog
+from voice.runtime.server import VoiceServer
+from voice.runtime.turns import TurnPolicy
+from voice.testing.fakes import EnergyVad
 from workers import actors, ops
 from workers.actors import NARRATE, Context
+from workers.settings import load_settings
+from workers.store import job_root
 
 from . import test_api
 from .test_api import AUTH_A, AUTH_B, FIELDS, KEY_A, KEY_B, PHOTO, Api, MakeApi

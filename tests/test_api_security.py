@@ -23,9 +23,9 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from fastapi.testclient import TestClient
 
-from voice.config import load_settings
-from voice.origins import host_matches, origin_allowed, split_authority, trusted_host
+from base.access import host_matches, origin_allowed, split_authority, trusted_host
 from workers.api import CSRF_HEADER, LINK_SECRET_FILE, create_app
+from workers.settings import load_settings
 from workers.store import JobStore
 
 from . import test_api
@@ -83,7 +83,7 @@ def _post_job(client: TestClient, headers: dict[str, str]) -> Any:
     return client.post("/v1/jobs", data=FIELDS, files=_photos(), headers=headers)
 
 
-# --- The rules (voice.origins) ---------------------------------------------------------------
+# --- The rules (base.access) ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

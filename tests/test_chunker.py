@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voice.chunker import SpeakableChunker
+from voice.core.chunker import SpeakableChunker
 
 ANSWER = (
     "Well, the thing about the weather, as far as I know, is that it changes. "

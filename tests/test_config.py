@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from voice.config import load_settings
-from voice.errors import ConfigError
-from voice.lineage import of_settings, shaping_settings
-from voice.redact import mask_url, redacted
-from workers.cli import main
+from base.errors import ConfigError
+from base.redact import mask_url, redacted
+from castwork.cli import main
+from voice.learning.lineage import of_settings, shaping_settings
+from workers.settings import load_settings
 
 
 def test_defaults_are_the_embedded_models() -> None:

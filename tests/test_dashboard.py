@@ -28,10 +28,10 @@ from dramatiq.brokers.stub import StubBroker
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from voice import latency
-from voice.client import RealtimeClient
-from voice.config import Settings, load_settings
+from voice.clients.realtime import RealtimeClient
+from voice.runtime import latency
 from workers.api import create_app
+from workers.settings import Settings, load_settings
 from workers.store import JobStore
 
 from .test_latency_cli import REAL_LOG, direct, lines

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from voice.config import Settings, load_settings
-from workers.doctor import report, run_checks
+from castwork.doctor import report, run_checks
+from workers.settings import Settings, load_settings
 
 pytestmark = pytest.mark.models
 

@@ -7,14 +7,15 @@ import asyncio
 import numpy as np
 import pytest
 
+from castwork.doctor import CLIP_TEXT, bundled_clip
 from tests.voice_fakes import wer
-from voice.asr import WhisperTranscriber, is_hallucination, looks_looped
-from voice.audio import resample
-from voice.config import Settings
-from voice.factory import build_asr, build_chat_chain
-from voice.tts import EspeakSynthesizer, PiperSynthesizer
-from voice.vad import FRAME_SAMPLES, SileroVad
-from workers.doctor import CLIP_TEXT, bundled_clip
+from voice.audio import FRAME_SAMPLES, resample
+from voice.core.heard import is_hallucination
+from voice.engines.asr import WhisperTranscriber, looks_looped
+from voice.engines.factory import build_asr, build_chat_chain
+from voice.engines.tts import EspeakSynthesizer, PiperSynthesizer
+from voice.engines.vad import SileroVad
+from workers.settings import Settings
 
 pytestmark = pytest.mark.models
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voice import textnorm
-from voice.config import load_settings, with_overrides
-from voice.errors import ConfigError
-from voice.evalset import BUNDLED, Prompt, with_noise
-from voice.evaluate import Arm
+from base.errors import ConfigError
+from base.settings import with_overrides
+from voice.monitoring import textnorm
+from voice.monitoring.evalset import BUNDLED, Prompt, with_noise
+from voice.monitoring.evaluate import Arm
+from workers.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,7 @@ def test_eval_compares_tiny_and_base_on_the_bundled_set(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run(
         [
-            sys.executable, "-m", "workers.cli", "eval", str(set_dir),
+            sys.executable, "-m", "castwork.cli", "eval", str(set_dir),
             "--asr", "tiny.en", "base", "--warmup", "0", "--out", str(out),
         ],
         capture_output=True,
@@ -164,9 +165,9 @@ def test_eval_compares_tiny_and_base_on_the_bundled_set(tmp_path: Path) -> None:
 _BUILD_SUBSET = """
 import json, sys
 from pathlib import Path
-from voice import evalset
-from voice.config import load_settings
-from voice.factory import build_tts
+from voice.monitoring import evalset
+from workers.settings import load_settings
+from voice.engines.factory import build_tts
 pick = json.loads(sys.argv[2])
 evalset.build(build_tts(load_settings()), Path(sys.argv[1]), tuple(evalset.BUNDLED[i] for i in pick))
 """
@@ -175,8 +176,8 @@ evalset.build(build_tts(load_settings()), Path(sys.argv[1]), tuple(evalset.BUNDL
 def test_bad_sets_and_arguments_fail_before_any_model_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from castwork.cli import main
     from voice import audio as pcm
-    from workers.cli import main
 
     good = pcm.wav_bytes(np.zeros(8000, np.float32), 16_000)
     assert main(["eval", str(tmp_path / "missing")]) == 2
@@ -221,7 +222,7 @@ def test_bad_sets_and_arguments_fail_before_any_model_loads(
 
 
 def test_non_finite_times_are_refused() -> None:
-    from voice import turnstats
+    from voice.monitoring import turnstats
 
     for text in ("nan", "inf", "-inf"):
         with pytest.raises(ValueError, match="not a finite number"):

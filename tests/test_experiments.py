@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from voice import turnstats
-from voice.client import RealtimeClient
-from voice.config import load_settings
-from voice.errors import ConfigError
-from voice.experiments import NO_ARM, arm_configs, assign
-from voice.testing import EnergyVad, FakeTranscriber
-from voice.turns import Runtime, TurnPolicy
+from base.errors import ConfigError
+from voice.clients.realtime import RealtimeClient
+from voice.learning.experiments import NO_ARM, arm_configs, assign
+from voice.monitoring import turnstats
+from voice.runtime.turns import Runtime, TurnPolicy
+from voice.testing.fakes import EnergyVad, FakeTranscriber
+from workers.settings import load_settings
 
 from .voice_fakes import fake_engines, running_server, utterance
 
@@ -154,7 +154,7 @@ def _turn(arm: str, v2v: float, recovery: list[str] | None = None, i: int = 0) -
 
 def _latency(log: Path, *args: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "latency", str(log), "--by", "arm", "--json", *args],
+        [sys.executable, "-m", "castwork.cli", "latency", str(log), "--by", "arm", "--json", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -215,7 +215,7 @@ def test_rate_intervals_are_honest_for_small_counts() -> None:
 
 
 def test_paired_wer_interval() -> None:
-    from voice.evaluate import paired_wer_change_ci
+    from voice.monitoring.evaluate import paired_wer_change_ci
 
     refs = [f"the quick brown fox number {i}" for i in range(20)]
     a = [(r, r) for r in refs]
@@ -235,11 +235,11 @@ async def test_two_asr_arms_over_the_same_clips_report_what_the_records_say(
 ) -> None:
     import asyncio
 
-    from voice import evalset
-    from voice.evaluate import play_clip
-    from voice.factory import load_runtimes
-    from voice.latency import TurnLog
-    from voice.server import VoiceServer, key_id
+    from voice.monitoring import evalset
+    from voice.monitoring.evaluate import play_clip
+    from voice.runtime.assembly import load_runtimes
+    from voice.runtime.latency import TurnLog
+    from voice.runtime.server import VoiceServer, key_id
 
     # Split by key, two callers that land in different arms: each plays every clip, so both
     # arms hear the same audio.

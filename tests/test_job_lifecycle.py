@@ -17,20 +17,21 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Shutdown
 from PIL import Image
 
+from base.errors import CapacityError, ConfigError
+from base.settings import with_overrides
 from media.errors import InputError
 from media.job import JobSpec
-from media.pipeline import NarrationEngines, job_root, prepare
+from media.pipeline import NarrationEngines, prepare
 from tests.ad_helpers import kill_group, photo_bytes, wait_for, worker_env, worker_process
 from tests.test_ad_faults import CHEAP_JOB, _counting_ffmpeg, _queue_leftovers, _tail
-from voice.config import load_settings, with_overrides
-from voice.engines import Synthesizer, Transcriber
-from voice.errors import CapacityError, ConfigError
-from voice.testing import FakeSynthesizer
+from voice.engines.contracts import Synthesizer, Transcriber
+from voice.testing.fakes import FakeSynthesizer
 from workers import actors
 from workers.actors import Context, declare
 from workers.broker import make_broker
 from workers.jobs import Upload, outputs, submit
-from workers.store import TERMINAL, BadManifest, JobStore, without_paths
+from workers.settings import load_settings
+from workers.store import TERMINAL, BadManifest, JobStore, job_root, without_paths
 
 MANIFEST = {
     "outputs": [{"format": "1:1", "video": "ad-1x1-abc.mp4", "thumbnail": "thumb-1x1.jpg"}],

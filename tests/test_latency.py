@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from base.metrics import REGISTRY, metrics_text
 from tests.mounts import tmpfs
-from voice import turnlog_reader
-from voice.latency import REGISTRY, STAGES, TurnLog, TurnRecord, metrics_text
+from voice.core.record import STAGES, TurnRecord
+from voice.monitoring import turnlog_reader
+from voice.runtime.latency import TurnLog
 
 
 def _record(turn_id: str = "t1", outcome: str = "spoken") -> TurnRecord:
@@ -178,7 +180,7 @@ def test_metrics_after_writes() -> None:
 def test_parent_is_a_file_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "not_a_dir").write_text("x")
     log = TurnLog(tmp_path / "not_a_dir" / "turns.jsonl")
-    with caplog.at_level(logging.WARNING, logger="voice.latency"):
+    with caplog.at_level(logging.WARNING, logger="voice.runtime.latency"):
         log.write(_record("t1"))
         log.write(_record("t2"))
     log.close()
@@ -188,7 +190,7 @@ def test_parent_is_a_file_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptu
 @pytest.mark.skipif(not os.access("/dev/full", os.W_OK), reason="no /dev/full")
 def test_full_disk_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
     log = TurnLog(Path("/dev/full"))  # every write fails with ENOSPC
-    with caplog.at_level(logging.WARNING, logger="voice.latency"):
+    with caplog.at_level(logging.WARNING, logger="voice.runtime.latency"):
         for i in range(3):
             log.write(_record(f"t{i}"))
     log.close()

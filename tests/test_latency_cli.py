@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from voice import turnstats
-from voice.turnlog_reader import TurnLogTail, log_files
-from workers.cli import main
+from castwork.cli import main
+from voice.monitoring import turnstats
+from voice.monitoring.turnlog_reader import TurnLogTail, log_files
 
 REAL_LOG = Path(__file__).resolve().parent / "data" / "voice-latency-turns.jsonl"
 STAGES = ("endpointing", "asr", "llm_first_token", "first_piece", "tts_first_audio", "send")
@@ -137,7 +137,7 @@ def test_a_truncated_gzip_keeps_what_it_could_read(
 
 def test_stdin(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "latency", "-", "--json"],
+        [sys.executable, "-m", "castwork.cli", "latency", "-", "--json"],
         input=REAL_LOG.read_bytes() + b"garbage\n",
         capture_output=True,
         timeout=60,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from voice.engines import Message
-from voice.llm import _Contexts
+from voice.engines.contracts import Message
+from voice.engines.llm import _Contexts
 
 SYSTEM: Message = {"role": "system", "content": "Be brief."}
 

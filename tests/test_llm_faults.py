@@ -1,6 +1,6 @@
 """A remote LLM that misbehaves, for real: the real OpenAI-compatible backend
-(:class:`voice.llm.OpenAIChat`, the ``openai`` client) talks over loopback HTTP to a fake
-server (:mod:`voice.fake_openai`) that hangs, answers 5xx, cuts the connection mid-stream, or
+(:class:`voice.engines.llm.OpenAIChat`, the ``openai`` client) talks over loopback HTTP to a fake
+server (:mod:`voice.testing.fake_openai`) that hangs, answers 5xx, cuts the connection mid-stream, or
 streams garbage. Every turn still ends in speech within the deadline: the next backend's
 answer, or what was already said."""
 
@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from voice.client import RealtimeClient
-from voice.fake_openai import Behaviour, FakeOpenAIServer
-from voice.llm import OpenAIChat
-from voice.testing import FakeChat
-from voice.turns import TurnPolicy
+from voice.clients.realtime import RealtimeClient
+from voice.engines.llm import OpenAIChat
+from voice.runtime.turns import TurnPolicy
+from voice.testing.fake_openai import Behaviour, FakeOpenAIServer
+from voice.testing.fakes import FakeChat
 
 from .test_voice_server import _say, _turns
 from .voice_fakes import fake_engines, running_server

@@ -12,12 +12,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from voice.engines import Message, ToolCallDelta, ToolSpec
-from voice.errors import EngineError, ModelError
-from voice.fake_openai import Behaviour, FakeOpenAIServer
-from voice.llm import LlamaCppChat, OpenAIChat, _checked_llama, _Contexts, _prompt_key
-from voice.models import resolve_llm
-from voice.toolgrammar import WORDS_ONLY, CallReader, answered, grammar, prompt_messages
+from base.errors import ModelError
+from voice.engines.contracts import Message, ToolCallDelta, ToolSpec
+from voice.engines.llm import LlamaCppChat, OpenAIChat, _checked_llama, _Contexts, _prompt_key
+from voice.engines.registry import resolve_llm
+from voice.engines.toolgrammar import WORDS_ONLY, CallReader, answered, grammar, prompt_messages
+from voice.errors import EngineError
+from voice.testing.fake_openai import Behaviour, FakeOpenAIServer
 
 ORDER = ToolSpec(
     "lookup_order",
@@ -524,7 +525,7 @@ def test_a_prompt_too_long_to_warm_is_logged_and_the_contexts_stay_usable(
     """Instructions longer than the context fail the warm-up, not the server's start."""
     from types import SimpleNamespace
 
-    from voice.server import warm_local_llms
+    from voice.runtime.server import warm_local_llms
 
     chat = LlamaCppChat(
         resolve_llm("smollm2-135m").path, name="tiny", n_threads=1, context_tokens=256

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from voice.logs import JsonFormatter, _IdFilter, bound
+from base.logs import JsonFormatter, _IdFilter, bound
 
 
 def test_json_lines_carry_ids(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from voice.config import LlmBackend
-from voice.errors import ModelError, ModelNotInstalled
-from voice.models import (
+from base.errors import ModelError, ModelNotInstalled
+from voice.engines.registry import (
     BUILTIN_LLM,
     SPLIT_LLM,
     assemble_split_model,
@@ -17,6 +16,7 @@ from voice.models import (
     resolve_tts,
     resolve_vad,
 )
+from voice.settings import LlmBackend
 
 
 def test_builtins_resolve_from_installed_packages(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from media.narration import MAX_CAPTION_WORDS, caption_groups, narrate, split_sentences
-from voice.asr import WhisperTranscriber
-from voice.testing import FakeSynthesizer
-from voice.tts import PiperSynthesizer
+from voice.engines.asr import WhisperTranscriber
+from voice.engines.tts import PiperSynthesizer
+from voice.testing.fakes import FakeSynthesizer
 
 SCRIPT = "Handmade ceramic mugs. Each one glazed by hand, in our small studio. Yours for $24."
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voice.pii import mask
+from voice.learning.pii import mask
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from voice import protocol
-from voice.engines import Transcript
-from voice.errors import ProtocolError
-from voice.session import (
+from voice.audio import FRAME_SAMPLES
+from voice.core import protocol
+from voice.core.session import (
     Action,
     CancelResponse,
     FinishTurn,
@@ -32,8 +31,9 @@ from voice.session import (
     Transcribe,
     VoiceSession,
 )
-from voice.testing import silence, tone
-from voice.vad import FRAME_SAMPLES
+from voice.engines.contracts import Transcript
+from voice.errors import ProtocolError
+from voice.testing.fakes import silence, tone
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 FUZZ = settings(max_examples=150, deadline=None)

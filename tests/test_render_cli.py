@@ -34,7 +34,7 @@ def test_render_korean_job_from_yaml(tmp_path: Path) -> None:
     job_file.write_text(yaml.safe_dump(job, allow_unicode=True), encoding="utf-8")
     out = tmp_path / "render"
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "render", str(job_file), "--out", str(out)],
+        [sys.executable, "-m", "castwork.cli", "render", str(job_file), "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -64,7 +64,7 @@ def test_render_refuses_a_bad_job_file_clearly(tmp_path: Path) -> None:
     job_file = tmp_path / "job.yaml"
     job_file.write_text("headline: Hi\nimages: []\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "render", str(job_file), "--out", str(tmp_path)],
+        [sys.executable, "-m", "castwork.cli", "render", str(job_file), "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -91,7 +91,7 @@ def test_render_bad_paths_and_formats_are_clear(
         [
             sys.executable,
             "-m",
-            "workers.cli",
+            "castwork.cli",
             "render",
             str(job_file),
             "--out",

@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 from dramatiq import Broker
 
-from media.pipeline import JobPaths, job_root
+from base.errors import CapacityError
+from castwork.cli import main
+from media.pipeline import JobPaths
 from tests.ad_helpers import photo_bytes, wait_for, worker_env, worker_process
-from voice.config import Settings, load_settings
-from voice.errors import CapacityError
 from workers.broker import make_broker
-from workers.cli import main
 from workers.jobs import Upload, submit
 from workers.retention import (
     Decision,
@@ -29,7 +28,8 @@ from workers.retention import (
     Reaper,
     plan,
 )
-from workers.store import JobNotFound, JobStore
+from workers.settings import Settings, load_settings
+from workers.store import JobNotFound, JobStore, job_root
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from tests.test_session import HEARD, Driver, of_type, sends, starts, transcribes, types
-from voice.engines import Transcript
-from voice.session import STILL_THERE, CancelResponse, FinishTurn, JudgeTurn, ReleaseResponse
-from voice.turntaking.policy import PATIENCE, is_backchannel, judge, reads_unfinished
+from voice.core.session import STILL_THERE, CancelResponse, FinishTurn, JudgeTurn, ReleaseResponse
+from voice.core.turntaking import PATIENCE, is_backchannel, judge, reads_unfinished
+from voice.engines.contracts import Transcript
 
 GOES_ON = Transcript("I would like to book a table and", no_speech_prob=0.01, avg_logprob=-0.2)
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import redis
 
+from castwork.serve import ensure_redis, persistence
 from tests.ad_helpers import ROOT, wait_for, worker_env
 from tests.conftest import ON_CI, _free_port
-from voice.config import load_settings
-from workers.serve import ensure_redis, persistence
+from workers.settings import load_settings
 
 
 @contextmanager
@@ -81,7 +81,7 @@ def test_a_redis_that_does_not_persist_is_not_reused(
     with redis_server(tmp_path / "theirs", "--appendonly", "no") as port:
         assert persistence(f"redis://127.0.0.1:{port}/0") == ("off", "appendonly no")
         settings = load_settings(data_dir=tmp_path)
-        with caplog.at_level(logging.INFO, logger="workers.serve"):
+        with caplog.at_level(logging.INFO, logger="castwork.serve"):
             managed = ensure_redis(settings, port=port)
         try:
             assert managed.process is not None, "it reused a Redis that does not persist"
@@ -115,7 +115,7 @@ def test_a_redis_that_hides_its_config_is_not_reused(
     ) as port:
         kept, said = persistence(f"redis://127.0.0.1:{port}/0")
         assert kept == "unknown" and "CONFIG" in said
-        with caplog.at_level(logging.INFO, logger="workers.serve"):
+        with caplog.at_level(logging.INFO, logger="castwork.serve"):
             managed = ensure_redis(load_settings(data_dir=tmp_path), port=port)
         try:
             assert managed.process is not None
@@ -142,7 +142,7 @@ def test_a_configured_broker_is_used_with_a_warning_and_no_password_shown(
 ) -> None:
     with redis_server(tmp_path / "theirs", "--requirepass", "s3cret-pw") as port:
         url = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
-        with caplog.at_level(logging.INFO, logger="workers.serve"):
+        with caplog.at_level(logging.INFO, logger="castwork.serve"):
             managed = ensure_redis(load_settings(data_dir=tmp_path, broker={"url": url}))
         assert managed.process is None and managed.url == url  # the operator's choice
         assert "keeps no append-only file" in caplog.text
@@ -154,7 +154,7 @@ def test_serve_runs_api_and_workers_and_stops_cleanly(redis_url: str, tmp_path: 
     port = _free_port()
     env = worker_env(redis_url, tmp_path / "jobs")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "serve", "--no-voice", "--port", str(port)],
+        [sys.executable, "-m", "castwork.cli", "serve", "--no-voice", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -16,10 +16,9 @@ import pytest
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from voice import protocol
-from voice.audio import Float32Array
-from voice.engines import Transcript
-from voice.session import (
+from voice.audio import FRAME_SAMPLES, Float32Array
+from voice.core import protocol
+from voice.core.session import (
     SORRY_DIDNT_CATCH,
     Action,
     CancelResponse,
@@ -34,8 +33,8 @@ from voice.session import (
     spoken_text,
     usable,
 )
-from voice.testing import silence, tone
-from voice.vad import FRAME_SAMPLES
+from voice.engines.contracts import Transcript
+from voice.testing.fakes import silence, tone
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 SPEECH_P, SILENCE_P = 0.95, 0.02

@@ -11,13 +11,13 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from voice import evalset
-from voice.config import Settings
-from voice.errors import ModelError
-from voice.models import resolve_turn, resolve_vad
-from voice.tts import PiperSynthesizer
-from voice.turntaking.policy import PATIENCE
-from voice.turntaking.smart_turn import SmartTurn
+from base.errors import ModelError
+from voice.core.turntaking import PATIENCE
+from voice.engines.registry import resolve_turn, resolve_vad
+from voice.engines.smart_turn import SmartTurn
+from voice.engines.tts import PiperSynthesizer
+from voice.monitoring import evalset
+from workers.settings import Settings
 
 pytestmark = pytest.mark.models
 

@@ -200,7 +200,7 @@ def test_music_file_leaves_nothing_behind_when_writing_fails(
     def broken(_: F32) -> npt.NDArray[np.int16]:
         raise OSError("disk full")
 
-    monkeypatch.setattr(music, "to_int16", broken)
+    monkeypatch.setattr(music, "float_to_int16", broken)
     with pytest.raises(OSError, match="disk full"):
         music.music_file("bright", 1.0, tmp_path)
     assert list(tmp_path.iterdir()) == []  # no half-written WAV, no temp file

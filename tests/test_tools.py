@@ -26,10 +26,12 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response, S
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from base.errors import ConfigError
 from examples.order_status import http_tool
-from voice.config import HttpToolSettings, McpServerSettings, ToolSettings, load_settings
-from voice.errors import ConfigError, ToolArgumentsError, ToolError, ToolTimeout
+from voice.errors import ToolArgumentsError, ToolError, ToolTimeout
+from voice.settings import HttpToolSettings, McpServerSettings, ToolSettings
 from voice.tools import ToolBox
+from workers.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER_ID = {

@@ -1,13 +1,13 @@
-"""The response runner (voice/turns.py) on scripted engines, without a socket."""
+"""The response runner (voice/runtime/turns.py) on scripted engines, without a socket."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from voice.latency import TurnRecord
-from voice.session import StartResponse
-from voice.testing import FakeChat
-from voice.turns import ResponseRunner, TurnPolicy
+from voice.core.record import TurnRecord
+from voice.core.session import StartResponse
+from voice.runtime.turns import ResponseRunner, TurnPolicy
+from voice.testing.fakes import FakeChat
 
 from .voice_fakes import SERVER_EVENT, fake_engines
 

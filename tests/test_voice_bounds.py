@@ -22,14 +22,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from voice import audio as pcm
-from voice import server as voice_server
 from voice.audio import AudioRateLimit, Timeline
-from voice.cases import AUDIO_FILE, CASE_FILE, CaseRecorder, CaseStore, export
-from voice.client import RealtimeClient, SessionRefused
-from voice.config import load_settings
-from voice.latency import TurnRecord
-from voice.server import bearer_token, key_id
-from voice.testing import tone
+from voice.clients.realtime import RealtimeClient, SessionRefused
+from voice.core.record import TurnRecord
+from voice.learning.cases import AUDIO_FILE, CASE_FILE, CaseRecorder, CaseStore, export
+from voice.runtime import server as voice_server
+from voice.runtime.server import bearer_token, key_id
+from voice.testing.fakes import tone
+from workers.settings import load_settings
 
 from .voice_fakes import fake_engines, running_server, utterance
 

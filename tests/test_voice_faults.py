@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from voice import audio as pcm
-from voice import latency
-from voice.client import RealtimeClient, SessionRefused
-from voice.testing import FakeChat, FakeSynthesizer, FakeTranscriber
+from voice.clients.realtime import RealtimeClient, SessionRefused
+from voice.runtime import latency
+from voice.testing.fakes import FakeChat, FakeSynthesizer, FakeTranscriber
 
 from .test_protocol_fuzz import client_objects
 from .voice_fakes import assert_valid, fake_engines, running_server, utterance

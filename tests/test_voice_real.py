@@ -13,14 +13,15 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
+from castwork.doctor import CLIP_TEXT, bundled_clip
 from tests.voice_fakes import wer
 from voice import audio as pcm
-from voice.asr import WhisperTranscriber
-from voice.config import Settings, load_settings
-from voice.factory import build_vad, load_engines, turn_policy
-from voice.latency import TurnLog
-from voice.server import VoiceServer
-from workers.doctor import CLIP_TEXT, bundled_clip
+from voice.engines.asr import WhisperTranscriber
+from voice.engines.factory import build_vad
+from voice.runtime.assembly import load_engines, turn_policy
+from voice.runtime.latency import TurnLog
+from voice.runtime.server import VoiceServer
+from workers.settings import Settings, load_settings
 
 pytestmark = pytest.mark.models
 

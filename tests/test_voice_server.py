@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from voice.client import RealtimeClient
-from voice.testing import FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
-from voice.turns import TurnPolicy
+from voice.clients.realtime import RealtimeClient
+from voice.runtime.turns import TurnPolicy
+from voice.testing.fakes import FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
 
 from .voice_fakes import assert_valid, fake_engines, running_server, utterance
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from voice import evalset, loadtest
-from voice.config import Settings
-from voice.tts import PiperSynthesizer
+from voice.engines.tts import PiperSynthesizer
+from voice.monitoring import evalset, loadtest
+from workers.settings import Settings
 
 pytestmark = pytest.mark.models
 

@@ -19,13 +19,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from examples.order_status import http_tool
-from voice.client import RealtimeClient
-from voice.config import HttpToolSettings
-from voice.conversation import NO_RESULT
-from voice.engines import Message, ToolCallDelta, ToolSpec
-from voice.testing import FakeChat
+from voice.clients.realtime import RealtimeClient
+from voice.core.conversation import NO_RESULT
+from voice.engines.contracts import Message, ToolCallDelta, ToolSpec
+from voice.runtime.turns import TurnPolicy
+from voice.settings import HttpToolSettings
+from voice.testing.fakes import FakeChat
 from voice.tools import HttpTool, ToolBox
-from voice.turns import TurnPolicy
 
 from .test_tools import Seen, _recording, serving
 from .voice_fakes import assert_valid, fake_engines, running_server, utterance
@@ -450,7 +450,7 @@ async def test_a_side_effect_tool_never_runs_for_words_the_caller_took_back(
         client = await RealtimeClient.open(url)
         import numpy as np
 
-        from voice.testing import silence, tone
+        from voice.testing.fakes import silence, tone
 
         pause_then_more = np.concatenate(
             [silence(200), tone(600), silence(350), tone(600), silence(900)]
@@ -470,8 +470,8 @@ async def test_the_official_sdk_round_trip_with_a_remote_llm(tmp_path: Path) -> 
     LLM is an OpenAI-compatible server (the real OpenAIChat backend, streamed tool_calls)."""
     from openai import AsyncOpenAI
 
-    from voice.fake_openai import Behaviour, FakeOpenAIServer
-    from voice.llm import OpenAIChat
+    from voice.engines.llm import OpenAIChat
+    from voice.testing.fake_openai import Behaviour, FakeOpenAIServer
 
     fake = Behaviour(
         reply="Let me check.", tool_calls=[("get_order_status", '{"order_id": "A100"}')]

@@ -36,10 +36,10 @@ from fastapi import FastAPI
 from PIL import Image
 
 from media.pipeline import NarrationEngines
-from voice.config import Settings, load_settings
 from workers.actors import Context, declare
 from workers.api import create_app
 from workers.broker import make_broker
+from workers.settings import Settings, load_settings
 from workers.store import JobStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]

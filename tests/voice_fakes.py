@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter
 
-from voice.cases import CaseRecorder
-from voice.client import RealtimeClient
-from voice.config import Settings, load_settings
-from voice.latency import TurnLog
-from voice.server import VoiceServer
-from voice.testing import EnergyVad, FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
-from voice.turns import Engines, Runtime, TurnPolicy
+from voice.clients.realtime import RealtimeClient
+from voice.learning.cases import CaseRecorder
+from voice.monitoring.textnorm import word_errors
+from voice.runtime.latency import TurnLog
+from voice.runtime.server import VoiceServer
+from voice.runtime.turns import Engines, Runtime, TurnPolicy
+from voice.testing.fakes import EnergyVad, FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
+from workers.settings import Settings, load_settings
 
 try:
     from openai.types.realtime import RealtimeServerEvent
@@ -81,18 +82,5 @@ def assert_valid(client: RealtimeClient) -> None:
 
 
 def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate, ignoring case and punctuation."""
-    import jiwer
-
-    norm = jiwer.Compose(
-        [
-            jiwer.ToLowerCase(),
-            jiwer.RemovePunctuation(),
-            jiwer.RemoveMultipleSpaces(),
-            jiwer.Strip(),
-            jiwer.ReduceToListOfListOfWords(),
-        ]
-    )
-    return float(
-        jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
-    )
+    """Word error rate as `castwork eval` counts it (:mod:`voice.monitoring.textnorm`)."""
+    return word_errors(reference, hypothesis).rate

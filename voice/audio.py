@@ -18,6 +18,8 @@ import numpy.typing as npt
 import soxr
 
 INTERNAL_RATE = 16_000
+# 32 ms at 16 kHz: the frame size Silero was trained on, the unit the session core counts in.
+FRAME_SAMPLES = 512
 AudioFormat = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
 FORMAT_RATES: dict[str, int] = {"audio/pcm": 24_000, "audio/pcmu": 8_000, "audio/pcma": 8_000}
 
@@ -37,7 +39,9 @@ def int16_to_float(samples: Int16Array) -> Float32Array:
 
 
 def float_to_int16(samples: Float32Array) -> Int16Array:
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    """The inverse of :func:`int16_to_float` (x 32768, rounded): full scale is -1 .. 32767/32768,
+    so a round trip gives back the same samples."""
+    return np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
 
 
 # --- G.711 (ITU-T) -------------------------------------------------------------------------

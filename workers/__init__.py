@@ -1,1 +1,2 @@
-"""Job queue, HTTP API and the command line: the outermost shell of Castwork."""
+"""The ad-job service: the queue (actors, broker, store, jobs, retention) and the HTTP API
+with its pages (api, ops, web/)."""

@@ -40,23 +40,22 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage, Shutdown, TimeLimitExceeded
 
+from base.errors import CastworkError
+from base.logs import bound
 from media.errors import RenderCancelled, storage_error
 from media.job import JobSpec
 from media.pipeline import (
     JobPaths,
     NarrationEngines,
     finalize,
-    job_root,
     narrate_job,
     prepare,
     read_json,
     render_format,
 )
-from voice.config import Settings
-from voice.errors import CastworkError
-from voice.logs import bound
 from workers.broker import REDIS_DOWN, until_redis_answers
-from workers.store import JobNotFound, JobStore
+from workers.settings import Settings
+from workers.store import JobNotFound, JobStore, job_root
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ Choices worth knowing:
   a loopback address (:func:`keys_required`); otherwise ``create_app`` refuses to start.
   A merchant's view is its own: another merchant's job id is a 404, word for word the same
   as an id that does not exist.
-* **Other sites** (:mod:`voice.origins`). Without keys the API trusts that only this machine
+* **Other sites** (:mod:`base.access`). Without keys the API trusts that only this machine
   reaches it, so a web page must not reach it through the visitor's browser: it answers only
   loopback ``Host`` names (DNS rebinding sends the attacker's name), refuses a state-changing
   request whose ``Origin`` is not a loopback page, and wants the :data:`CSRF_HEADER` on
@@ -91,15 +91,15 @@ from pydantic import BaseModel, Field, SecretStr
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from base.access import find_key, is_loopback, origin_allowed, page_csp, trusted_host
+from base.errors import CapacityError, ConfigError
 from media.errors import InputError
 from media.images import safe_name, sniff_format
 from media.templates import ASPECTS, Template, _bundled, load_templates
-from voice.config import Settings
-from voice.errors import CapacityError, ConfigError
-from voice.origins import is_loopback, origin_allowed, trusted_host
 from workers import ops
 from workers.actors import QUEUE
 from workers.jobs import Upload, outputs, submit
+from workers.settings import Settings
 from workers.store import TERMINAL, IdempotencyConflict, JobNotFound, JobRecord, JobStore, Status
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,7 @@ CSRF_HEADER = "X-Castwork-CSRF"
 LINK_SECRET_FILE = "link-secret"
 _ACCEPTED = "JPEG, PNG, WebP or HEIC"
 # The page is ours alone: no inline script, nothing from elsewhere.
-_PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
-    "frame-ancestors 'none'"
-)
+_PAGE_CSP = page_csp(media=True, forms=True)
 
 
 # --- Response models (they make /openapi.json say what the API really returns) ----------
@@ -280,13 +276,7 @@ class Keys:
         return merchant in self._keys
 
     def merchant_for(self, key: str) -> str | None:
-        given = key.encode()
-        found = None
-        # Every key is compared (no early exit), so timing says nothing about which matched.
-        for merchant, secret in self._keys.items():
-            if hmac.compare_digest(given, secret):
-                found = merchant
-        return found
+        return find_key(key, self._keys)
 
     def authenticate(self, bearer: str | None, api_key: str | None) -> str | None:
         """The merchant for the presented key; None when no key was presented."""

@@ -6,12 +6,12 @@ Settings come from the environment / ``CASTWORK_CONFIG`` like every other entry 
 
 from __future__ import annotations
 
+from base.logs import configure_logging
 from media.pipeline import NarrationEngines
-from voice.config import load_settings
-from voice.logs import configure_logging
 from workers.actors import Context, declare
 from workers.broker import make_broker, store_url
 from workers.retention import Housekeeping
+from workers.settings import load_settings
 from workers.store import JobStore
 
 settings = load_settings()

@@ -14,7 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Retries
 
-from voice.config import Settings
+from workers.settings import Settings
 
 if TYPE_CHECKING:
     from dramatiq import Broker, Message

@@ -18,15 +18,15 @@ from typing import Any
 import dramatiq
 from pydantic import ValidationError
 
+from base.errors import CapacityError
 from media.errors import InputError
 from media.images import safe_name
 from media.job import JobSpec, job_error
-from media.pipeline import JobPaths, job_root, write_json
-from voice.config import Settings
-from voice.errors import CapacityError
+from media.pipeline import JobPaths, write_json
 from workers.actors import NARRATE, enqueue
 from workers.retention import Reaper
-from workers.store import JobRecord, JobStore
+from workers.settings import Settings
+from workers.store import JobRecord, JobStore, job_root
 
 
 @dataclass(frozen=True)

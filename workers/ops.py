@@ -15,7 +15,6 @@ configured they are open only when the API itself is (bound to loopback, no merc
 
 from __future__ import annotations
 
-import hmac
 import threading
 import time
 from collections.abc import Callable
@@ -27,15 +26,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import SecretStr
 
-from voice import latency, turnstats
-from voice.turnlog_reader import TurnLogTail
+from base.access import is_key, page_csp
+from base.metrics import metrics_text
+from voice.monitoring import turnstats
+from voice.monitoring.turnlog_reader import TurnLogTail
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # Same rules as the merchant page: our own script and styles only.
-_PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
-)
+_PAGE_CSP = page_csp()
 WINDOWS = {"15m": 900.0, "1h": 3600.0, "6h": 6 * 3600.0, "24h": 86_400.0, "all": None}
 
 
@@ -81,8 +79,7 @@ class OpsContext:
             raise OpsDenied(403, "operator endpoints are closed: set api.ops_keys to open them")
         if not presented:
             raise OpsDenied(401, "an operator key is required (Authorization: Bearer KEY)")
-        given = presented.encode()
-        if not any([hmac.compare_digest(given, k) for k in self.keys]):  # all compared
+        if not is_key(presented, self.keys):
             raise OpsDenied(401, "not an operator key")
 
     def turns(self) -> list[turnstats.Turn]:
@@ -156,4 +153,4 @@ def ops_health(ctx: Ops) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(ctx: Ops) -> Response:
-    return Response(latency.metrics_text(), media_type="text/plain; version=0.0.4")
+    return Response(metrics_text(), media_type="text/plain; version=0.0.4")

@@ -43,13 +43,13 @@ from typing import Any
 import dramatiq
 from prometheus_client import Counter
 
-from media.pipeline import JobPaths, job_root
+from base.errors import CapacityError
+from base.metrics import REGISTRY
+from media.pipeline import JobPaths
 from media.templates import ASPECTS
-from voice.config import JobSettings, Settings
-from voice.errors import CapacityError
-from voice.latency import REGISTRY
 from workers.broker import REDIS_DOWN
-from workers.store import JOB_ID, MERCHANT, TERMINAL, JobNotFound, JobRecord, JobStore
+from workers.settings import JobSettings, Settings
+from workers.store import JOB_ID, MERCHANT, TERMINAL, JobNotFound, JobRecord, JobStore, job_root
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,9 @@ from typing import Annotated, Any, Literal, cast
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from media.pipeline import JobPaths
+from workers.settings import Settings
+
 log = logging.getLogger(__name__)
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -384,3 +387,8 @@ def _read_manifest(job_id: str, raw: str | None) -> dict[str, Any] | None:
     except ValueError as exc:  # BadManifest, or not JSON
         log.error("job %s: its stored manifest is refused (%s); no file is served", job_id, exc)
         return None
+
+
+def job_root(settings: Settings, merchant: str, job_id: str) -> JobPaths:
+    """A job's folder: ``<jobs_dir>/<merchant>/<job id>``."""
+    return JobPaths(settings.jobs_dir / merchant / job_id)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from voice.config import load_settings
 from voice.errors import ToolError
 from voice.tools import ToolBox
+from workers.settings import load_settings
 
 QUESTIONS = [
     ("get_order_status", '{"order_id": "A100"}'),

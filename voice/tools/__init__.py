@@ -1,9 +1,9 @@
 """Server-side tools the voice agent may call: operator-configured HTTP endpoints and MCP
-servers (``[tools]`` in the settings). The chat model only asks (:class:`~voice.engines.
+servers (``[tools]`` in the settings). The chat model only asks (:class:`~voice.engines.contracts.
 ToolCallDelta`); this package runs what it asked, within bounds:
 
 - :class:`ToolBox` starts every configured source and finds a tool by name;
-- :class:`ServerTool` is what one tool is (a :class:`~voice.engines.ToolSpec` and ``call``);
+- :class:`ServerTool` is what one tool is (a :class:`~voice.engines.contracts.ToolSpec` and ``call``);
 - :func:`validate` checks the model's arguments against the tool's schema before any call.
 
 Failures are :class:`~voice.errors.ToolError` (code ``tool_error``),

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from voice.engines import ToolSpec
+from voice.engines.contracts import ToolSpec
 from voice.errors import ToolTimeout
 
 

@@ -6,9 +6,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from voice.config import ToolSettings
-from voice.engines import ToolSpec
-from voice.errors import ConfigError, ToolError
+from base.errors import ConfigError
+from voice.engines.contracts import ToolSpec
+from voice.errors import ToolError
+from voice.settings import ToolSettings
 from voice.tools.base import ServerTool
 from voice.tools.http import HttpTool
 from voice.tools.mcp import McpTools

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 
-from voice.config import HttpToolSettings
-from voice.engines import ToolSpec
+from base.redact import mask_url
+from voice.engines.contracts import ToolSpec
 from voice.errors import ToolError, ToolTimeout
-from voice.redact import mask_url
+from voice.settings import HttpToolSettings
 from voice.tools.base import bounded
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from voice.config import McpServerSettings
-from voice.engines import TOOL_NAME, ToolSpec, check_parameters
+from voice.engines.contracts import TOOL_NAME, ToolSpec, check_parameters
 from voice.errors import ToolError
+from voice.settings import McpServerSettings
 from voice.tools.base import bounded, cap_output
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from jsonschema.validators import validator_for
 
-from voice.engines import ToolSpec
+from voice.engines.contracts import ToolSpec
 from voice.errors import ToolArgumentsError
 
 # The model reads the message and may try again: one short line, not a dump of its input.

@@ -1,0 +1,41 @@
+"""The ad renderer's settings section, and :class:`RenderSettings`: what a render reads
+(narration needs the voice engines' TTS and ASR sections too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from base.settings import Seconds, Section
+from voice.settings import VoiceSettings
+
+
+class MediaSettings(Section):
+    """Ad-video rendering."""
+
+    # x264 preset at CRF 23. bench/render.py, 15 s of 1080x1920 on 2 cores: superfast 0.51-0.58x
+    # real time (4.5 MB), ultrafast 0.46x (10.4 MB), veryfast 0.70-0.84x (2.8 MB).
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = (
+        "superfast"
+    )
+    crf: Annotated[int, Field(ge=0, le=51)] = 23
+    # Photos are scaled to this multiple of the frame before Ken Burns motion (smoothness).
+    oversample: Annotated[float, Field(ge=1.0, le=3.0)] = 1.5
+    # ffmpeg's own limit per encode; below jobs.time_limit_s (checked), so a slow render fails
+    # with its own reason before dramatiq interrupts the whole stage.
+    render_timeout_s: Seconds = 600.0
+    # Time captions with Whisper word timestamps (else by character count within sentences).
+    align_captions: bool = True
+    # espeak-ng voice for Korean narration (Piper's embedded voice speaks English only).
+    korean_voice: str = "ko"
+    max_images: Annotated[int, Field(ge=1, le=8)] = 8
+    max_image_mb: Annotated[int, Field(ge=1, le=200)] = 20
+    max_image_pixels: Annotated[int, Field(ge=1_000_000, le=200_000_000)] = 50_000_000
+    # Extra templates (YAML) beside the bundled ones; same id here wins.
+    templates_dir: Path | None = None
+
+
+class RenderSettings(VoiceSettings):
+    media: MediaSettings = MediaSettings()

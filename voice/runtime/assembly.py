@@ -1,0 +1,112 @@
+"""A voice server's runtimes assembled from settings: engines loaded once, one runtime per
+experiment arm, and the turn policy (deadlines, tool rounds, filler) read off the settings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from voice import audio as pcm
+from voice.audio import concat
+from voice.engines.contracts import Synthesizer
+from voice.engines.factory import (
+    build_asr,
+    build_chat_chain,
+    build_fallback_tts,
+    build_tts,
+    build_turn,
+    build_vad,
+)
+from voice.errors import EngineError
+from voice.learning import lineage
+from voice.learning.experiments import arm_configs
+from voice.runtime.turns import APOLOGY, Engines, Runtime, TurnPolicy
+from voice.settings import VoiceSettings
+
+T = TypeVar("T")
+
+
+Once = Callable[[str, object, Callable[[], Any]], Any]
+
+
+def load_engines(settings: VoiceSettings) -> Engines:
+    """Load every engine a voice server needs, once, and pre-synthesise the apology clip."""
+    return _engines(settings, lambda kind, section, build: build())
+
+
+def load_runtimes(settings: VoiceSettings) -> list[Runtime]:
+    """One runtime per experiment arm (one in all without an experiment). Arms that configure
+    a model the same way share its loaded engine: an ASR-only experiment loads one LLM."""
+    configs = arm_configs(settings)  # every arm validated before any model loads
+    cache: dict[str, object] = {}
+
+    def once(kind: str, section: object, build: Callable[[], T]) -> T:
+        key = kind + ":" + json.dumps(section, sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = build()
+        return cast(T, cache[key])
+
+    return [
+        Runtime(
+            arm.name,
+            _engines(arm.settings, once),
+            once("vad", arm.settings.vad.model, lambda: build_vad(arm.settings)),  # noqa: B023 - called at once
+            turn_policy(arm.settings),
+            arm.settings,
+            weight=arm.weight,
+            lineage=lineage.of_settings(arm.settings),
+        )
+        for arm in configs
+    ]
+
+
+def _engines(s: VoiceSettings, once: Once) -> Engines:
+    """The engines for settings ``s``; ``once(kind, section, build)`` may hand back an engine
+    already built for the same section instead of calling ``build``."""
+    # A Whisper model is the same engine wherever it is used (primary or fallback).
+    asr = s.asr.model_dump(mode="json", exclude={"model", "fallback_model"})
+    tts, tts_fallback, apology = once("tts", s.tts.model_dump(mode="json"), lambda: _tts_pair(s))
+    fallback = s.asr.fallback_model
+    return Engines(
+        asr=once("asr", [asr, s.asr.model], lambda: build_asr(s)),
+        chat=once("llm", s.llm.model_dump(mode="json"), lambda: build_chat_chain(s)),
+        tts=tts,
+        asr_fallback=once("asr", [asr, fallback], lambda: build_asr(s, fallback))
+        if fallback
+        else None,
+        tts_fallback=tts_fallback,
+        apology=apology,
+        turn=once("turn", s.vad.turn_model, lambda: build_turn(s)),
+    )
+
+
+def _tts_pair(
+    settings: VoiceSettings,
+) -> tuple[Synthesizer, Synthesizer | None, tuple[pcm.Float32Array, int] | None]:
+    """The TTS engine, its fallback and the apology clip pre-synthesised by the first that can."""
+    tts = build_tts(settings)
+    fallback = build_fallback_tts(settings)
+    apology = None
+    for engine in (tts, fallback):
+        if engine is None:
+            continue
+        try:
+            apology = (concat(list(engine.synthesize(APOLOGY))), engine.sample_rate)
+            break
+        except EngineError:
+            continue
+    return tts, fallback, apology
+
+
+def turn_policy(settings: VoiceSettings) -> TurnPolicy:
+    llm = settings.llm
+    return TurnPolicy(
+        first_token_timeout_s=llm.first_token_timeout_s,
+        total_timeout_s=llm.total_timeout_s,
+        max_tokens=llm.max_tokens,
+        temperature=llm.temperature,
+        max_tool_rounds=settings.tools.max_rounds,
+        filler_after_s=settings.tools.filler_after_ms / 1000,
+        filler_text=settings.tools.filler_text if settings.tools.filler_after_ms else "",
+    )
