@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from castwork.cli import _count
+from castwork.cli import whole_number
 from voice import audio as pcm
 from voice.core.record import TurnRecord
 from voice.engines.factory import build_tts
@@ -195,11 +195,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--rounds", type=_count(1), default=6)
+    ap.add_argument("--rounds", type=whole_number(1), default=6)
     ap.add_argument(
-        "--sessions", type=_count(1), default=2, help="callers at once (2: under capacity)"
+        "--sessions", type=whole_number(1), default=2, help="callers at once (2: under capacity)"
     )
-    ap.add_argument("--turns", type=_count(1), default=3)
+    ap.add_argument("--turns", type=whole_number(1), default=3)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--direct-only", action="store_true", help="only the direct cost (seconds)")
     args = ap.parse_args()

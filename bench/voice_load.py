@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from castwork.cli import _count
+from castwork.cli import whole_number
 from voice.engines.factory import build_tts
 from voice.monitoring import evalset, loadtest, turnstats
 from workers.settings import load_settings
@@ -276,15 +276,15 @@ def main() -> int:
     ap.add_argument("--threshold-ms", type=float, default=2000.0)
     ap.add_argument(
         "--level-turns",
-        type=_count(1),
+        type=whole_number(1),
         default=24,
         help="turns at each level, split between callers",
     )
-    ap.add_argument("--max", type=_count(1), default=16, help="highest level tried")
-    ap.add_argument("--extra", type=_count(1), default=2, help="callers beyond capacity")
+    ap.add_argument("--max", type=whole_number(1), default=16, help="highest level tried")
+    ap.add_argument("--extra", type=whole_number(1), default=2, help="callers beyond capacity")
     ap.add_argument(
         "--rounds",
-        type=_count(1),
+        type=whole_number(1),
         default=3,
         help="admission rounds (alone and with the extra callers)",
     )

@@ -106,8 +106,9 @@ def cmd_render(args: argparse.Namespace, settings: Settings) -> int:
 
     from tqdm import tqdm
 
+    from media.folder import JobPaths
     from media.job import load_job_file, parse_job
-    from media.pipeline import JobPaths, run_job
+    from media.pipeline import run_job
 
     job_file = Path(args.job)
     spec = load_job_file(job_file)
@@ -129,12 +130,12 @@ def cmd_render(args: argparse.Namespace, settings: Settings) -> int:
             bar.update(max(0.0, round(target, 1) - bar.n))
 
         manifest = run_job(spec, JobPaths(out), settings, progress=progress)
-    for item in manifest["outputs"]:
+    for item in manifest.outputs:
         print(
-            f"{item['format']:>5}  {out / 'out' / item['video']}  "
-            f"{item['width']}x{item['height']} {item['fps']:.0f} fps {item['duration_s']:.2f} s"
+            f"{item.format:>5}  {out / 'out' / item.video}  "
+            f"{item.width}x{item.height} {item.fps or 0:.0f} fps {item.duration_s or 0:.2f} s"
         )
-    print(f"preview  {out / 'out' / manifest['preview']}")
+    print(f"preview  {out / 'out' / manifest.preview}")
     return 0
 
 
@@ -493,7 +494,7 @@ def _report_bad(parsed: Sequence[Parsed]) -> None:
         )
 
 
-def _count(least: int) -> Callable[[str], int]:
+def whole_number(least: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= ``least``."""
 
     def parse(text: str) -> int:
@@ -597,7 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-threshold", type=float, default=5.0, help="recovery-rate rise, in points (5)"
     )
     p.add_argument(
-        "--min-count", type=_count(1), default=10, help="fewer values than this are not judged (10)"
+        "--min-count",
+        type=whole_number(1),
+        default=10,
+        help="fewer values than this are not judged (10)",
     )
     p.set_defaults(func=cmd_latency)
 
@@ -622,8 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="an arm with settings overrides, e.g. 'fast:vad.silence_duration_ms=300' (repeatable)",
     )
     p.add_argument("--judge", default="base", help="Whisper that hears the replies back, or none")
-    p.add_argument("--warmup", type=_count(0), default=1, help="unscored turns first, per arm (1)")
-    p.add_argument("--limit", type=_count(1), help="only the first N clips")
+    p.add_argument(
+        "--warmup", type=whole_number(0), default=1, help="unscored turns first, per arm (1)"
+    )
+    p.add_argument("--limit", type=whole_number(1), help="only the first N clips")
     p.add_argument("--out", help="report folder (default: <data_dir>/eval/<time>)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_eval)

@@ -8,7 +8,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,23 +17,15 @@ from base.errors import CastworkError
 from base.redact import mask_url
 from castwork.serve import persistence
 from media import ffmpeg
-from voice.audio import FRAME_SAMPLES, Float32Array, read_wav, resample
+from voice.audio import FRAME_SAMPLES
 from voice.engines.contracts import ChatModel, Message, Synthesizer
 from voice.engines.factory import build_asr, build_chat, build_fallback_tts, build_tts, build_vad
 from voice.engines.registry import resolve_asr, resolve_llm, resolve_tts, resolve_vad
+from voice.testing.clips import bundled_clip
 from workers.broker import broker_url, ping
 from workers.settings import Settings
 
 T = TypeVar("T")
-CLIP_TEXT = (
-    "Hello, this is a test of the voice assistant. Please check the weather for tomorrow morning."
-)
-
-
-def bundled_clip() -> Float32Array:
-    """A 5 s English utterance made with the project's own Piper voice (16 kHz)."""
-    audio, rate = read_wav(Path(str(files("voice") / "assets" / "hello.wav")))
-    return resample(audio, rate, 16_000)
 
 
 @dataclass

@@ -59,6 +59,7 @@ __all__ = [
     "ImageKind",
     "ImageLimits",
     "PreparedImage",
+    "check_image_count",
     "prepare_image",
     "safe_name",
     "sniff_format",
@@ -462,3 +463,11 @@ def _write_atomically(im: Image.Image, target: Path, params: dict[str, Any]) -> 
     im.info = {}
     with atomic_open(target, durable=True) as fh:
         im.save(fh, **params)
+
+
+def check_image_count(count: int, limit: int) -> None:
+    """A job has 1 to ``limit`` photos (``media.max_images``): the one place for that rule."""
+    if count < 1:
+        raise InputError("images: at least one photo is needed", field="images")
+    if count > limit:
+        raise InputError(f"images: {count} photos; at most {limit}", field="images")

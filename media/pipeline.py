@@ -6,13 +6,7 @@ wrote into the job folder, writes its own results atomically, and returns early 
 already there. That is what makes at-least-once delivery safe: a message delivered twice, or
 redelivered after its worker was killed, finds the finished file and does nothing twice.
 
-Job folder::
-
-    <jobs_dir>/<merchant>/<job_id>/
-        uploads/            what the merchant sent (as received, names sanitized)
-        inputs/             normalized photos and logo (media.images)
-        work/               job.json, narration.json, soundtrack.wav, layer PNGs
-        out/                ad-9x16-<digest>.mp4 ..., thumb-9x16.jpg ..., preview.mp4, manifest.json
+The job folder, its file names and the manifest are :mod:`media.folder`'s.
 """
 
 from __future__ import annotations
@@ -28,8 +22,17 @@ from typing import Any
 from base.files import atomic_path
 from media import ffmpeg
 from media.errors import InputError
+from media.folder import (
+    PREVIEW_FILE,
+    JobPaths,
+    Manifest,
+    ManifestOutput,
+    NarrationSummary,
+    thumbnail_file,
+    video_file,
+)
 from media.graph import EncodeOptions
-from media.images import ImageLimits, prepare_image
+from media.images import ImageLimits, check_image_count, prepare_image
 from media.job import JobSpec
 from media.music import synthesize
 from media.narration import Narration, Phrase, narrate
@@ -37,62 +40,13 @@ from media.plan import FPS, RenderPlan, Timeline, plan_render, plan_timeline
 from media.render import render_plan
 from media.settings import RenderSettings
 from media.soundtrack import MixSpec, mix
-from media.templates import Aspect, Template, get_template, load_templates, render_all_copy
+from media.templates import Aspect, Template, get_template, render_all_copy
 from voice.engines.contracts import Synthesizer, Transcriber
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]  # (stage, share of that stage done 0..1)
 Cancel = Callable[[], bool]
-
-
-def aspect_slug(aspect: Aspect) -> str:
-    return aspect.replace(":", "x")
-
-
-@dataclass(frozen=True)
-class JobPaths:
-    root: Path
-
-    @property
-    def uploads(self) -> Path:
-        return self.root / "uploads"
-
-    @property
-    def inputs(self) -> Path:
-        return self.root / "inputs"
-
-    @property
-    def work(self) -> Path:
-        return self.root / "work"
-
-    @property
-    def out(self) -> Path:
-        return self.root / "out"
-
-    @property
-    def request_file(self) -> Path:
-        return self.work / "request.json"
-
-    @property
-    def spec_file(self) -> Path:
-        return self.work / "job.json"
-
-    @property
-    def narration_file(self) -> Path:
-        return self.work / "narration.json"
-
-    @property
-    def soundtrack(self) -> Path:
-        return self.work / "soundtrack.wav"
-
-    @property
-    def manifest(self) -> Path:
-        return self.out / "manifest.json"
-
-    def make(self) -> None:
-        for d in (self.uploads, self.inputs, self.work, self.out):
-            d.mkdir(parents=True, exist_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -105,13 +59,8 @@ def read_json(path: Path) -> Any:
 
 
 def template_for(spec: JobSpec, settings: RenderSettings) -> Template:
-    """The job's template: from ``media.templates_dir`` when it has one by that id, else bundled."""
-    extra = settings.media.templates_dir
-    if extra is not None and extra.is_dir():
-        found = load_templates(extra).get(spec.template)
-        if found is not None:
-            return found
-    return get_template(spec.template)
+    """The job's template, from :func:`media.templates.catalogue`."""
+    return get_template(spec.template, settings.media.templates_dir)
 
 
 # --- Stage 1: prepare -------------------------------------------------------------------
@@ -123,8 +72,7 @@ def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec
         return JobSpec.model_validate(read_json(paths.spec_file))
     paths.make()
     m = settings.media
-    if len(spec.images) > m.max_images:
-        raise InputError(f"images: {len(spec.images)} photos; at most {m.max_images}")
+    check_image_count(len(spec.images), m.max_images)
     limits = ImageLimits(max_bytes=m.max_image_mb << 20, max_pixels=m.max_image_pixels)
     template_for(spec, settings)  # an unknown template fails before any work
     for label, path in [*(("images", p) for p in spec.images), ("logo", spec.logo)]:
@@ -323,7 +271,7 @@ def plan_for(
 
 def output_path(paths: JobPaths, aspect: Aspect, plan: RenderPlan, options: EncodeOptions) -> Path:
     digest = plan.digest() + f"-{options.preset}-{options.crf}"
-    return paths.out / f"ad-{aspect_slug(aspect)}-{digest}.mp4"
+    return paths.out / video_file(aspect, digest)
 
 
 def encode_options(settings: RenderSettings) -> EncodeOptions:
@@ -359,59 +307,58 @@ def render_format(
 # --- Stage 4: finalize ------------------------------------------------------------------
 
 
-def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> dict[str, Any]:
+def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> Manifest:
     """Thumbnails (one per format), a short preview, and manifest.json listing everything."""
     if paths.manifest.exists():
-        manifest: dict[str, Any] = read_json(paths.manifest)
-        return manifest
+        return Manifest.model_validate(read_json(paths.manifest))
     info = NarrationInfo.load(paths.narration_file)
     template = template_for(spec, settings)
     timeline = timeline_for(spec, template, info.duration_s, info.phrase_list)
     options = encode_options(settings)
-    outputs: list[dict[str, Any]] = []
+    outputs: list[ManifestOutput] = []
     for aspect in spec.formats:
         plan = plan_for(spec, paths, settings, aspect, info)
         video = output_path(paths, aspect, plan, options)
         if not video.exists():
             raise InputError(f"format {aspect} was not rendered")  # an ordering bug, not input
         probe = ffmpeg.probe(video)
-        thumb = paths.out / f"thumb-{aspect_slug(aspect)}.jpg"
+        thumb = paths.out / thumbnail_file(aspect)
         if not thumb.exists():
             ffmpeg.thumbnail(video, thumb, at_s=_thumbnail_time(timeline))
         outputs.append(
-            {
-                "format": aspect,
-                "video": video.name,
-                "thumbnail": thumb.name,
-                "width": probe.width,
-                "height": probe.height,
-                "fps": probe.fps,
-                "duration_s": round(probe.duration, 3),
-                "bytes": video.stat().st_size,
-            }
+            ManifestOutput(
+                format=aspect,
+                video=video.name,
+                thumbnail=thumb.name,
+                width=probe.width,
+                height=probe.height,
+                fps=probe.fps,
+                duration_s=round(probe.duration, 3),
+                bytes=video.stat().st_size,
+            )
         )
     # A render killed mid-way (SIGKILL, power loss) leaves its unique temporary file behind;
     # every format is complete now, so whatever is still called .part is such an orphan.
     for orphan in paths.out.glob(".*.part*"):
         orphan.unlink(missing_ok=True)
-    preview = paths.out / "preview.mp4"
+    preview = paths.out / PREVIEW_FILE
     if not preview.exists():
-        ffmpeg.preview(paths.out / outputs[0]["video"], preview)
-    manifest = {
-        "template": spec.template,
-        "language": info.language,
-        "narration": {
-            "text": info.text,
-            "engine": info.engine,
-            "duration_s": round(info.duration_s, 3),
-            "captions_aligned": info.aligned,
-            "loudness_lufs": info.loudness_lufs,
-        },
-        "duration_s": round(timeline.duration, 3),
-        "outputs": outputs,
-        "preview": preview.name,
-    }
-    write_json(paths.manifest, manifest)
+        ffmpeg.preview(paths.out / outputs[0].video, preview)
+    manifest = Manifest(
+        template=spec.template,
+        language=info.language,
+        narration=NarrationSummary(
+            text=info.text,
+            engine=info.engine,
+            duration_s=round(info.duration_s, 3),
+            captions_aligned=info.aligned,
+            loudness_lufs=info.loudness_lufs,
+        ),
+        duration_s=round(timeline.duration, 3),
+        outputs=outputs,
+        preview=preview.name,
+    )
+    write_json(paths.manifest, manifest.model_dump(mode="json"))
     return manifest
 
 
@@ -439,7 +386,7 @@ def run_job(
     *,
     engines: NarrationEngines | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Every stage in order, here (`castwork render`)."""
     report: Progress = progress or _no_progress
     report("prepare", 0.0)

@@ -298,8 +298,19 @@ def _bundled() -> dict[str, Template]:
     return load_templates(TEMPLATES_DIR)
 
 
-def get_template(template_id: str, directory: Path | None = None) -> Template:
-    templates = _bundled() if directory is None else load_templates(directory)
+def catalogue(extra_dir: Path | None = None) -> dict[str, Template]:
+    """The templates a job can name: the bundled ones, and those of ``extra_dir``
+    (``media.templates_dir``; the same id there wins). The one place templates are looked up."""
+    templates = dict(_bundled())
+    if extra_dir is not None and extra_dir.is_dir():
+        templates.update(load_templates(extra_dir))
+    return templates
+
+
+def get_template(template_id: str, extra_dir: Path | None = None) -> Template:
+    """One template of :func:`catalogue`; an unknown id is an :class:`InputError` naming the
+    known ones."""
+    templates = catalogue(extra_dir)
     try:
         return templates[template_id]
     except KeyError:

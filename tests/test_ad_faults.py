@@ -298,7 +298,7 @@ def _check_done_once(jobs_dir: Path, record: JobRecord, log: Path) -> None:
     assert record.manifest is not None
     out = jobs_dir / record.merchant / record.id / "out"
     videos = sorted(p.name for p in out.glob("ad-*.mp4"))
-    assert videos == [o["video"] for o in record.manifest["outputs"]]  # one per format
+    assert videos == [o.video for o in record.manifest.outputs]  # one per format
     assert _hidden(out) == []
 
 

@@ -85,14 +85,14 @@ def test_worker_killed_mid_render_job_completes_once(
     assert done.status == "done", done.error
     assert done.manifest is not None
     videos = sorted(p.name for p in out.glob("*.mp4") if p.name != "preview.mp4")
-    assert videos == sorted(o["video"] for o in done.manifest["outputs"])  # one file per format
+    assert videos == sorted(o.video for o in done.manifest.outputs)  # one file per format
     assert len(videos) == 2
     assert not list(out.glob(".*"))  # no orphaned temporary file left behind
-    for item in done.manifest["outputs"]:
-        probe = ffmpeg.probe(out / item["video"])
+    for item in done.manifest.outputs:
+        probe = ffmpeg.probe(out / item.video)
         assert probe.video_codec == "h264" and probe.audio_codec == "aac"
         assert probe.fps == pytest.approx(30.0)
-        assert probe.duration == pytest.approx(done.manifest["duration_s"], abs=0.1)
+        assert probe.duration == pytest.approx(done.manifest.duration_s, abs=0.1)
     record_property("jobs", 1)
     record_property("lost", 0)
     record_property("duplicated", 0)

@@ -49,8 +49,9 @@ from voice.runtime.latency import TurnLog
 from voice.runtime.server import VoiceServer
 from voice.runtime.turns import TurnPolicy
 from voice.testing.fakes import EnergyVad
-from workers import actors, ops
+from workers import actors
 from workers.actors import NARRATE, Context
+from workers.api import ops
 from workers.settings import load_settings
 from workers.store import job_root
 

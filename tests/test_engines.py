@@ -7,7 +7,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from castwork.doctor import CLIP_TEXT, bundled_clip
 from tests.voice_fakes import wer
 from voice.audio import FRAME_SAMPLES, resample
 from voice.core.heard import is_hallucination
@@ -15,6 +14,7 @@ from voice.engines.asr import WhisperTranscriber, looks_looped
 from voice.engines.factory import build_asr, build_chat_chain
 from voice.engines.tts import EspeakSynthesizer, PiperSynthesizer
 from voice.engines.vad import SileroVad
+from voice.testing.clips import CLIP_TEXT, bundled_clip
 from workers.settings import Settings
 
 pytestmark = pytest.mark.models

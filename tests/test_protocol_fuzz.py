@@ -20,17 +20,16 @@ from pydantic import TypeAdapter
 
 from voice.audio import FRAME_SAMPLES
 from voice.core import protocol
-from voice.core.session import (
+from voice.core.actions import (
     Action,
     CancelResponse,
     FinishTurn,
     ReleaseResponse,
     Send,
-    SessionConfig,
     StartResponse,
     Transcribe,
-    VoiceSession,
 )
+from voice.core.session import SessionConfig, VoiceSession
 from voice.engines.contracts import Transcript
 from voice.errors import ProtocolError
 from voice.testing.fakes import silence, tone
@@ -334,6 +333,9 @@ class Fuzzer:
         self.responses: dict[str, bool] = {}  # response id -> still held
         self.assistant_items: list[str] = []
         self.done: list[str] = []  # responses reported done, in order
+        self.turn_of: dict[str, str] = {}  # response id -> its turn's id
+        self.reporting: str | None = None  # the response whose done is being handled
+        self.finished: set[str] = set()  # turn ids
         self.take(self.session.start())
 
     def active(self) -> set[str]:
@@ -355,6 +357,7 @@ class Fuzzer:
                 if strict and not a.held:
                     assert self.active() == set(), "a second audible response started"
                 self.responses[a.response_id] = a.held
+                self.turn_of[a.response_id] = a.turn.turn_id
                 self.assistant_items.append(a.item_id)
             elif isinstance(a, ReleaseResponse):
                 if strict:
@@ -366,6 +369,20 @@ class Fuzzer:
                     assert a.response_id in self.responses and a.response_id not in self.done
             else:
                 assert isinstance(a, FinishTurn)
+                assert a.turn.turn_id not in self.finished, "a turn finished twice"
+                self.finished.add(a.turn.turn_id)
+                if self.reporting is not None and self.turn_of.get(self.reporting) == (
+                    a.turn.turn_id
+                ):
+                    # its heard response ended: how it ended is the turn's outcome
+                    assert a.turn.outcome in {
+                        "spoken",
+                        "text_only",
+                        "tool_call",
+                        "cancelled",
+                        "failed",
+                    }
+                    continue
                 # no speech, an ASR failure while another response plays (no second one), or
                 # a caller who went on before the answer began (the next turn answers both)
                 if a.turn.outcome == "continued":
@@ -442,7 +459,9 @@ class Fuzzer:
         if response_id in self.responses and response_id not in self.done:
             self.done.append(response_id)  # before its actions: they may start the next one
         self.now += 0.01
+        self.reporting = response_id
         self.take(self.session.on_response_done(response_id, status, segs, self.now))
+        self.reporting = None
 
     def run(self, script: list[tuple[Any, ...]]) -> None:
         for op in script:

@@ -16,7 +16,7 @@ from dramatiq import Broker
 
 from base.errors import CapacityError
 from castwork.cli import main
-from media.pipeline import JobPaths
+from media.folder import JobPaths
 from tests.ad_helpers import photo_bytes, wait_for, worker_env, worker_process
 from workers.broker import make_broker
 from workers.jobs import Upload, submit

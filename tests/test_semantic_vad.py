@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tests.test_session import HEARD, Driver, of_type, sends, starts, transcribes, types
-from voice.core.session import STILL_THERE, CancelResponse, FinishTurn, JudgeTurn, ReleaseResponse
+from voice.core.actions import CancelResponse, FinishTurn, JudgeTurn, ReleaseResponse
+from voice.core.session import STILL_THERE
 from voice.core.turntaking import PATIENCE, is_backchannel, judge, reads_unfinished
 from voice.engines.contracts import Transcript
 

@@ -18,21 +18,17 @@ from pydantic import TypeAdapter
 
 from voice.audio import FRAME_SAMPLES, Float32Array
 from voice.core import protocol
-from voice.core.session import (
-    SORRY_DIDNT_CATCH,
+from voice.core.actions import (
     Action,
     CancelResponse,
     Close,
     FinishTurn,
     ReleaseResponse,
     Send,
-    SessionConfig,
     StartResponse,
     Transcribe,
-    VoiceSession,
-    spoken_text,
-    usable,
 )
+from voice.core.session import SORRY_DIDNT_CATCH, SessionConfig, VoiceSession, spoken_text, usable
 from voice.engines.contracts import Transcript
 from voice.testing.fakes import silence, tone
 
@@ -756,7 +752,11 @@ REPLY = [("Sure.", 0.0, 500.0), ("It is noon.", 500.0, 1500.0)]
 def test_response_done_stores_the_assistant_item() -> None:
     d = Driver()
     start = d.answered_turn()
-    assert d.done(start.response_id, "completed", REPLY) == []
+    # The core finishes the turn its heard response belonged to, and says how it ended.
+    (finish,) = d.done(start.response_id, "completed", REPLY)
+    assert isinstance(finish, FinishTurn) and finish.turn is start.turn
+    assert finish.turn.outcome == "spoken" and finish.turn.extra["audio_sent_ms"] == 1500.0
+    assert finish.turn.evidence.spoken == "Sure. It is noon."
     assert not d.session.response_active
     item = d.session.items[start.item_id]
     assert item.role == "assistant" and item.text == "Sure. It is noon."
@@ -852,7 +852,8 @@ def test_turn_committed_during_a_response_is_answered_by_a_later_response_create
     (final,) = transcribes(d.client(type="input_audio_buffer.commit"))
     assert errors(d.client(type="response.create"))  # one is active
     d.transcript(final.request_id, HEARD)
-    assert d.done(first.response_id, "completed", [("Hi.", 0.0, 300.0)]) == []
+    (finish,) = d.done(first.response_id, "completed", [("Hi.", 0.0, 300.0)])
+    assert isinstance(finish, FinishTurn) and finish.turn is first.turn  # not the new turn
     (start,) = starts(d.client(type="response.create"))
     assert start.turn is final.turn
     assert {"role": "user", "content": "what time is it"} in start.messages
@@ -1172,3 +1173,23 @@ def test_items_the_model_no_longer_sees_keep_only_their_id_and_make_way() -> Non
     assert oldest not in items and len(items) == 10
     (start,) = starts(d.client(type="response.create"))
     assert start.messages[-1] == {"role": "user", "content": "and one more thing"}
+
+
+def test_a_cancelled_answer_and_a_turn_cut_off_by_a_hang_up_are_finished_by_the_core() -> None:
+    d = Driver()
+    start = d.answered_turn()
+    d.speak(1200)  # the caller talks over the answer past barge_in_min_ms: a barge-in
+    (finish,) = of_type(
+        d.session.on_response_done(
+            start.response_id, "cancelled", [("Sure.", 0.0, 400.0)], d.now,
+            sent=[("Sure.", 0.0, 400.0), ("It is", 400.0, 900.0)], cancel_to_done_ms=3.0,
+        ),
+        FinishTurn,
+    )  # fmt: skip
+    assert finish.turn.outcome == "cancelled" and "barge_in" in finish.turn.recovery
+    assert finish.turn.extra == {"cancel_to_done_ms": 3.0, "audio_sent_ms": 900.0}
+    # The caller hangs up mid-sentence: the turn being spoken is abandoned, with its audio.
+    (gone,) = of_type(d.session.on_close(d.now), FinishTurn)
+    assert gone.turn is not start.turn and gone.turn.outcome == "abandoned"
+    assert gone.turn.recovery == ["abandoned"] and gone.turn.evidence.audio is not None
+    assert d.session.on_close(d.now) == []  # nothing is finished twice

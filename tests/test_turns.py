@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from voice.core.actions import StartResponse
 from voice.core.record import TurnRecord
-from voice.core.session import StartResponse
 from voice.runtime.turns import ResponseRunner, TurnPolicy
 from voice.testing.fakes import FakeChat
 

@@ -13,7 +13,6 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from castwork.doctor import CLIP_TEXT, bundled_clip
 from tests.voice_fakes import wer
 from voice import audio as pcm
 from voice.engines.asr import WhisperTranscriber
@@ -21,6 +20,7 @@ from voice.engines.factory import build_vad
 from voice.runtime.assembly import load_engines, turn_policy
 from voice.runtime.latency import TurnLog
 from voice.runtime.server import VoiceServer
+from voice.testing.clips import CLIP_TEXT, bundled_clip
 from workers.settings import Settings, load_settings
 
 pytestmark = pytest.mark.models

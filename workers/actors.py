@@ -43,9 +43,9 @@ from dramatiq.middleware import CurrentMessage, Shutdown, TimeLimitExceeded
 from base.errors import CastworkError
 from base.logs import bound
 from media.errors import RenderCancelled, storage_error
+from media.folder import JobPaths
 from media.job import JobSpec
 from media.pipeline import (
-    JobPaths,
     NarrationEngines,
     finalize,
     narrate_job,

@@ -19,10 +19,10 @@ import dramatiq
 from pydantic import ValidationError
 
 from base.errors import CapacityError
-from media.errors import InputError
-from media.images import safe_name
+from media.folder import JobPaths
+from media.images import check_image_count, safe_name
 from media.job import JobSpec, job_error
-from media.pipeline import JobPaths, write_json
+from media.pipeline import write_json
 from workers.actors import NARRATE, enqueue
 from workers.retention import Reaper
 from workers.settings import Settings
@@ -66,12 +66,7 @@ def submit(
 ) -> tuple[JobRecord, bool]:
     """Create and enqueue a job; return (record, created). Raises InputError / CapacityError
     (too many active jobs, or :class:`workers.retention.QuotaExceeded`)."""
-    if not images:
-        raise InputError("images: at least one photo is needed", field="images")
-    if len(images) > settings.media.max_images:
-        raise InputError(
-            f"images: {len(images)} photos; at most {settings.media.max_images}", field="images"
-        )
+    check_image_count(len(images), settings.media.max_images)
     _validate(fields, len(images))
     job_id = store.new_id()
     if idempotency_key:
@@ -137,14 +132,8 @@ def _save(
 
 
 def outputs(settings: Settings, record: JobRecord) -> dict[str, Path]:
-    """Downloadable files of a finished job, by public name."""
+    """Downloadable files of a finished job, by public name (:meth:`Manifest.downloads`)."""
     if record.manifest is None:
         return {}
     out = job_root(settings, record.merchant, record.id).out
-    files: dict[str, Path] = {}
-    for item in record.manifest["outputs"]:
-        slug = item["format"].replace(":", "x")
-        files[f"{slug}.mp4"] = out / item["video"]
-        files[f"thumb-{slug}.jpg"] = out / item["thumbnail"]
-    files["preview.mp4"] = out / record.manifest["preview"]
-    return files
+    return {name: out / file for name, file in record.manifest.downloads().items()}

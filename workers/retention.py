@@ -45,7 +45,7 @@ from prometheus_client import Counter
 
 from base.errors import CapacityError
 from base.metrics import REGISTRY
-from media.pipeline import JobPaths
+from media.folder import JobPaths
 from media.templates import ASPECTS
 from workers.broker import REDIS_DOWN
 from workers.settings import JobSettings, Settings

@@ -26,13 +26,14 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from media.pipeline import JobPaths
+from media.folder import JobPaths, Manifest
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,41 +70,22 @@ end
 return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 """
 
-# A file a manifest names: a plain name in the job's out/ folder, never a path or a dotfile.
-FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
-
-
-class _Listed(BaseModel):
-    # Only what names files is checked; the rest (sizes, narration) passes through as is.
-    model_config = ConfigDict(extra="allow")
-
-
-class ManifestOutput(_Listed):
-    format: Annotated[str, Field(pattern=r"^[0-9]{1,2}:[0-9]{1,2}$")]
-    video: FileName
-    thumbnail: FileName
-
-
-class Manifest(_Listed):
-    """The files :func:`media.pipeline.finalize` lists, which the API serves by name."""
-
-    outputs: list[ManifestOutput]
-    preview: FileName
-
 
 class BadManifest(ValueError):
     """A manifest names something other than a plain file of the job's ``out/`` folder."""
 
 
-def checked_manifest(manifest: Any) -> dict[str, Any]:
-    """``manifest`` if every file it names is a plain name; else :class:`BadManifest`."""
+def checked_manifest(manifest: Any) -> Manifest:
+    """``manifest`` as a :class:`~media.folder.Manifest` if every file it names is a plain
+    name of the job's ``out/`` folder; else :class:`BadManifest`."""
+    if isinstance(manifest, Manifest):
+        manifest = manifest.model_dump(mode="json")
     try:
-        Manifest.model_validate(manifest)
+        return Manifest.model_validate(manifest)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "manifest"
         raise BadManifest(f"{where}: {first['msg']}") from None
-    return cast(dict[str, Any], manifest)
 
 
 # An absolute path (not inside a URL or a relative path), as the OS and ffmpeg write them.
@@ -128,7 +110,7 @@ class JobRecord:
     stage: str = ""
     error: str = ""
     error_code: str = ""
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     shares: dict[str, float] = field(default_factory=dict)  # stage -> share done (0..1)
     fields: dict[str, Any] = field(default_factory=dict)  # the job's copy fields, for lists
 
@@ -332,13 +314,13 @@ class JobStore:
         self.progress(job_id, f"render {aspect}", 1.0)
         return {_text(m) for m in members}
 
-    def finish(self, job_id: str, manifest: dict[str, Any]) -> bool:
-        checked_manifest(manifest)
+    def finish(self, job_id: str, manifest: Manifest | Mapping[str, Any]) -> bool:
+        checked = checked_manifest(manifest)
         return self._set_if_active(
             job_id,
             status="done",
             stage="done",
-            manifest=json.dumps(manifest, ensure_ascii=False),
+            manifest=checked.model_dump_json(),
             **{"share:finalize": "1"},
         )
 
@@ -379,7 +361,7 @@ class JobStore:
         pipe.execute()
 
 
-def _read_manifest(job_id: str, raw: str | None) -> dict[str, Any] | None:
+def _read_manifest(job_id: str, raw: str | None) -> Manifest | None:
     if not raw:
         return None
     try:

@@ -31,6 +31,18 @@ import numpy as np
 
 from voice.audio import FRAME_SAMPLES, INTERNAL_RATE, AudioRateLimit, Float32Array, Timeline
 from voice.core import protocol as p
+from voice.core.actions import (
+    POLICY_VIOLATION,
+    Action,
+    CancelResponse,
+    Close,
+    FinishTurn,
+    JudgeTurn,
+    ReleaseResponse,
+    Send,
+    StartResponse,
+    Transcribe,
+)
 from voice.core.conversation import Item, to_messages
 from voice.core.heard import is_hallucination
 from voice.core.record import TurnRecord, digest
@@ -41,87 +53,6 @@ from voice.errors import ProtocolError
 FRAME_MS = FRAME_SAMPLES * 1000 // INTERNAL_RATE  # 32
 SORRY_DIDNT_CATCH = "Sorry, I didn't catch that. Could you say it again?"
 STILL_THERE = "Are you still there?"
-
-
-# --- actions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Send:
-    event: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Transcribe:
-    request_id: str
-    audio: Float32Array = field(repr=False)
-    purpose: Literal["partial", "speculative", "final"]
-    turn: TurnRecord | None
-
-
-@dataclass(frozen=True)
-class JudgeTurn:
-    """Ask the end-of-turn model whether the speech in ``audio`` (the turn so far, ending in
-    the pause) is finished; the answer comes back through :meth:`VoiceSession.on_turn_judged`."""
-
-    request_id: str
-    audio: Float32Array = field(repr=False)
-
-
-@dataclass(frozen=True)
-class StartResponse:
-    response_id: str
-    item_id: str
-    messages: list[Message]
-    turn: TurnRecord
-    modalities: list[str]
-    max_output_tokens: int | None
-    # Spoken as is, without the LLM (recovery: "sorry, I didn't catch that").
-    canned_text: str | None = None
-    # Prefetched during the pause: generate, but send nothing until ReleaseResponse.
-    held: bool = False
-    # The client's function tools offered to the model (the operator's server tools are
-    # added by the runner), how the model may use them, and several calls at once or not.
-    tools: list[ToolSpec] = field(default_factory=list)
-    tool_choice: ToolChoice = "auto"
-    parallel_tool_calls: bool = True
-
-
-@dataclass(frozen=True)
-class ReleaseResponse:
-    response_id: str
-
-
-@dataclass(frozen=True)
-class CancelResponse:
-    response_id: str
-    reason: Literal["turn_detected", "client_cancelled", "superseded", "no_speech"]
-
-
-@dataclass(frozen=True)
-class FinishTurn:
-    turn: TurnRecord
-
-
-@dataclass(frozen=True)
-class Close:
-    """End the session with this WebSocket close code, once what was sent before is out."""
-
-    code: int
-    reason: str
-
-
-Action = (
-    Send
-    | Transcribe
-    | JudgeTurn
-    | StartResponse
-    | ReleaseResponse
-    | CancelResponse
-    | FinishTurn
-    | Close
-)
-POLICY_VIOLATION = 1008  # the WebSocket close code
 
 
 # --- state --------------------------------------------------------------------------------
@@ -201,6 +132,7 @@ class _Response:
     turn: TurnRecord
     held: bool
     transcript_request: str | None = None  # the speculative decode it was prefetched from
+    modalities: list[str] = field(default_factory=lambda: ["audio"])
 
 
 class VoiceSession:
@@ -261,6 +193,10 @@ class VoiceSession:
         self._overlap_speech_ms = 0
         self._awaiting_final: dict[str, str] = {}  # request id -> item id, post-endpoint
         self._response: _Response | None = None
+        # Every response started and not yet reported done (a cancelled one may end after the
+        # next began), and every turn not yet finished: the core alone finishes turns.
+        self._live: dict[str, _Response] = {}
+        self._open_turns: dict[str, TurnRecord] = {}
         self._response_requested: p.ResponseParams | None = None
         self._answerable_turn: TurnRecord | None = None
         self._auto_answer = False
@@ -372,13 +308,26 @@ class VoiceSession:
         now: float,
         calls: Sequence[Item] = (),
         message_at: int = 0,
+        *,
+        sent: Sequence[tuple[str, float, float]] | None = None,
+        reply: str = "",
+        cancel_to_done_ms: float | None = None,
     ) -> list[Action]:
-        """The runner finished (completed, cancelled or failed): record what was sent, and
-        the tool calls it made, in the order the response gave them (``message_at`` calls
-        came before its spoken message)."""
+        """The runner finished (completed, cancelled or failed): finish its turn (when the
+        response was heard: released, not only prefetched), and record what was heard
+        (``segments``) and the tool calls it made, in the order the response gave them
+        (``message_at`` calls came before its spoken message). ``sent``: every segment sent
+        (default ``segments``); ``reply``: what the model wrote; ``cancel_to_done_ms``: how
+        long the runner took to stop after a cancel."""
+        finished: list[Action] = []
+        if (live := self._live.pop(response_id, None)) is not None:
+            finished = self._response_turn_done(
+                live, status, segments, segments if sent is None else sent, reply,
+                cancel_to_done_ms, has_calls=bool(calls),
+            )  # fmt: skip
         resp = self._response
         if resp is None or resp.id != response_id:
-            return []
+            return finished
         self._response = None
         for call in calls[:message_at]:
             self._keep(call)
@@ -400,8 +349,55 @@ class VoiceSession:
             self._idle_from = now
         if self._auto_answer and self._answerable_turn is not None:
             turn, self._answerable_turn, self._auto_answer = self._answerable_turn, None, False
-            return [self._start_response(turn, now)]
-        return self._maybe_start_requested(now)
+            return [*finished, self._start_response(turn, now)]
+        return [*finished, *self._maybe_start_requested(now)]
+
+    def _response_turn_done(
+        self,
+        resp: _Response,
+        status: str,
+        heard: Sequence[tuple[str, float, float]],
+        sent: Sequence[tuple[str, float, float]],
+        reply: str,
+        cancel_to_done_ms: float | None,
+        *,
+        has_calls: bool,
+    ) -> list[Action]:
+        turn = resp.turn
+        turn.evidence.reply = reply
+        turn.evidence.spoken = " ".join(text for text, _, _ in heard)
+        if resp.held:  # prefetched and never released: speculation, its turn ends elsewhere
+            return []
+        if status == "completed" and has_calls and not sent:
+            turn.outcome = "tool_call"  # the client runs it; its answer is a new response
+        elif status == "completed":
+            turn.outcome = "spoken" if "audio" in resp.modalities else "text_only"
+        else:
+            turn.outcome = status
+        if cancel_to_done_ms is not None:
+            turn.extra["cancel_to_done_ms"] = round(cancel_to_done_ms, 1)
+        turn.extra["audio_sent_ms"] = round(sent[-1][2] if sent else 0.0, 1)
+        return [self._finish(turn)]
+
+    def on_close(self, now: float) -> list[Action]:
+        """The connection is gone: every turn not finished is abandoned (the one being spoken
+        keeps the speech so far as its evidence)."""
+        if (speaking := self._turn) is not None:
+            if speaking.evidence.audio is None:
+                speaking.evidence.audio = self.speech_so_far()
+            self._open_turns.setdefault(speaking.turn_id, speaking)
+        out: list[Action] = []
+        for turn in list(self._open_turns.values()):
+            if turn.outcome == "in_progress":
+                turn.add_recovery("abandoned")
+                turn.outcome = "abandoned"
+                out.append(self._finish(turn))
+        self._open_turns.clear()
+        return out
+
+    def _finish(self, turn: TurnRecord) -> FinishTurn:
+        self._open_turns.pop(turn.turn_id, None)
+        return FinishTurn(turn)
 
     def on_tool_result(self, item_id: str, output: str) -> list[Action]:
         """A server tool call's result came after its response ended (the caller interrupted
@@ -893,7 +889,7 @@ class VoiceSession:
                 item.status = "incomplete"
             if self._response is not None:  # one response at a time: stay silent, log it
                 turn.outcome = "failed"
-                return [*out, FinishTurn(turn)]
+                return [*out, self._finish(turn)]
             return [*out, self._start_response(turn, now, canned=SORRY_DIDNT_CATCH)]
         c = self.config
         text = (
@@ -930,7 +926,7 @@ class VoiceSession:
             if held:
                 out.append(CancelResponse(held.id, "no_speech"))
                 self._response = None
-            return [*out, FinishTurn(turn)]
+            return [*out, self._finish(turn)]
         td = self.config.turn_detection
         if self._speaking and td is not None and td.create_response:
             # The caller went on before the answer began (the pause was not the end): the
@@ -939,7 +935,7 @@ class VoiceSession:
                 out.append(CancelResponse(held.id, "superseded"))
                 self._response = None
             turn.outcome = "continued"
-            return [*out, FinishTurn(turn)]
+            return [*out, self._finish(turn)]
         if held is not None:
             held.held = False
             return [*out, ReleaseResponse(held.id)]
@@ -1003,16 +999,21 @@ class VoiceSession:
         limit = (
             params.max_output_tokens if params and params.max_output_tokens else None
         ) or self.config.max_output_tokens
-        resp = _Response(p.new_id("resp"), p.new_id("item"), turn, held, from_request)
+        modalities: list[str] = (
+            list(params.output_modalities)
+            if params and params.output_modalities
+            else self.config.modalities
+        )
+        resp = _Response(p.new_id("resp"), p.new_id("item"), turn, held, from_request, modalities)
         self._response = resp
+        self._live[resp.id] = resp
+        self._open_turns[turn.turn_id] = turn
         return StartResponse(
             resp.id,
             resp.item_id,
             messages,
             turn,
-            modalities=list(params.output_modalities)
-            if params and params.output_modalities
-            else self.config.modalities,
+            modalities=modalities,
             max_output_tokens=None if limit == "inf" else int(limit),
             canned_text=canned,
             held=held,
@@ -1052,6 +1053,8 @@ class VoiceSession:
     ) -> Transcribe:
         request_id = p.new_id("asr")
         self._requests[request_id] = (purpose, item_id, turn)
+        if turn is not None:
+            self._open_turns[turn.turn_id] = turn
         return Transcribe(
             request_id,
             self._buffer.slice(start_ms, end_ms) if audio is None else audio,

@@ -39,8 +39,7 @@ from base.threads import started_pool
 from voice import audio as pcm
 from voice.audio import FRAME_SAMPLES
 from voice.core import protocol
-from voice.core.record import TurnRecord
-from voice.core.session import (
+from voice.core.actions import (
     Action,
     CancelResponse,
     Close,
@@ -48,11 +47,11 @@ from voice.core.session import (
     JudgeTurn,
     ReleaseResponse,
     Send,
-    SessionConfig,
     StartResponse,
     Transcribe,
-    VoiceSession,
 )
+from voice.core.record import TurnRecord
+from voice.core.session import SessionConfig, VoiceSession
 from voice.engines.contracts import Message, VoiceActivity
 from voice.engines.llm import LlamaCppChat
 from voice.errors import ProtocolError
@@ -336,7 +335,7 @@ class Connection:
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
         self.runners: dict[str, ResponseRunner] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.open_turns: dict[str, TurnRecord] = {}
+        self.cancelled_at: dict[str, float] = {}  # response id -> when its cancel came
         self.closing: Close | None = None  # the core ended the session: close with this
 
     async def run(self) -> None:
@@ -455,7 +454,7 @@ class Connection:
                     runner.release()
             elif isinstance(action, CancelResponse):
                 if runner := self.runners.get(action.response_id):
-                    runner.turn.extra["cancelled_at"] = time.monotonic()
+                    self.cancelled_at.setdefault(action.response_id, time.monotonic())
                     runner.cancel(action.reason)
             elif isinstance(action, FinishTurn):
                 self._finish_turn(action.turn)
@@ -466,8 +465,6 @@ class Connection:
         if action.purpose == "partial" and self.server.asr_busy:
             await self._do(self.core.on_transcript(action.request_id, None, time.monotonic()))
             return
-        if action.turn is not None:
-            self.open_turns[action.turn.turn_id] = action.turn
         self.server.asr_busy += 1
         try:
             result, retried = await transcribe(self.rt.engines, action.audio)
@@ -498,7 +495,6 @@ class Connection:
             on_late_result=self._late_tool_result,
         )
         self.runners[action.response_id] = runner
-        self.open_turns[action.turn.turn_id] = action.turn
         self._spawn(self._run_response(runner))
 
     async def _run_response(self, runner: ResponseRunner) -> None:
@@ -509,33 +505,23 @@ class Connection:
             runner.status = "failed"
         finally:
             self.runners.pop(runner.start.response_id, None)
-        turn = runner.turn
-        turn.evidence.reply = runner.reply_text()
-        turn.evidence.spoken = " ".join(text for text, _, _ in runner.spoken_segments())
-        if runner.released.is_set():
-            if runner.status == "completed" and runner.calls and not runner.segments:
-                turn.outcome = "tool_call"  # the client runs it; its answer is a new response
-            elif runner.status == "completed":
-                turn.outcome = "spoken" if "audio" in runner.start.modalities else "text_only"
-            else:
-                turn.outcome = runner.status
-            cancelled_at = turn.extra.pop("cancelled_at", None)
-            if isinstance(cancelled_at, float):
-                turn.extra["cancel_to_done_ms"] = round((time.monotonic() - cancelled_at) * 1000, 1)
-            turn.extra["audio_sent_ms"] = round(
-                runner.segments[-1][2] if runner.segments else 0.0, 1
-            )
-            self._finish_turn(turn)
+        response_id = runner.start.response_id
+        cancelled_at = self.cancelled_at.pop(response_id, None)
         # A held response never released was speculation: its calls were never made.
         calls = runner.calls if runner.released.is_set() else []
         await self._do(
             self.core.on_response_done(
-                runner.start.response_id,
+                response_id,
                 runner.status,
                 runner.spoken_segments(),
                 time.monotonic(),
                 calls=[c.as_item() for c in calls],
                 message_at=runner.calls_before_message(),
+                sent=runner.segments,
+                reply=runner.reply_text(),
+                cancel_to_done_ms=None
+                if cancelled_at is None
+                else (time.monotonic() - cancelled_at) * 1000,
             )
         )
 
@@ -543,7 +529,6 @@ class Connection:
         await self._do(self.core.on_tool_result(call.item_id, call.result_text()))
 
     def _finish_turn(self, turn: TurnRecord) -> None:
-        self.open_turns.pop(turn.turn_id, None)
         self.server.finish_turn(turn)
 
     def _spawn(self, coro: Any) -> None:
@@ -583,15 +568,9 @@ class Connection:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if (speaking := self.core.open_turn) is not None:
-            if speaking.evidence.audio is None:
-                speaking.evidence.audio = self.core.speech_so_far()
-            self.open_turns.setdefault(speaking.turn_id, speaking)
-        for turn in list(self.open_turns.values()):
-            if turn.outcome == "in_progress":
-                turn.add_recovery("abandoned")
-                turn.outcome = "abandoned"
-                self._finish_turn(turn)
+        for action in self.core.on_close(time.monotonic()):
+            if isinstance(action, FinishTurn):
+                self._finish_turn(action.turn)
         with contextlib.suppress(asyncio.QueueFull):
             self.outbox.put_nowait(None)
         try:

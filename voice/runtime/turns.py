@@ -27,9 +27,10 @@ from typing import Any
 
 from voice import audio as pcm
 from voice.core import protocol as p
+from voice.core.actions import StartResponse
 from voice.core.chunker import SpeakableChunker
 from voice.core.record import TurnRecord
-from voice.core.session import StartResponse, spoken_text
+from voice.core.session import spoken_text
 from voice.engines.contracts import (
     ChatModel,
     EndOfTurn,

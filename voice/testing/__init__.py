@@ -1,4 +1,5 @@
 """Fakes shipped with the package (as dramatiq ships its stub broker): ``fakes`` (scripted
-engines) and ``fake_openai`` (an OpenAI-compatible chat server that misbehaves on cue)."""
+engines), ``fake_openai`` (an OpenAI-compatible chat server that misbehaves on cue) and
+``clips`` (a bundled utterance for smoke tests)."""
 
-__all__ = ["fake_openai", "fakes"]
+__all__ = ["clips", "fake_openai", "fakes"]

@@ -1,0 +1,81 @@
+"""Response models: they make /openapi.json say what the API really returns."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from workers.store import Status
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable: bad_input, unauthorized, ...")
+    message: str = Field(description="For people; names the field or file at fault")
+    field: str | None = Field(default=None, description="The form field at fault, if one is")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOutput(BaseModel):
+    format: str = Field(description="Aspect ratio: 9:16, 1:1 or 16:9")
+    video_url: str
+    thumbnail_url: str
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    duration_s: float | None = None
+    bytes: int | None = None
+
+
+class Job(BaseModel):
+    id: str
+    status: Status
+    stage: str = Field(description="queued, narrate, render 9:16, finalize, done, ...")
+    percent: float = Field(ge=0, le=100)
+    template: str
+    formats: list[str]
+    created: float = Field(description="Unix time")
+    updated: float = Field(description="Unix time")
+    error: JobError | None = None
+    fields: dict[str, str | None] = Field(description="headline, price, cta, store")
+    outputs: list[JobOutput] = Field(default=[], description="One per format, once done")
+    preview_url: str | None = None
+    duration_s: float | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    limit: int
+    offset: int
+
+
+class TemplateInfo(BaseModel):
+    id: str
+    name: str
+    description: str
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplateInfo]
+
+
+class ClientConfig(BaseModel):
+    auth_required: bool
+    max_images: int
+    max_image_mb: int
+    max_request_mb: int
+    formats: list[str]
+    languages: list[str]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    redis: Literal["ok", "unavailable"]
