@@ -28,7 +28,14 @@ from voice.core.actions import (
     StartResponse,
     Transcribe,
 )
-from voice.core.session import SORRY_DIDNT_CATCH, SessionConfig, VoiceSession, spoken_text, usable
+from voice.core.session import (
+    SORRY_DIDNT_CATCH,
+    SessionConfig,
+    TurnState,
+    VoiceSession,
+    spoken_text,
+    usable,
+)
 from voice.engines.contracts import Transcript
 from voice.testing.fakes import silence, tone
 
@@ -1193,3 +1200,20 @@ def test_a_cancelled_answer_and_a_turn_cut_off_by_a_hang_up_are_finished_by_the_
     assert gone.turn is not start.turn and gone.turn.outcome == "abandoned"
     assert gone.turn.recovery == ["abandoned"] and gone.turn.evidence.audio is not None
     assert d.session.on_close(d.now) == []  # nothing is finished twice
+
+
+def test_the_input_side_moves_through_its_states() -> None:
+    d = Driver()
+    assert d.session.state is TurnState.QUIET
+    d.speak(320)
+    assert d.session.state is TurnState.SPEECH
+    d.pause(200)
+    assert d.session.state is TurnState.SPEECH  # a pause inside the turn
+    d.pause(400)
+    assert d.session.state is TurnState.QUIET  # the endpoint
+    d2 = Driver()
+    d2.answered_turn()
+    d2.speak(320)
+    assert d2.session.state is TurnState.OVERLAP  # over the answer: not yet an interruption
+    d2.speak(900)
+    assert d2.session.state is TurnState.SPEECH  # barge_in_min_ms of speech: it is one

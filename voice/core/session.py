@@ -1,15 +1,19 @@
-"""The I/O-free core of one voice session: events in, actions out. It never awaits.
+r"""The I/O-free core of one voice session: events in, actions out. It never awaits.
 
 The shell (:mod:`voice.runtime.server`) feeds it client events, audio with its VAD probabilities,
 transcripts and response results, each with the monotonic time ``now``; it returns actions
 (send an event, transcribe audio, start/release/cancel a response, finish a turn record).
 
-Turn detection (server VAD)::
+Turn detection (server VAD), in :class:`TurnState`\ s::
 
-    idle ──2 speech frames──▶ speaking ──pause ≥ speculative_ms──▶ (speculative ASR, and a
+    QUIET ──2 speech frames──▶ SPEECH ──pause ≥ speculative_ms──▶ (speculative ASR, and a
       ▲                        ▲   │                                held response prefetched)
       │                        └───┘ speech again: speculative work is dropped
       └──────── pause ≥ silence_duration_ms: endpoint, commit, transcript → response released
+
+Speech that starts while the agent answers is OVERLAP until ``barge_in_min_ms`` of it, or words
+that are not a backchannel, make it an interruption (then SPEECH); a backchannel goes back to
+QUIET and the answer plays on.
 
 So when the endpoint is confirmed the transcript, and often the first audio, already exist.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
@@ -125,6 +130,14 @@ class SessionConfig:
         }
 
 
+class TurnState(Enum):
+    """What the input side hears; a turn is born in SPEECH and ends at its endpoint (QUIET)."""
+
+    QUIET = "quiet"  # nobody speaks: waiting for speech (the idle prompt's timer may run)
+    SPEECH = "speech"  # the caller speaks, or pauses inside a turn (its silence is counted)
+    OVERLAP = "overlap"  # speech over the agent's answer, not yet known to interrupt it
+
+
 @dataclass
 class _Response:
     id: str
@@ -163,7 +176,7 @@ class VoiceSession:
         self._over_rate_ms = 0.0  # audio dropped by the rate limit since it last let some in
         self._full_told = False  # the client knows its buffer is full (until commit or clear)
         # VAD / turn state
-        self._speaking = False
+        self._state = TurnState.QUIET
         self._run = 0
         self._speech_start_ms = 0.0
         self._last_speech_ms = 0.0
@@ -187,9 +200,7 @@ class VoiceSession:
         # spoken since it last prompted them
         self._idle_from: float | None = None
         self._idle_armed = True
-        # Speech over the agent's answer, not yet known to be an interruption; and how much
-        # of it was speech (barge_in_min_ms of it makes it one).
-        self._overlap = False
+        # How much of an OVERLAP was speech (barge_in_min_ms of it makes it an interruption).
         self._overlap_speech_ms = 0
         self._awaiting_final: dict[str, str] = {}  # request id -> item id, post-endpoint
         self._response: _Response | None = None
@@ -262,7 +273,7 @@ class VoiceSession:
             self._frames += 1
             if td is not None:
                 out += self._vad_frame(prob, self._frames * FRAME_MS, td, now)
-        if td is not None and not self._speaking:
+        if td is not None and self._state is TurnState.QUIET:
             # Nobody speaks: keep only what a speech start reaches back to (the prefix padding,
             # the two frames that confirm speech, and the part of a frame the VAD has not seen).
             self._buffer.keep_last(td.prefix_padding_ms + 3 * FRAME_MS)
@@ -280,7 +291,7 @@ class VoiceSession:
             if request_id != self._speculative:
                 return []  # speech resumed: this decode is stale
             self._spec_result, self._spec_retried, self._spec_done = result, retried, True
-            if self._overlap:
+            if self._state is TurnState.OVERLAP:
                 return self._overlap_heard(result, now)
             return self._prefetch(request_id, result, now) + self._settle_pause(now)
         if item_id is None or turn is None:
@@ -345,7 +356,7 @@ class VoiceSession:
             )
         for call in calls[message_at:]:
             self._keep(call)
-        if status == "completed" and not self._speaking:
+        if status == "completed" and self._state is TurnState.QUIET:
             self._idle_from = now
         if self._auto_answer and self._answerable_turn is not None:
             turn, self._answerable_turn, self._auto_answer = self._answerable_turn, None, False
@@ -431,7 +442,7 @@ class VoiceSession:
             if "turn_detection" in inp.model_fields_set:
                 c.turn_detection = inp.turn_detection
                 if inp.turn_detection is None:
-                    self._speaking, self._run, self._overlap = False, 0, False
+                    self._state, self._run = TurnState.QUIET, 0
                     dropped = self._drop_speculative()
         if s.audio and s.audio.output:
             out = s.audio.output
@@ -467,12 +478,12 @@ class VoiceSession:
         item_id = self._item_id or p.new_id("item")
         turn.mark("speech_end", now)
         turn.mark("endpoint", now)
-        self._speaking, self._run = False, 0
+        self._state, self._run = TurnState.QUIET, 0
         return self._commit(item_id, turn, now, self._buffer.start_ms)
 
     def _on_input_audio_buffer_clear(self, ev: p.InputAudioBufferClear, now: float) -> list[Action]:
         self._drop_buffer()
-        self._speaking, self._run, self._overlap = False, 0, False
+        self._state, self._run = TurnState.QUIET, 0
         return [*self._drop_speculative(), Send(p.event("input_audio_buffer.cleared"))]
 
     def _on_conversation_item_create(
@@ -570,7 +581,7 @@ class VoiceSession:
         self, prob: float, frame_end_ms: float, td: p.TurnDetection, now: float
     ) -> list[Action]:
         speech = prob >= td.threshold
-        if not self._speaking:
+        if self._state is TurnState.QUIET:
             self._run = self._run + 1 if speech else 0
             if self._run >= 2:
                 return self._speech_started(frame_end_ms, td, now)
@@ -580,7 +591,7 @@ class VoiceSession:
         if speech:
             self._last_speech_ms, self._last_speech_at, self._silence_ms = frame_end_ms, now, 0
             out = self._drop_speculative()
-            if self._overlap:
+            if self._state is TurnState.OVERLAP:
                 self._overlap_speech_ms += FRAME_MS
                 if self._overlap_speech_ms >= self.config.barge_in_min_ms:
                     out += self._overlap_confirmed(td)
@@ -597,7 +608,7 @@ class VoiceSession:
                 )
             return out
         self._silence_ms += FRAME_MS
-        if self._overlap:  # short speech over the agent: its transcript decides
+        if self._state is TurnState.OVERLAP:  # short speech over the agent: its transcript decides
             if self._speculative is not None or self._silence_ms < self.config.speculative_after_ms:
                 return []
             action = self._transcribe(
@@ -632,7 +643,7 @@ class VoiceSession:
         td = self.config.turn_detection
         if td is None or self._judge is None or self._judged is None:
             return []
-        if not self._speaking or self._turn is None:
+        if self._state is TurnState.QUIET or self._turn is None:
             return []
         if not self._spec_done:
             if not sure_enough(self._judged[0], td.eagerness):
@@ -700,7 +711,7 @@ class VoiceSession:
 
     def _speech_started(self, frame_end_ms: float, td: p.TurnDetection, now: float) -> list[Action]:
         out: list[Action] = []
-        self._speaking, self._silence_ms = True, 0
+        self._silence_ms = 0
         self._idle_from, self._idle_armed = None, True
         onset = frame_end_ms - self._run * FRAME_MS
         self._speech_start_ms = max(self._buffer.start_ms, onset - td.prefix_padding_ms)
@@ -709,15 +720,16 @@ class VoiceSession:
         resp = self._response
         interrupting = resp is not None and not resp.held and td.interrupt_response
         # Speech over the agent is not yet an interruption: "uh-huh" must not cancel it.
-        self._overlap = interrupting and self.config.barge_in_min_ms > 0
+        overlap = interrupting and self.config.barge_in_min_ms > 0
+        self._state = TurnState.OVERLAP if overlap else TurnState.SPEECH
         self._overlap_speech_ms = self._run * FRAME_MS
-        if interrupting and not self._overlap:
+        if interrupting and self._state is not TurnState.OVERLAP:
             out += self._interrupt()
         out += self._drop_speculative()
         self._item_id = p.new_id("item")
         self._turn = self._new_turn(now)
         self._turn.mark("speech_start", now)
-        if self._overlap:
+        if self._state is TurnState.OVERLAP:
             return out  # announced once it is an interruption (or a turn)
         return [*out, self._announce_speech()]
 
@@ -741,7 +753,7 @@ class VoiceSession:
     def _overlap_confirmed(self, td: p.TurnDetection) -> list[Action]:
         """Speech over the agent is a real turn: announce it and interrupt the answer (when
         it is still going). semantic_vad then judges the pause the words ended in."""
-        self._overlap = False
+        self._state = TurnState.SPEECH
         out: list[Action] = [self._announce_speech(), *self._interrupt()]
         if td.type == "semantic_vad" and self._silence_ms > 0:
             self._judge = p.new_id("eot")
@@ -772,13 +784,13 @@ class VoiceSession:
         if self._response is not None:
             resp_extra = self._response.turn.extra
             resp_extra["backchannels"] = int(str(resp_extra.get("backchannels", 0))) + 1
-        self._overlap, self._speaking, self._run = False, False, 0
+        self._state, self._run = TurnState.QUIET, 0
         self._item_id, self._turn = None, None
         self._drop_speculative()
         return []
 
     def _endpoint(self, td: p.TurnDetection, now: float) -> list[Action]:
-        self._speaking, self._run = False, 0
+        self._state, self._run = TurnState.QUIET, 0
         self._judge, self._judged, self._pause_limit_ms = None, None, None
         assert self._item_id is not None and self._turn is not None
         item_id, turn = self._item_id, self._turn
@@ -928,7 +940,7 @@ class VoiceSession:
                 self._response = None
             return [*out, self._finish(turn)]
         td = self.config.turn_detection
-        if self._speaking and td is not None and td.create_response:
+        if self._state is not TurnState.QUIET and td is not None and td.create_response:
             # The caller went on before the answer began (the pause was not the end): the
             # next turn's answer covers both, its history holds these words.
             if held is not None:
@@ -1112,6 +1124,10 @@ class VoiceSession:
             i = ids.index(item_id)
             return ids[i - 1] if i > 0 else None
         return ids[-1] if ids else None
+
+    @property
+    def state(self) -> TurnState:
+        return self._state
 
     @property
     def open_turn(self) -> TurnRecord | None:
