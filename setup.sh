@@ -34,6 +34,8 @@ if ! command -v tesseract >/dev/null || ! tesseract --list-langs 2>/dev/null | g
   need+=(tesseract-ocr tesseract-ocr-eng tesseract-ocr-kor)
 fi
 command -v chromium >/dev/null || need+=(chromium chromium-driver)
+# tests/test_haproxy.py runs the shipped deploy/haproxy.cfg in front of two voice servers.
+command -v haproxy >/dev/null || need+=(haproxy)
 # llama-cpp-python builds from source: it needs a C++ compiler (cmake and ninja come from PyPI).
 command -v g++ >/dev/null || need+=(g++)
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

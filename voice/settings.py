@@ -176,6 +176,11 @@ class VoiceServerSettings(Section):
     # A client whose socket takes nothing for this long (its outgoing queue full) is dropped:
     # a caller that never reads must not hold the server's memory or its turn forever.
     send_timeout_s: Seconds = 10.0
+    # On SIGTERM (or castwork serve stopping) the server drains: it stops taking sessions
+    # (/readyz and new connections answer 503), lets open ones finish for up to this long,
+    # then closes the rest with 1012 ("service restart": reconnect). A second signal ends the
+    # wait at once.
+    drain_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
     max_message_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
     # Uncommitted input audio a session keeps, in seconds (kept as 16 kHz float32: 64 KB a
     # second, 7.7 MB at the default; OpenAI's limit is 15 MiB of input, ~5 min of PCM16).

@@ -153,6 +153,10 @@ class VoiceServer:
         self.sessions: Counter[str] = Counter()  # open sessions by key id
         self.origins = {o.lower().rstrip("/") for o in v.allowed_origins}
         self.asr_busy = 0  # decodes in flight across sessions; partials wait for an idle ASR
+        # Draining: no new sessions, the open ones finish (see drain()).
+        self.draining = False
+        self._all_gone = asyncio.Event()
+        self.listener: Server | None = None  # once started
 
     async def start(self, host: str | None = None, port: int | None = None) -> Server:
         v = self.settings.voice
@@ -166,7 +170,7 @@ class VoiceServer:
         loop = asyncio.get_running_loop()
         # Read at scrape time, which runs on this loop (process_request).
         latency.ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
-        return await serve(
+        self.listener = await serve(
             self._handle,
             bind,
             port if port is not None else v.port,
@@ -179,6 +183,7 @@ class VoiceServer:
             # Base64 audio barely compresses; deflating every frame cost a third of a core.
             compression=None,
         )
+        return self.listener
 
     def pick(self, session_id: str, key: str) -> Runtime:
         """The arm a new session is served by (see :mod:`voice.learning.experiments`)."""
@@ -201,6 +206,9 @@ class VoiceServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":  # liveness only: says nothing but "ok"
             return conn.respond(HTTPStatus.OK, "ok\n")
+        if path == "/readyz":  # for a load balancer: is there a seat for one more session?
+            status, text = self.readiness()
+            return conn.respond(status, text + "\n")
         if path not in (PATH, "/metrics"):
             return conn.respond(HTTPStatus.NOT_FOUND, f"the Realtime endpoint is {PATH}\n")
         if (refused := self._foreign(request)) is not None:
@@ -209,6 +217,13 @@ class VoiceServer:
             return conn.respond(
                 HTTPStatus.UNAUTHORIZED, "missing or unknown API key (Authorization: Bearer ...)\n"
             )
+        if self.draining and path == PATH:
+            # Before the upgrade: a balancer (or the client) tries another server at once.
+            response = conn.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, "this server is draining; connect again\n"
+            )
+            response.headers["Retry-After"] = "1"
+            return response
         if path == "/metrics":
             return Response(
                 HTTPStatus.OK,
@@ -233,6 +248,43 @@ class VoiceServer:
         if origin_allowed(origin, host_header=host, loopback_only=True):
             return None
         return f"Origin {origin!r} may not open sessions (voice.allowed_origins)"
+
+    def readiness(self) -> tuple[HTTPStatus, str]:
+        """200 while a session would be taken; 503 when full or draining."""
+        open_now, seats = sum(self.sessions.values()), self.settings.voice.max_sessions
+        if self.draining:
+            return HTTPStatus.SERVICE_UNAVAILABLE, f"draining: {open_now} sessions finishing"
+        if open_now >= seats:
+            return HTTPStatus.SERVICE_UNAVAILABLE, f"full: {open_now} of {seats} sessions"
+        return HTTPStatus.OK, f"ready: {seats - open_now} of {seats} seats free"
+
+    async def drain(self, limit_s: float, hurry: asyncio.Event | None = None) -> None:
+        """Stop taking sessions, let the open ones finish for up to ``limit_s`` (or until
+        ``hurry`` is set), close what is left with 1012 (service restart: reconnect), then
+        stop listening. The listener stays up meanwhile, so health checks see the 503."""
+        self.draining = True
+        open_now = sum(self.sessions.values())
+        if open_now:
+            log.info("draining: waiting up to %.0f s for %d sessions", limit_s, open_now)
+            waits = [asyncio.ensure_future(self._all_gone.wait())]
+            if hurry is not None:
+                waits.append(asyncio.ensure_future(hurry.wait()))
+            _, pending = await asyncio.wait(
+                waits, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for w in pending:
+                w.cancel()
+        server = self.listener
+        assert server is not None, "drain() before start()"
+        left = list(server.connections)
+        if left:
+            log.warning("drain over: closing %d sessions (1012)", len(left))
+            await asyncio.gather(
+                *(ws.close(1012, "server restarting; connect again") for ws in left),
+                return_exceptions=True,
+            )
+        server.close()
+        await server.wait_closed()
 
     def _known(self, presented: str) -> bool:
         return is_key(presented, self.keys)
@@ -264,6 +316,8 @@ class VoiceServer:
         finally:
             self.sessions[key] -= 1
             latency.SESSIONS_ACTIVE.dec()
+            if self.draining and not any(self.sessions.values()):
+                self._all_gone.set()
             if not any(self.sessions.values()):  # the last caller left: give memory back
                 await asyncio.get_running_loop().run_in_executor(None, give_back_heap)
 
@@ -664,14 +718,18 @@ async def serve_forever(
     srv = await server.start(host, port)
     bound_to = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in srv.sockets)
     log.info("voice server on ws://%s%s (turn log %s)", bound_to, PATH, settings.turn_log_path)
+    hurry = asyncio.Event()
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:  # the first drains, a second ends the drain at once
+            (hurry if stop.is_set() else stop).set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    srv.close()
-    await srv.wait_closed()
+    await server.drain(settings.voice.drain_s, hurry)
     turn_log.close()
     if tools is not None:
         await tools.aclose()

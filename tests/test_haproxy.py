@@ -1,0 +1,122 @@
+"""Two voice servers behind the shipped HAProxy configuration (deploy/haproxy.cfg), on loopback:
+the balancer admits twice one server's sessions, skips a full server, and sends new callers of
+a draining server to the other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from voice.clients.realtime import RealtimeClient, SessionRefused
+from voice.runtime.latency import TurnLog
+from voice.runtime.server import VoiceServer
+from voice.runtime.turns import TurnPolicy
+from voice.testing.fakes import EnergyVad
+from workers.settings import load_settings
+
+from .voice_fakes import fake_engines
+
+ROOT = Path(__file__).resolve().parents[1]
+HAPROXY = shutil.which("haproxy")
+pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (./setup.sh)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def voice_server(tmp_path: Path, name: str) -> AsyncIterator[tuple[VoiceServer, int]]:
+    settings = load_settings(data_dir=tmp_path / name, voice={"max_sessions": 1})
+    log = TurnLog(tmp_path / name / "turns.jsonl")
+    server = VoiceServer(
+        settings, fake_engines(), EnergyVad(), policy=TurnPolicy(lead_ms=200), turn_log=log
+    )
+    srv = await server.start("127.0.0.1", 0)
+    try:
+        yield server, next(iter(srv.sockets)).getsockname()[1]
+    finally:
+        srv.close()
+        await srv.wait_closed()
+        log.close()
+
+
+@contextlib.contextmanager
+def haproxy(tmp_path: Path, ports: list[int]) -> Iterator[int]:
+    """The shipped configuration, its addresses replaced by these servers' and a free port."""
+    front = _free_port()
+    text = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    text = re.sub(r"bind 127\.0\.0\.1:\d+", f"bind 127.0.0.1:{front}", text)
+    servers = [line for line in text.splitlines() if line.strip().startswith("server ")]
+    assert len(servers) == len(ports)
+    for line, port in zip(servers, ports, strict=True):
+        text = text.replace(line, re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", line))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    assert HAPROXY is not None
+    log = tmp_path / "haproxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", front), 1):
+                break
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "haproxy did not start"
+            time.sleep(0.05)
+        yield front
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def settle() -> None:
+    await asyncio.sleep(1.2)  # two health checks (every 500 ms)
+
+
+async def test_two_servers_behind_haproxy_take_twice_the_sessions_and_drain(
+    tmp_path: Path,
+) -> None:
+    async with (
+        voice_server(tmp_path, "a") as (a, port_a),
+        voice_server(tmp_path, "b") as (b, port_b),
+    ):
+        with haproxy(tmp_path, [port_a, port_b]) as front:
+            url = f"ws://127.0.0.1:{front}/v1/realtime"
+            await settle()
+            first = await RealtimeClient.open(url)
+            await settle()  # the server it reached is full now: marked down
+            second = await RealtimeClient.open(url)
+            assert sum(a.sessions.values()) == 1 and sum(b.sessions.values()) == 1
+            await settle()
+            # Both full: a third caller is refused with a clear status, not queued.
+            with pytest.raises((InvalidStatus, SessionRefused)):
+                await RealtimeClient.open(url)
+            await first.close()
+            await second.close()
+            await settle()
+            # One server drains with a caller still on it: new callers reach the other.
+            keeper = await RealtimeClient.open(url)
+            drained = a if sum(a.sessions.values()) else b
+            other = b if drained is a else a
+            drain = asyncio.create_task(drained.drain(30.0))
+            await settle()
+            newcomer = await RealtimeClient.open(url)
+            assert sum(other.sessions.values()) == 1  # the new caller went to the other server
+            assert sum(drained.sessions.values()) == 1  # the draining one kept its caller
+            await keeper.close()
+            await asyncio.wait_for(drain, 5)
+            await newcomer.close()
