@@ -120,3 +120,27 @@ async def test_two_servers_behind_haproxy_take_twice_the_sessions_and_drain(
             await keeper.close()
             await asyncio.wait_for(drain, 5)
             await newcomer.close()
+
+
+async def test_callers_of_a_server_that_dies_reconnect_through_the_balancer(
+    tmp_path: Path,
+) -> None:
+    async with (
+        voice_server(tmp_path, "a") as (a, port_a),
+        voice_server(tmp_path, "b") as (b, port_b),
+    ):
+        with haproxy(tmp_path, [port_a, port_b]) as front:
+            url = f"ws://127.0.0.1:{front}/v1/realtime"
+            await settle()
+            caller = await RealtimeClient.open(url)
+            dead, alive = (a, b) if sum(a.sessions.values()) else (b, a)
+            # As a killed process: its listener gone, its sockets reset, no closing handshake.
+            assert dead.listener is not None
+            dead.listener.close(close_connections=False)
+            for ws in list(dead.listener.connections):
+                ws.transport.abort()
+            await asyncio.wait_for(caller.ws.wait_closed(), 5)
+            assert caller.ws.close_code == 1006  # the balancer cut it: nobody said goodbye
+            again = await RealtimeClient.open(url)  # the next try lands on the live server
+            assert sum(alive.sessions.values()) == 1
+            await again.close()
