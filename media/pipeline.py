@@ -137,37 +137,26 @@ class NarrationEngines:
             return self._cache[key]
 
     def voice(self, language: str) -> tuple[Synthesizer, Synthesizer | None]:
-        from voice.engines.factory import build_fallback_tts, build_tts
-        from voice.engines.tts import EspeakSynthesizer
+        from voice.engines.factory import build_espeak, build_fallback_tts, build_tts
 
         if language == "ko":
             ko = self._settings.media.korean_voice
-            return self._get(
-                "tts:ko", lambda: EspeakSynthesizer(voice=ko, name=f"espeak:{ko}")
-            ), None
+            return self._get("tts:ko", lambda: build_espeak(ko)), None
         tts = self._get("tts:en", lambda: build_tts(self._settings))
         return tts, self._get("tts:fallback", lambda: build_fallback_tts(self._settings))
 
     def aligner(self, language: str) -> Transcriber | None:
         if not self._settings.media.align_captions:
             return None
-        from voice.engines.asr import WhisperTranscriber
-        from voice.engines.registry import resolve_asr
+        from voice.engines.factory import build_aligner
 
         s = self._settings
-
-        def build(ref: str, lang: str) -> Transcriber:
-            model = resolve_asr(ref, s.model_cache)
-            return WhisperTranscriber(
-                model.path, name=f"whisper:{ref}", cpu_threads=s.asr.cpu_threads, language=lang
-            )
-
         if language == "ko":
             ko: Transcriber = self._get(
-                "align:ko", lambda: build(s.asr.fallback_model or "base", "ko")
+                "align:ko", lambda: build_aligner(s, s.asr.fallback_model or "base", "ko")
             )
             return ko
-        en: Transcriber = self._get("align:en", lambda: build(s.asr.model, "en"))
+        en: Transcriber = self._get("align:en", lambda: build_aligner(s, s.asr.model, "en"))
         return en
 
 

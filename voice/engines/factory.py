@@ -71,6 +71,25 @@ def build_chat_chain(settings: VoiceSettings) -> list[ChatModel]:
     ]
 
 
+def build_aligner(settings: VoiceSettings, ref: str, language: str) -> WhisperTranscriber:
+    """Whisper for word timestamps (ad captions): model ``ref`` in ``language``, on the
+    device, compute type and threads of ``settings.asr``."""
+    a = settings.asr
+    return WhisperTranscriber(
+        resolve_asr(ref, settings.model_cache).path,
+        name=f"whisper:{ref}",
+        device=a.device,
+        compute_type=a.compute_type,
+        cpu_threads=a.cpu_threads,
+        language=language,
+    )
+
+
+def build_espeak(voice: str) -> Synthesizer:
+    """espeak-ng in ``voice`` (the only embedded voice for Korean)."""
+    return EspeakSynthesizer(voice=voice, name=f"espeak:{voice}")
+
+
 def build_tts(settings: VoiceSettings) -> Synthesizer:
     t = settings.tts
     if t.engine == "espeak":
