@@ -38,7 +38,13 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    """List the models the settings resolve to; assembles split weights on first use."""
+    """List the models the settings resolve to (assembling split weights on first use), or
+    serve them (``serve``)."""
+    if args.action == "serve":
+        from voice.modelserver.app import serve
+
+        serve(settings, host=args.host, port=args.port)
+        return 0
     from voice.engines.registry import (
         ResolvedModel,
         resolve_asr,
@@ -667,7 +673,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("models", help="resolve the configured models and print where they are")
+    p = sub.add_parser(
+        "models",
+        help="resolve the configured models and print where they are; or serve them",
+        description="`castwork models` lists the configured models; `castwork models serve` "
+        "serves them over OpenAI-compatible HTTP (/v1/chat/completions, "
+        "/v1/audio/transcriptions, /v1/audio/speech, /v1/models).",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "serve"], default="list")
+    p.add_argument("--host", help="serve: bind address (default: settings model_server.host)")
+    p.add_argument("--port", type=int, help="serve: port (default: settings model_server.port)")
     p.set_defaults(func=cmd_models)
     return parser
 

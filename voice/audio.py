@@ -152,11 +152,13 @@ def base64_ms(text: str, fmt: str) -> float:
     return max(0, len(text) // 4 * 3 - padding) / bytes_per_ms(fmt)
 
 
-def read_wav(path: str | Path) -> tuple[Float32Array, int]:
-    """Read a PCM16 WAV (any rate, mono or stereo) as mono float32."""
-    with wave.open(str(path), "rb") as w:
+def read_wav(path: str | Path | bytes) -> tuple[Float32Array, int]:
+    """Read a PCM16 WAV (any rate, mono or stereo; a file, or its bytes) as mono float32."""
+    source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
+    with wave.open(source, "rb") as w:
         if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
+            what = "the WAV" if isinstance(path, bytes) else path
+            raise ValueError(f"{what}: only 16-bit PCM WAV is supported")
         frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
         channels, rate = w.getnchannels(), w.getframerate()
     if channels > 1:

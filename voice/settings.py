@@ -384,6 +384,19 @@ class ToolSettings(Section):
         return self
 
 
+class ModelServerSettings(Section):
+    """`castwork models serve`: the embedded models over OpenAI-compatible HTTP."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65_535)] = 8800
+    # Required from clients unless the server binds only to loopback.
+    api_keys: list[SecretStr] = []
+    # An audio upload to /v1/audio/transcriptions (OpenAI's own limit is 25 MB).
+    max_audio_mb: Annotated[int, Field(ge=1, le=1000)] = 25
+    # Completion tokens when a request names none.
+    max_tokens: Annotated[int, Field(ge=1, le=32_768)] = 512
+
+
 class VoiceSettings(SettingsBase):
     """Everything a voice server, its engines and its tools read."""
 
@@ -395,6 +408,7 @@ class VoiceSettings(SettingsBase):
     experiment: ExperimentSettings = ExperimentSettings()
     capture: CaptureSettings = CaptureSettings()
     tools: ToolSettings = ToolSettings()
+    model_server: ModelServerSettings = ModelServerSettings()
 
     @property
     def model_cache(self) -> Path:
