@@ -3,6 +3,7 @@ official openai SDK; and a voice session whose LLM is served that way by the emb
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -118,3 +119,88 @@ async def test_a_voice_session_answers_through_the_embedded_llm_served_remotely(
     lines = (tmp_path / "turns.jsonl").read_text().splitlines()
     (turn,) = [json.loads(line) for line in lines]
     assert turn["outcome"] == "spoken" and turn["models"]["llm"] == "remote:smollm2-135m"
+
+
+def _spoken_turns(tmp_path: Path) -> list[dict[str, object]]:
+    lines = (tmp_path / "turns.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.models
+async def test_a_voice_session_with_every_stage_remote_completes_a_spoken_turn(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """ASR, LLM and TTS all behind `castwork models serve` (the embedded models); the voice
+    server builds its engines from settings that name only URLs."""
+    from voice.engines.factory import build_asr, build_chat_chain, build_tts
+    from voice.runtime.assembly import load_engines
+    from voice.testing.clips import bundled_clip
+
+    served = Served(
+        chat=build_chat_chain(settings)[0],
+        asr=build_asr(settings),
+        tts=build_tts(settings),
+        max_tokens=24,
+    )
+    with model_server(served) as url:
+        remote = {"kind": "openai", "url": url}
+        front = type(settings).model_validate(
+            {
+                **settings.model_dump(),
+                "asr": {**settings.asr.model_dump(), "backends": [{**remote, "model": "whisper"}]},
+                "llm": {**settings.llm.model_dump(), "backends": [{**remote, "model": "llm"}]},
+                "tts": {**settings.tts.model_dump(), "backends": [{**remote, "model": "tts"}]},
+            }
+        )
+        engines = await asyncio.to_thread(load_engines, front)
+        assert engines.apology is not None  # pre-synthesised through the remote voice
+        try:
+            async with running_server(tmp_path, engines) as (ws_url, _, _):
+                client = await RealtimeClient.open(ws_url)
+                clip = np.concatenate([bundled_clip(), np.zeros(16_000, np.float32)])
+                await client.stream(clip, 16_000, realtime=False)
+                done = await client.wait_for_answer(timeout=60)
+                audio = client.reply_audio()
+                await client.close()
+        finally:
+            await engines.chat[0].aclose()  # type: ignore[attr-defined]
+    assert done["response"]["status"] == "completed" and audio.size > 4_000
+    (turn,) = _spoken_turns(tmp_path)
+    assert turn["outcome"] == "spoken"
+    assert turn["models"] == {
+        "asr": f"openai:whisper@{url}",
+        "llm": "openai:llm",  # the LLM chain names its backends by kind and model
+        "tts": f"openai:tts@{url}",
+    }
+
+
+async def test_a_remote_stage_that_fails_falls_back_with_its_reason(tmp_path: Path) -> None:
+    """Nothing listens at the remote URL: the turn is transcribed and spoken by the next
+    backend of each chain, and the record says so (asr_retry, tts_fallback)."""
+    from voice.engines.remote import RemoteSynthesizer, RemoteTranscriber
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # closed when the block ends
+    asr = RemoteTranscriber(dead, model="whisper", name="remote-asr", timeout_s=2)
+    tts = RemoteSynthesizer(dead, model="tts", voice="joe", name="remote-tts", timeout_s=2)
+    engines = fake_engines(
+        asr=asr,
+        asr_fallback=FakeTranscriber(texts=["what time is it"], name="local-asr"),
+        tts=tts,
+        tts_fallback=FakeSynthesizer(name="local-tts"),
+    )
+    try:
+        async with running_server(tmp_path, engines) as (ws_url, _, _):
+            client = await RealtimeClient.open(ws_url)
+            await client.stream(utterance(), 16_000, realtime=False)
+            done = await client.wait_for_answer(timeout=30)
+            await client.close()
+    finally:
+        asr.close()
+        tts.close()
+    assert done["response"]["status"] == "completed"
+    (turn,) = _spoken_turns(tmp_path)
+    assert turn["outcome"] == "spoken"
+    recovery = turn["recovery"]
+    assert isinstance(recovery, list) and "asr_retry" in recovery and "tts_fallback" in recovery

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 
+from base.redact import mask_url
 from base.settings import Seconds, Section, SettingsBase
 from voice.engines.contracts import TOOL_NAME, check_parameters
 from voice.engines.registry import BUILTIN_ASR, BUILTIN_LLM, BUILTIN_TTS, BUILTIN_VAD
@@ -30,6 +31,35 @@ def _model_ref(value: str, builtins: tuple[str, ...]) -> str:
     return str(Path(value).expanduser())
 
 
+class RemoteBackend(Section):
+    """One entry of an ASR or TTS chain (``asr.backends``, ``tts.backends``): the section's own
+    built-in engine (kind ``builtin``), or an OpenAI-compatible server (kind ``openai``)."""
+
+    kind: Literal["builtin", "openai"] = "builtin"
+    name: str = ""
+    url: HttpUrl | None = None
+    # openai: the model name the server expects; tts: the voice it should speak in.
+    model: str = ""
+    voice: str = "alloy"
+    api_key: SecretStr | None = None
+    timeout_s: Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _check(self) -> RemoteBackend:
+        if self.kind == "openai" and (self.url is None or not self.model):
+            raise ValueError("an 'openai' backend needs a url and a model")
+        return self
+
+    def label(self, builtin: str) -> str:
+        if self.kind == "builtin":
+            return builtin
+        return self.name or f"openai:{self.model}@{mask_url(str(self.url))}"
+
+
+# At most a primary and its fallback: what a turn tries before it says sorry.
+Chain = Annotated[list[RemoteBackend], Field(max_length=2)]
+
+
 class AsrSettings(Section):
     model: str = "tiny.en"
     fallback_model: str | None = "base"
@@ -45,6 +75,10 @@ class AsrSettings(Section):
     # Hallucination guard: a segment this likely to be silence, or this unsure, is dropped.
     no_speech_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
     min_avg_logprob: Annotated[float, Field(le=0)] = -1.0
+    # The chain a turn is transcribed by, in order; empty: ``model``, then ``fallback_model``.
+    # E.g. [{kind = "openai", url = "http://models:8800/v1", model = "whisper"}, {}] (a remote
+    # server, then the built-in ``model`` when it fails).
+    backends: Chain = []
 
     @field_validator("model")
     @classmethod
@@ -120,6 +154,8 @@ class TtsSettings(Section):
     espeak_voice: str = "en-us"
     length_scale: Annotated[float, Field(gt=0.25, le=4)] = 1.0
     threads: Annotated[int, Field(ge=1, le=64)] = 1
+    # The chain answers are spoken by, in order; empty: ``engine``, then ``fallback``.
+    backends: Chain = []
 
     @model_validator(mode="after")
     def _check(self) -> TtsSettings:

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from voice.engines.asr import WhisperTranscriber
-from voice.engines.contracts import ChatModel, Synthesizer
+from voice.engines.contracts import ChatModel, Synthesizer, Transcriber
 from voice.engines.llm import LlamaCppChat, OpenAIChat
 from voice.engines.registry import resolve_asr, resolve_llm, resolve_tts, resolve_turn, resolve_vad
+from voice.engines.remote import RemoteSynthesizer, RemoteTranscriber
 from voice.engines.smart_turn import SmartTurn
 from voice.engines.tts import EspeakSynthesizer, PiperSynthesizer
 from voice.engines.vad import SileroVad
-from voice.settings import LlmBackend, VoiceSettings
+from voice.settings import LlmBackend, RemoteBackend, VoiceSettings
 
 T = TypeVar("T")
 
@@ -104,3 +105,52 @@ def build_fallback_tts(settings: VoiceSettings) -> Synthesizer | None:
     if settings.tts.fallback == "none":
         return None
     return EspeakSynthesizer(voice=settings.tts.espeak_voice)
+
+
+def _key(backend: RemoteBackend) -> str | None:
+    return backend.api_key.get_secret_value() if backend.api_key else None
+
+
+def build_asr_chain(settings: VoiceSettings) -> list[Transcriber]:
+    """The transcribers a turn tries in order: ``asr.backends``, else ``model`` then
+    ``fallback_model``."""
+    a = settings.asr
+    if not a.backends:
+        chain: list[Transcriber] = [build_asr(settings)]
+        if a.fallback_model:
+            chain.append(build_asr(settings, a.fallback_model))
+        return chain
+    return [
+        build_asr(settings)
+        if b.kind == "builtin"
+        else RemoteTranscriber(
+            str(b.url),
+            model=b.model,
+            name=b.label(""),
+            api_key=_key(b),
+            language=a.language,
+            timeout_s=b.timeout_s,
+        )
+        for b in a.backends
+    ]
+
+
+def build_tts_chain(settings: VoiceSettings) -> list[Synthesizer]:
+    """The synthesizers an answer is spoken by in order: ``tts.backends``, else ``engine``
+    then ``fallback``."""
+    if not settings.tts.backends:
+        fallback = build_fallback_tts(settings)
+        return [build_tts(settings), *([fallback] if fallback else [])]
+    return [
+        build_tts(settings)
+        if b.kind == "builtin"
+        else RemoteSynthesizer(
+            str(b.url),
+            model=b.model,
+            voice=b.voice,
+            name=b.label(""),
+            api_key=_key(b),
+            timeout_s=b.timeout_s,
+        )
+        for b in settings.tts.backends
+    ]

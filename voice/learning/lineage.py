@@ -84,10 +84,12 @@ def settings_digest(settings: VoiceSettings) -> str:
 def of_settings(settings: VoiceSettings) -> dict[str, object]:
     """Model identities and the settings hash for a server (or experiment arm) built from
     ``settings``. Resolves models (finds their files) but loads none."""
-    models: dict[str, str] = {
-        "asr": model_identity(resolve_asr(settings.asr.model, settings.model_cache))
-    }
-    if settings.asr.fallback_model:
+    whisper = model_identity(resolve_asr(settings.asr.model, settings.model_cache))
+    models: dict[str, str] = {"asr": whisper}
+    if settings.asr.backends:  # remote ones by URL (masked) and model name
+        for i, b in enumerate(settings.asr.backends):
+            models["asr" if i == 0 else "asr_fallback"] = b.label(whisper)
+    elif settings.asr.fallback_model:
         models["asr_fallback"] = model_identity(
             resolve_asr(settings.asr.fallback_model, settings.model_cache)
         )
@@ -100,7 +102,11 @@ def of_settings(settings: VoiceSettings) -> dict[str, object]:
         models["tts"] = model_identity(resolve_tts(t.voice))
     else:
         models["tts"] = f"espeak-ng:{t.espeak_voice}"
-    if t.fallback == "espeak":
+    if t.backends:
+        builtin = models.pop("tts")
+        for i, b in enumerate(t.backends):
+            models["tts" if i == 0 else "tts_fallback"] = b.label(builtin)
+    elif t.fallback == "espeak":
         models["tts_fallback"] = f"espeak-ng:{t.espeak_voice}"
     models["vad"] = model_identity(resolve_vad(settings.vad.model))
     return {"models": models, "settings": settings_digest(settings)}

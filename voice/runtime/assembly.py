@@ -9,12 +9,12 @@ from typing import Any, TypeVar, cast
 
 from voice import audio as pcm
 from voice.audio import concat
-from voice.engines.contracts import Synthesizer
+from voice.engines.contracts import Synthesizer, Transcriber
 from voice.engines.factory import (
     build_asr,
+    build_asr_chain,
     build_chat_chain,
-    build_fallback_tts,
-    build_tts,
+    build_tts_chain,
     build_turn,
     build_vad,
 )
@@ -64,29 +64,40 @@ def load_runtimes(settings: VoiceSettings) -> list[Runtime]:
 def _engines(s: VoiceSettings, once: Once) -> Engines:
     """The engines for settings ``s``; ``once(kind, section, build)`` may hand back an engine
     already built for the same section instead of calling ``build``."""
-    # A Whisper model is the same engine wherever it is used (primary or fallback).
-    asr = s.asr.model_dump(mode="json", exclude={"model", "fallback_model"})
     tts, tts_fallback, apology = once("tts", s.tts.model_dump(mode="json"), lambda: _tts_pair(s))
-    fallback = s.asr.fallback_model
+    asr, *asr_fallback = _asr_chain(s, once)
     return Engines(
-        asr=once("asr", [asr, s.asr.model], lambda: build_asr(s)),
+        asr=asr,
         chat=once("llm", s.llm.model_dump(mode="json"), lambda: build_chat_chain(s)),
         tts=tts,
-        asr_fallback=once("asr", [asr, fallback], lambda: build_asr(s, fallback))
-        if fallback
-        else None,
+        asr_fallback=asr_fallback[0] if asr_fallback else None,
         tts_fallback=tts_fallback,
         apology=apology,
         turn=once("turn", s.vad.turn_model, lambda: build_turn(s)),
     )
 
 
+def _asr_chain(s: VoiceSettings, once: Once) -> list[Transcriber]:
+    if s.asr.backends:
+        chain: list[Transcriber] = once(
+            "asr-chain", s.asr.model_dump(mode="json"), lambda: build_asr_chain(s)
+        )
+        return chain
+    # A Whisper model is the same engine wherever it is used (primary or fallback).
+    asr = s.asr.model_dump(mode="json", exclude={"model", "fallback_model"})
+    fallback = s.asr.fallback_model
+    primary: Transcriber = once("asr", [asr, s.asr.model], lambda: build_asr(s))
+    if not fallback:
+        return [primary]
+    return [primary, once("asr", [asr, fallback], lambda: build_asr(s, fallback))]
+
+
 def _tts_pair(
     settings: VoiceSettings,
 ) -> tuple[Synthesizer, Synthesizer | None, tuple[pcm.Float32Array, int] | None]:
     """The TTS engine, its fallback and the apology clip pre-synthesised by the first that can."""
-    tts = build_tts(settings)
-    fallback = build_fallback_tts(settings)
+    tts, *rest = build_tts_chain(settings)
+    fallback = rest[0] if rest else None
     apology = None
     for engine in (tts, fallback):
         if engine is None:
