@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
+import os
 import shutil
 import socket
 import subprocess
@@ -55,20 +55,19 @@ async def voice_server(tmp_path: Path, name: str) -> AsyncIterator[tuple[VoiceSe
 
 @contextlib.contextmanager
 def haproxy(tmp_path: Path, ports: list[int]) -> Iterator[int]:
-    """The shipped configuration, its addresses replaced by these servers' and a free port."""
+    """The shipped configuration, told these servers' addresses and a free port (by the
+    environment variables it documents)."""
     front = _free_port()
-    text = (ROOT / "deploy" / "haproxy.cfg").read_text()
-    text = re.sub(r"bind 127\.0\.0\.1:\d+", f"bind 127.0.0.1:{front}", text)
-    servers = [line for line in text.splitlines() if line.strip().startswith("server ")]
-    assert len(servers) == len(ports)
-    for line, port in zip(servers, ports, strict=True):
-        text = text.replace(line, re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", line))
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(text)
+    env = {
+        **os.environ,
+        "CASTWORK_LB_BIND": f"127.0.0.1:{front}",
+        **{f"CASTWORK_VOICE{i}": f"127.0.0.1:{port}" for i, port in enumerate(ports, start=1)},
+    }
+    cfg = ROOT / "deploy" / "haproxy.cfg"
     assert HAPROXY is not None
     log = tmp_path / "haproxy.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=out, stderr=out)
+        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=out, stderr=out, env=env)
     try:
         deadline = time.monotonic() + 10
         while True:
