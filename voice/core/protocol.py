@@ -326,7 +326,48 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
 # --- server events --------------------------------------------------------------------------
 
 
-def event(type_: str, **fields: Any) -> dict[str, Any]:
+# Every server event Castwork sends, by name: mypy refuses a misspelt one at its call site
+# (the tests check each event's shape against the openai package's models).
+ServerEventType = Literal[
+    "error",
+    "session.created",
+    "session.updated",
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.deleted",
+    "conversation.item.truncated",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
+    "input_audio_buffer.committed",
+    "input_audio_buffer.cleared",
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.timeout_triggered",
+    "output_audio_buffer.cleared",
+    "response.created",
+    "response.done",
+    "response.output_item.added",
+    "response.output_item.done",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.output_audio.delta",
+    "response.output_audio.done",
+    "response.output_audio_transcript.delta",
+    "response.output_audio_transcript.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.mcp_call_arguments.delta",
+    "response.mcp_call_arguments.done",
+    "response.mcp_call.in_progress",
+    "response.mcp_call.completed",
+    "response.mcp_call.failed",
+]
+
+
+def event(type_: ServerEventType, **fields: Any) -> dict[str, Any]:
     return {"type": type_, "event_id": new_id("event"), **fields}
 
 

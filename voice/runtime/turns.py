@@ -517,9 +517,16 @@ class ResponseRunner:
             return
         where["output_index"] = call.output_index  # type: ignore[assignment]
         if step == "args":
-            kind = "mcp_call_arguments" if mcp else "function_call_arguments"
-            extra = {} if mcp else {"call_id": call.call_id}
-            await self.send(p.event(f"response.{kind}.delta", **where, **extra, delta=delta))
+            if mcp:
+                args = p.event("response.mcp_call_arguments.delta", **where, delta=delta)
+            else:
+                args = p.event(
+                    "response.function_call_arguments.delta",
+                    **where,
+                    call_id=call.call_id,
+                    delta=delta,
+                )
+            await self.send(args)
         elif step == "done" and mcp:
             await self.send(
                 p.event("response.mcp_call_arguments.done", **where, arguments=call.arguments)
@@ -559,7 +566,7 @@ class ResponseRunner:
             failed = item.get("error") is not None
             await self.send(
                 p.event(
-                    f"response.mcp_call.{'failed' if failed else 'completed'}",
+                    "response.mcp_call.failed" if failed else "response.mcp_call.completed",
                     item_id=call.item_id,
                     output_index=call.output_index,
                 )
