@@ -49,6 +49,7 @@ from voice.runtime.latency import TurnLog
 from voice.runtime.server import VoiceServer
 from voice.runtime.turns import TurnPolicy
 from voice.testing.fakes import EnergyVad
+from voice.testing.harness import fake_engines, running_server
 from workers import actors
 from workers.actors import NARRATE, Context
 from workers.api import ops
@@ -57,7 +58,6 @@ from workers.store import job_root
 
 from . import test_api
 from .test_api import AUTH_A, AUTH_B, FIELDS, KEY_A, KEY_B, PHOTO, Api, MakeApi
-from .voice_fakes import fake_engines, running_server
 
 if TYPE_CHECKING:
     # What starlette's TestClient returns (it prefers httpx2 to httpx).

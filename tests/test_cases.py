@@ -31,9 +31,8 @@ from voice.monitoring import evalset
 from voice.runtime.turns import Engines, Runtime, TurnPolicy
 from voice.settings import CaptureSettings
 from voice.testing.fakes import EnergyVad, FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
+from voice.testing.harness import fake_engines, running_server, utterance
 from workers.settings import load_settings
-
-from .voice_fakes import fake_engines, running_server, utterance
 
 PHONE = "call me on 010-1234-5678 tomorrow"
 

@@ -30,13 +30,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from voice.clients.realtime import RealtimeClient
 from voice.runtime import latency
+from voice.testing.harness import fake_engines, running_server
 from workers.api import create_app
 from workers.settings import Settings, load_settings
 from workers.store import JobStore
 
 from .test_latency_cli import REAL_LOG, direct, lines
 from .test_web import CHROMIUM_FLAGS, _free_port, _wait_until, chromium  # noqa: F401
-from .voice_fakes import fake_engines, running_server
 
 OPS_KEY = "ops-key-0123456789abcdef"
 MERCHANT_KEY = "merchant-key-0123456789"
@@ -114,7 +114,7 @@ async def test_metrics_count_real_turns(tmp_path: Path) -> None:
     before = client.get("/metrics").text
     async with running_server(tmp_path, fake_engines()) as (url, _log, _):
         rc = await RealtimeClient.open(url)
-        from .voice_fakes import utterance
+        from voice.testing.harness import utterance
 
         await rc.stream(utterance(), 16_000, realtime=False)
         await rc.wait_for("response.done")

@@ -19,9 +19,8 @@ from voice.learning.experiments import NO_ARM, arm_configs, assign
 from voice.monitoring import turnstats
 from voice.runtime.turns import Runtime, TurnPolicy
 from voice.testing.fakes import EnergyVad, FakeTranscriber
+from voice.testing.harness import fake_engines, running_server, utterance
 from workers.settings import load_settings
-
-from .voice_fakes import fake_engines, running_server, utterance
 
 TWO = [("a", 1.0), ("b", 1.0)]
 

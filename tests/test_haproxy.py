@@ -22,9 +22,8 @@ from voice.runtime.latency import TurnLog
 from voice.runtime.server import VoiceServer
 from voice.runtime.turns import TurnPolicy
 from voice.testing.fakes import EnergyVad
+from voice.testing.harness import fake_engines
 from workers.settings import load_settings
-
-from .voice_fakes import fake_engines
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY = shutil.which("haproxy")

@@ -17,9 +17,9 @@ from voice.engines.llm import OpenAIChat
 from voice.runtime.turns import TurnPolicy
 from voice.testing.fake_openai import Behaviour, FakeOpenAIServer
 from voice.testing.fakes import FakeChat
+from voice.testing.harness import fake_engines, running_server
 
 from .test_voice_server import _say, _turns
-from .voice_fakes import fake_engines, running_server
 
 FIRST_TOKEN_S = 0.8
 TOTAL_S = 2.0

@@ -22,9 +22,8 @@ from voice.clients.realtime import RealtimeClient
 from voice.engines.llm import OpenAIChat
 from voice.modelserver.app import OUTPUT_RATE, Served, create_app
 from voice.testing.fakes import FakeChat, FakeSynthesizer, FakeTranscriber, tone
+from voice.testing.harness import fake_engines, running_server, utterance
 from workers.settings import Settings
-
-from .voice_fakes import fake_engines, running_server, utterance
 
 
 @contextlib.contextmanager

@@ -8,8 +8,9 @@ from voice.core.actions import StartResponse
 from voice.core.record import TurnRecord
 from voice.runtime.turns import ResponseRunner, TurnPolicy
 from voice.testing.fakes import FakeChat
+from voice.testing.harness import fake_engines
 
-from .voice_fakes import SERVER_EVENT, fake_engines
+from .voice_fakes import SERVER_EVENT
 
 
 def _runner(chat: FakeChat, sent: list[dict[str, Any]]) -> ResponseRunner:

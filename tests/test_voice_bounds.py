@@ -29,9 +29,8 @@ from voice.learning.cases import AUDIO_FILE, CASE_FILE, CaseRecorder, CaseStore,
 from voice.runtime import server as voice_server
 from voice.runtime.server import bearer_token, key_id
 from voice.testing.fakes import tone
+from voice.testing.harness import fake_engines, running_server, utterance
 from workers.settings import load_settings
-
-from .voice_fakes import fake_engines, running_server, utterance
 
 # Silence as a client sends it: μ-law 0xFF and PCM16 zeros both decode to 0.
 SILENCE_BYTE = {"audio/pcmu": b"\xff", "audio/pcm": b"\x00"}

@@ -18,9 +18,8 @@ from voice.runtime.latency import TurnLog
 from voice.runtime.server import VoiceServer
 from voice.runtime.turns import TurnPolicy
 from voice.testing.fakes import EnergyVad
+from voice.testing.harness import fake_engines, utterance
 from workers.settings import load_settings
-
-from .voice_fakes import fake_engines, utterance
 
 
 @contextlib.asynccontextmanager

@@ -21,9 +21,10 @@ from voice import audio as pcm
 from voice.clients.realtime import RealtimeClient, SessionRefused
 from voice.runtime import latency
 from voice.testing.fakes import FakeChat, FakeSynthesizer, FakeTranscriber
+from voice.testing.harness import fake_engines, running_server, utterance
 
 from .test_protocol_fuzz import client_objects
-from .voice_fakes import assert_valid, fake_engines, running_server, utterance
+from .voice_fakes import assert_valid
 
 
 def _turns(path: Path) -> list[dict[str, Any]]:

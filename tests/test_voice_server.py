@@ -11,8 +11,9 @@ import pytest
 from voice.clients.realtime import RealtimeClient
 from voice.runtime.turns import TurnPolicy
 from voice.testing.fakes import FakeChat, FakeSynthesizer, FakeTranscriber, silence, tone
+from voice.testing.harness import fake_engines, running_server, utterance
 
-from .voice_fakes import assert_valid, fake_engines, running_server, utterance
+from .voice_fakes import assert_valid
 
 
 def _turns(path: Path) -> list[dict]:

@@ -25,10 +25,11 @@ from voice.engines.contracts import Message, ToolCallDelta, ToolSpec
 from voice.runtime.turns import TurnPolicy
 from voice.settings import HttpToolSettings
 from voice.testing.fakes import FakeChat
+from voice.testing.harness import fake_engines, running_server, utterance
 from voice.tools import HttpTool, ToolBox
 
 from .test_tools import Seen, _recording, serving
-from .voice_fakes import assert_valid, fake_engines, running_server, utterance
+from .voice_fakes import assert_valid
 
 ORDER_TOOL = {
     "type": "function",
