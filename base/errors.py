@@ -12,7 +12,11 @@ retries (dramatiq) and the turn recovery policy can decide without parsing messa
     │   └── QuotaExceeded            workers.retention: a merchant's storage is full
     ├── EngineError, ToolError...    voice.errors: model and tool calls, client events
     ├── MediaError...                media.errors: inputs, templates, renders, storage
-    └── StageTimeLimit, WorkerLost   workers.actors: a queue stage ran out of time or a worker
+    ├── JobNotFound ...              workers.store: job records (also IdempotencyConflict,
+    │                                BadManifest)
+    └── StageTimeLimit, WorkerLost   workers.actors: a stage out of time, a worker that died
+
+The API answers with its own HTTP errors (workers.api.errors.ApiError), made from these.
 """
 
 from __future__ import annotations

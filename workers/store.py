@@ -33,6 +33,7 @@ from typing import Any, Literal, cast
 import redis
 from pydantic import ValidationError
 
+from base.errors import CastworkError
 from media.folder import JobPaths, Manifest
 from workers.settings import Settings
 
@@ -71,8 +72,10 @@ return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 """
 
 
-class BadManifest(ValueError):
+class BadManifest(CastworkError, ValueError):
     """A manifest names something other than a plain file of the job's ``out/`` folder."""
+
+    code = "bad_manifest"
 
 
 def checked_manifest(manifest: Any) -> Manifest:
@@ -148,12 +151,16 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class JobNotFound(KeyError):
-    pass
+class JobNotFound(CastworkError, KeyError):
+    """No job by that id (never made, expired, or deleted)."""
+
+    code = "job_not_found"
 
 
-class IdempotencyConflict(ValueError):
+class IdempotencyConflict(CastworkError, ValueError):
     """The same Idempotency-Key was used before with a different request."""
+
+    code = "idempotency_conflict"
 
 
 class JobStore:
