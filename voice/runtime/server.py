@@ -57,7 +57,7 @@ from voice.engines.llm import LlamaCppChat
 from voice.errors import ProtocolError
 from voice.learning.cases import CaseRecorder
 from voice.learning.experiments import NO_ARM, assign
-from voice.runtime import latency
+from voice.runtime import latency, twilio
 from voice.runtime.latency import TurnLog
 from voice.runtime.toolcalls import CallRecord
 from voice.runtime.turns import Engines, ResponseRunner, Runtime, TurnPolicy, transcribe
@@ -209,15 +209,20 @@ class VoiceServer:
         if path == "/readyz":  # for a load balancer: is there a seat for one more session?
             status, text = self.readiness()
             return conn.respond(status, text + "\n")
-        if path not in (PATH, "/metrics"):
+        if path not in (PATH, twilio.PATH, "/metrics"):
             return conn.respond(HTTPStatus.NOT_FOUND, f"the Realtime endpoint is {PATH}\n")
         if (refused := self._foreign(request)) is not None:
             return conn.respond(HTTPStatus.FORBIDDEN, refused + "\n")
-        if self.keys and not self._known(bearer_token(_header(request, "Authorization"))):
+        # A Twilio stream cannot send headers: its key comes in the start message.
+        if (
+            self.keys
+            and path != twilio.PATH
+            and not self._known(bearer_token(_header(request, "Authorization")))
+        ):
             return conn.respond(
                 HTTPStatus.UNAUTHORIZED, "missing or unknown API key (Authorization: Bearer ...)\n"
             )
-        if self.draining and path == PATH:
+        if self.draining and path in (PATH, twilio.PATH):
             # Before the upgrade: a balancer (or the client) tries another server at once.
             response = conn.respond(
                 HTTPStatus.SERVICE_UNAVAILABLE, "this server is draining; connect again\n"
@@ -311,8 +316,10 @@ class VoiceServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
         self.sessions[key] += 1
         latency.SESSIONS_ACTIVE.inc()
+        phone = ws.request is not None and ws.request.path.split("?", 1)[0] == twilio.PATH
+        link = twilio.TwilioLink(ws, self.keys) if phone else ws
         try:
-            await Connection(self, ws, key=key).run()
+            await Connection(self, link, key=key).run()
         finally:
             self.sessions[key] -= 1
             latency.SESSIONS_ACTIVE.dec()
@@ -351,7 +358,11 @@ class _Inbox:
 
 class Connection:
     def __init__(
-        self, server: VoiceServer, ws: ServerConnection, *, key: str = "anonymous"
+        self,
+        server: VoiceServer,
+        ws: ServerConnection | twilio.TwilioLink,
+        *,
+        key: str = "anonymous",
     ) -> None:
         self.server, self.ws = server, ws
         session_id = protocol.new_id("sess")

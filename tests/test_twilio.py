@@ -1,0 +1,105 @@
+"""A phone call through the Twilio Media Streams bridge (/v1/twilio): a scripted Media Streams
+client sends μ-law 8 kHz like Twilio does, hears the answer as media, is told to clear its
+playback when the caller talks over it, gets a mark when an answer's audio ends, and a keypad
+digit reaches the agent. Keys come in the start message."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+
+from voice import audio as pcm
+from voice.testing.fakes import FakeChat, FakeSynthesizer, silence, tone
+from voice.testing.harness import fake_engines, running_server, utterance
+
+FRAME = 160  # μ-law bytes in 20 ms at 8 kHz: what Twilio sends in one media message
+
+
+def twilio_url(url: str) -> str:
+    return url.replace("/v1/realtime", "/v1/twilio")
+
+
+async def send_audio(ws: ClientConnection, samples: np.ndarray) -> None:
+    data = pcm.encode(samples, 16_000, "audio/pcmu")
+    for i in range(0, len(data), FRAME):
+        payload = base64.b64encode(data[i : i + FRAME]).decode()
+        await ws.send(
+            json.dumps({"event": "media", "media": {"track": "inbound", "payload": payload}})
+        )
+
+
+async def until(ws: ClientConnection, kind: str, seen: list[dict[str, Any]]) -> dict[str, Any]:
+    async with asyncio.timeout(20):
+        while True:
+            msg = json.loads(await ws.recv())
+            seen.append(msg)
+            if msg["event"] == kind:
+                return msg
+
+
+def start(**params: str) -> str:
+    return json.dumps(
+        {
+            "event": "start",
+            "streamSid": "MZ123",
+            "start": {"streamSid": "MZ123", "callSid": "CA123", "customParameters": params},
+        }
+    )
+
+
+async def test_a_phone_call_is_answered_interrupted_and_hung_up(tmp_path: Path) -> None:
+    chat = FakeChat(reply="Sure. I can help you with your order today, just a moment please.")
+    engines = fake_engines(chat=[chat], tts=FakeSynthesizer(ms_per_char=20))  # ~1.3 s answers
+    async with (
+        running_server(tmp_path, engines) as (url, _, _),
+        connect(twilio_url(url)) as ws,
+    ):
+        hello = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+        await ws.send(json.dumps(hello))
+        await ws.send(start())
+        keypad = {"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": "5"}}
+        await ws.send(json.dumps(keypad))
+        await send_audio(ws, utterance())
+        seen: list[dict[str, Any]] = []
+        first = await until(ws, "media", seen)
+        assert first["streamSid"] == "MZ123"
+        assert base64.b64decode(first["media"]["payload"])  # μ-law bytes, ready for the phone
+        # The caller talks over the answer: Twilio is told to drop what it has queued.
+        await send_audio(ws, np.concatenate([tone(1400), silence(900)]))
+        await until(ws, "clear", seen)
+        cut = await until(ws, "mark", seen)  # where the interrupted answer's audio ended
+        mark = await until(ws, "mark", seen)  # the second answer, sent to its end
+        assert mark["streamSid"] == "MZ123" and mark["mark"]["name"] != cut["mark"]["name"]
+        log = tmp_path / "turns.jsonl"
+        for _ in range(200):  # the answer's turn is written once its response ends (10 s)
+            if log.exists() and len(log.read_text().splitlines()) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await ws.send(json.dumps({"event": "stop", "stop": {"callSid": "CA123"}}))
+        async with asyncio.timeout(5):
+            await ws.wait_closed()
+    assert any(m["content"] == "[keypad 5]" for m in chat.last_messages)
+    turns = [json.loads(line) for line in (tmp_path / "turns.jsonl").read_text().splitlines()]
+    assert [t["outcome"] for t in turns] == ["cancelled", "spoken"]
+    assert "barge_in" in turns[0]["recovery"]
+
+
+async def test_a_keyed_server_wants_the_key_in_the_start_message(tmp_path: Path) -> None:
+    keys = {"api_keys": ["phone-key-0123456789"]}
+    async with running_server(tmp_path, fake_engines(), voice=keys) as (url, _, _):
+        async with connect(twilio_url(url)) as ws:
+            await ws.send(start())
+            async with asyncio.timeout(5):
+                await ws.wait_closed()
+            assert ws.close_code == 1008
+        async with connect(twilio_url(url)) as ws:
+            await ws.send(start(api_key="phone-key-0123456789"))
+            await send_audio(ws, utterance())
+            await until(ws, "media", [])
+            await ws.send(json.dumps({"event": "stop"}))

@@ -1,0 +1,123 @@
+"""Phone calls: a Twilio Media Streams socket seen as a Realtime client.
+
+Twilio sends ``connected``, ``start`` (with the stream's id and the call's custom parameters),
+``media`` (base64 μ-law at 8 kHz, 20 ms a message), ``mark`` (a mark we sent has been played),
+``dtmf`` and ``stop``; it takes ``media`` to play, ``mark`` to be told when playback reached a
+point, and ``clear`` to drop what it has not played yet. :class:`TwilioLink` translates both
+ways, so the session behind it is an ordinary one in ``audio/pcmu``:
+
+- ``start`` -> ``session.update`` (μ-law in and out, server VAD); on a server with keys the
+  call must carry one as the custom parameter ``api_key`` (a Stream URL cannot send headers);
+- ``media`` -> ``input_audio_buffer.append``; ``dtmf`` -> a user item "[keypad 5]" the agent
+  reads in its next turn; ``stop`` -> the session ends;
+- ``response.output_audio.delta`` -> ``media``; the end of an answer's audio -> a ``mark``;
+  speech that interrupts an answer (``speech_started``) -> ``clear``: the caller stops hearing
+  it at once. Everything else the session says is not for the phone and is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosedOK
+from websockets.frames import Close
+
+from base.access import is_key
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/twilio"
+REFUSED = 1008  # policy violation: no or a wrong key
+
+
+class TwilioLink:
+    """What :class:`voice.runtime.server.Connection` reads from and writes to."""
+
+    def __init__(self, ws: ServerConnection, keys: set[str]) -> None:
+        self.ws, self.keys = ws, keys
+        self.transport = ws.transport
+        self.request = ws.request
+        self.stream_sid: str | None = None
+        self.call_sid: str | None = None
+        self._pending: deque[str] = deque()
+        self.played: list[str] = []  # marks Twilio says it has played, in order
+
+    async def recv(self) -> str:
+        while not self._pending:
+            message = json.loads(await self.ws.recv())
+            self._pending.extend(await self._inbound(message))
+        return self._pending.popleft()
+
+    async def _inbound(self, msg: dict[str, Any]) -> list[str]:
+        kind = msg.get("event")
+        if kind == "start":
+            start = msg.get("start") or {}
+            self.stream_sid = start.get("streamSid") or msg.get("streamSid")
+            self.call_sid = start.get("callSid")
+            given = str((start.get("customParameters") or {}).get("api_key", ""))
+            if self.keys and not is_key(given, self.keys):
+                await self.ws.close(REFUSED, "a Castwork API key is needed (Parameter api_key)")
+                raise ConnectionClosedOK(Close(REFUSED, "no key"), None)
+            log.info("phone call %s on stream %s", self.call_sid, self.stream_sid)
+            return [_client("session.update", session=_PHONE_SESSION)]
+        if kind == "media":
+            media = msg.get("media") or {}
+            if media.get("track", "inbound") != "inbound" or not media.get("payload"):
+                return []
+            return [_client("input_audio_buffer.append", audio=media["payload"])]
+        if kind == "dtmf":
+            digit = str((msg.get("dtmf") or {}).get("digit", ""))[:1]
+            if not digit:
+                return []
+            item = {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": f"[keypad {digit}]"}],
+            }
+            return [_client("conversation.item.create", item=item)]
+        if kind == "mark":
+            self.played.append(str((msg.get("mark") or {}).get("name", "")))
+            return []
+        if kind == "stop":
+            raise ConnectionClosedOK(Close(1000, "the call ended"), None)
+        return []  # connected, and anything Twilio adds later
+
+    async def send(self, text: str) -> None:
+        event = json.loads(text)
+        out = self._outbound(event)
+        if out is not None:
+            await self.ws.send(json.dumps(out))
+
+    def _outbound(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        kind, sid = event.get("type"), self.stream_sid
+        if sid is None:
+            return None  # nothing can be played before the stream started
+        if kind == "response.output_audio.delta":
+            return {"event": "media", "streamSid": sid, "media": {"payload": event["delta"]}}
+        if kind == "response.output_audio.done":
+            return {"event": "mark", "streamSid": sid, "mark": {"name": event["item_id"]}}
+        if kind == "input_audio_buffer.speech_started":
+            return {"event": "clear", "streamSid": sid}
+        if kind == "error":
+            log.warning("phone session: %s", event.get("error", {}).get("message"))
+        return None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.ws.close(code, reason)
+
+
+_PHONE_SESSION = {
+    "type": "realtime",
+    "audio": {
+        "input": {"format": {"type": "audio/pcmu"}},
+        "output": {"format": {"type": "audio/pcmu"}},
+    },
+}
+
+
+def _client(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields})
