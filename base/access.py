@@ -134,3 +134,11 @@ def page_csp(*, media: bool = False, forms: bool = False) -> str:
         + ("form-action 'self'; " if forms else "form-action 'none'; ")
         + "base-uri 'none'; frame-ancestors 'none'"
     )
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header ("" for none, or another
+    scheme). The scheme is case-insensitive and any whitespace may surround both parts: the
+    same key, however it is written, must be the same key to every check and every count."""
+    parts = (authorization or "").split(None, 1)
+    return parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else ""

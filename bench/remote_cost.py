@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from voice.engines.factory import build_tts
@@ -48,20 +47,14 @@ def arms(url: str) -> list[tuple[str, dict[str, str]]]:
 
 def start_models(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = loadtest.free_port()
-    log = open(work / "models.log", "w")  # noqa: SIM115 - lives as long as the server
-    castwork = Path(sys.executable).with_name("castwork")
-    proc = subprocess.Popen(
-        [str(castwork), "models", "serve", "--port", str(port)], stdout=log, stderr=log
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"castwork models serve did not start; see {log.name}") from None
-            time.sleep(0.2)
+    log_path = work / "models.log"
+    with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
+        castwork = Path(sys.executable).with_name("castwork")
+        proc = subprocess.Popen(
+            [str(castwork), "models", "serve", "--port", str(port)], stdout=log, stderr=log
+        )
+    loadtest.wait_healthy(port, proc, "castwork models serve", log_path, 120)
+    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 def main() -> int:

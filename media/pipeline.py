@@ -148,15 +148,15 @@ class NarrationEngines:
     def aligner(self, language: str) -> Transcriber | None:
         if not self._settings.media.align_captions:
             return None
-        from voice.engines.factory import build_aligner
+        from voice.engines.factory import build_asr
 
         s = self._settings
         if language == "ko":
             ko: Transcriber = self._get(
-                "align:ko", lambda: build_aligner(s, s.asr.fallback_model or "base", "ko")
+                "align:ko", lambda: build_asr(s, s.asr.fallback_model or "base", language="ko")
             )
             return ko
-        en: Transcriber = self._get("align:en", lambda: build_aligner(s, s.asr.model, "en"))
+        en: Transcriber = self._get("align:en", lambda: build_asr(s, s.asr.model, language="en"))
         return en
 
 

@@ -18,12 +18,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from voice.clients.realtime import RealtimeClient, SessionRefused
-from voice.runtime.latency import TurnLog
 from voice.runtime.server import VoiceServer
-from voice.runtime.turns import TurnPolicy
-from voice.testing.fakes import EnergyVad
-from voice.testing.harness import fake_engines
-from workers.settings import load_settings
+from voice.testing.harness import fake_engines, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY = shutil.which("haproxy")
@@ -34,22 +30,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def voice_server(tmp_path: Path, name: str) -> AsyncIterator[tuple[VoiceServer, int]]:
-    settings = load_settings(data_dir=tmp_path / name, voice={"max_sessions": 1})
-    log = TurnLog(tmp_path / name / "turns.jsonl")
-    server = VoiceServer(
-        settings, fake_engines(), EnergyVad(), policy=TurnPolicy(lead_ms=200), turn_log=log
-    )
-    srv = await server.start("127.0.0.1", 0)
-    try:
-        yield server, next(iter(srv.sockets)).getsockname()[1]
-    finally:
-        srv.close()
-        await srv.wait_closed()
-        log.close()
 
 
 @contextlib.contextmanager
@@ -85,60 +65,61 @@ async def settle() -> None:
     await asyncio.sleep(1.2)  # two health checks (every 500 ms)
 
 
+@contextlib.asynccontextmanager
+async def behind_haproxy(tmp_path: Path) -> AsyncIterator[tuple[VoiceServer, VoiceServer, str]]:
+    """Two servers of one seat each, the balancer in front and healthy; its Realtime URL."""
+    one_seat = {"voice": {"max_sessions": 1}}
+    async with (
+        serving(tmp_path / "a", fake_engines(), **one_seat) as (a, port_a),
+        serving(tmp_path / "b", fake_engines(), **one_seat) as (b, port_b),
+    ):
+        with haproxy(tmp_path, [port_a, port_b]) as front:
+            await settle()
+            yield a, b, f"ws://127.0.0.1:{front}/v1/realtime"
+
+
 async def test_two_servers_behind_haproxy_take_twice_the_sessions_and_drain(
     tmp_path: Path,
 ) -> None:
-    async with (
-        voice_server(tmp_path, "a") as (a, port_a),
-        voice_server(tmp_path, "b") as (b, port_b),
-    ):
-        with haproxy(tmp_path, [port_a, port_b]) as front:
-            url = f"ws://127.0.0.1:{front}/v1/realtime"
-            await settle()
-            first = await RealtimeClient.open(url)
-            await settle()  # the server it reached is full now: marked down
-            second = await RealtimeClient.open(url)
-            assert sum(a.sessions.values()) == 1 and sum(b.sessions.values()) == 1
-            await settle()
-            # Both full: a third caller is refused with a clear status, not queued.
-            with pytest.raises((InvalidStatus, SessionRefused)):
-                await RealtimeClient.open(url)
-            await first.close()
-            await second.close()
-            await settle()
-            # One server drains with a caller still on it: new callers reach the other.
-            keeper = await RealtimeClient.open(url)
-            drained = a if sum(a.sessions.values()) else b
-            other = b if drained is a else a
-            drain = asyncio.create_task(drained.drain(30.0))
-            await settle()
-            newcomer = await RealtimeClient.open(url)
-            assert sum(other.sessions.values()) == 1  # the new caller went to the other server
-            assert sum(drained.sessions.values()) == 1  # the draining one kept its caller
-            await keeper.close()
-            await asyncio.wait_for(drain, 5)
-            await newcomer.close()
+    async with behind_haproxy(tmp_path) as (a, b, url):
+        first = await RealtimeClient.open(url)
+        await settle()  # the server it reached is full now: marked down
+        second = await RealtimeClient.open(url)
+        assert sum(a.sessions.values()) == 1 and sum(b.sessions.values()) == 1
+        await settle()
+        # Both full: a third caller is refused with a clear status, not queued.
+        with pytest.raises((InvalidStatus, SessionRefused)):
+            await RealtimeClient.open(url)
+        await first.close()
+        await second.close()
+        await settle()
+        # One server drains with a caller still on it: new callers reach the other.
+        keeper = await RealtimeClient.open(url)
+        drained = a if sum(a.sessions.values()) else b
+        other = b if drained is a else a
+        drain = asyncio.create_task(drained.drain(30.0))
+        await settle()
+        newcomer = await RealtimeClient.open(url)
+        assert sum(other.sessions.values()) == 1  # the new caller went to the other server
+        assert sum(drained.sessions.values()) == 1  # the draining one kept its caller
+        await keeper.close()
+        await asyncio.wait_for(drain, 5)
+        await newcomer.close()
 
 
 async def test_callers_of_a_server_that_dies_reconnect_through_the_balancer(
     tmp_path: Path,
 ) -> None:
-    async with (
-        voice_server(tmp_path, "a") as (a, port_a),
-        voice_server(tmp_path, "b") as (b, port_b),
-    ):
-        with haproxy(tmp_path, [port_a, port_b]) as front:
-            url = f"ws://127.0.0.1:{front}/v1/realtime"
-            await settle()
-            caller = await RealtimeClient.open(url)
-            dead, alive = (a, b) if sum(a.sessions.values()) else (b, a)
-            # As a killed process: its listener gone, its sockets reset, no closing handshake.
-            assert dead.listener is not None
-            dead.listener.close(close_connections=False)
-            for ws in list(dead.listener.connections):
-                ws.transport.abort()
-            await asyncio.wait_for(caller.ws.wait_closed(), 5)
-            assert caller.ws.close_code == 1006  # the balancer cut it: nobody said goodbye
-            again = await RealtimeClient.open(url)  # the next try lands on the live server
-            assert sum(alive.sessions.values()) == 1
-            await again.close()
+    async with behind_haproxy(tmp_path) as (a, b, url):
+        caller = await RealtimeClient.open(url)
+        dead, alive = (a, b) if sum(a.sessions.values()) else (b, a)
+        # As a killed process: its listener gone, its sockets reset, no closing handshake.
+        assert dead.listener is not None
+        dead.listener.close(close_connections=False)
+        for ws in list(dead.listener.connections):
+            ws.transport.abort()
+        await asyncio.wait_for(caller.ws.wait_closed(), 5)
+        assert caller.ws.close_code == 1006  # the balancer cut it: nobody said goodbye
+        again = await RealtimeClient.open(url)  # the next try lands on the live server
+        assert sum(alive.sessions.values()) == 1
+        await again.close()

@@ -103,3 +103,18 @@ async def test_a_keyed_server_wants_the_key_in_the_start_message(tmp_path: Path)
             await send_audio(ws, utterance())
             await until(ws, "media", [])
             await ws.send(json.dumps({"event": "stop"}))
+
+
+async def test_messages_of_another_shape_are_ignored_and_the_call_goes_on(tmp_path: Path) -> None:
+    async with (
+        running_server(tmp_path, fake_engines()) as (url, _, _),
+        connect(twilio_url(url)) as ws,
+    ):
+        for junk in ("not json", "[1, 2]", '{"event": "media", "media": "x"}', '{"event": 7}'):
+            await ws.send(junk)
+        await ws.send(json.dumps({"event": "dtmf", "dtmf": ["5"]}))
+        await ws.send(start())
+        await send_audio(ws, utterance())
+        answer = await until(ws, "media", [])
+        assert answer["streamSid"] == "MZ123"
+        await ws.send(json.dumps({"event": "stop"}))

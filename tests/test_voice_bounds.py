@@ -21,13 +21,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from base.access import bearer_token
 from voice import audio as pcm
 from voice.audio import AudioRateLimit, Timeline
 from voice.clients.realtime import RealtimeClient, SessionRefused
 from voice.core.record import TurnRecord
 from voice.learning.cases import AUDIO_FILE, CASE_FILE, CaseRecorder, CaseStore, export
 from voice.runtime import server as voice_server
-from voice.runtime.server import bearer_token, key_id
+from voice.runtime.server import key_id
 from voice.testing.fakes import tone
 from voice.testing.harness import fake_engines, running_server, utterance
 from workers.settings import load_settings

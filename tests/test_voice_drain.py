@@ -14,29 +14,14 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from voice.clients.realtime import RealtimeClient
-from voice.runtime.latency import TurnLog
 from voice.runtime.server import VoiceServer
-from voice.runtime.turns import TurnPolicy
-from voice.testing.fakes import EnergyVad
-from voice.testing.harness import fake_engines, utterance
-from workers.settings import load_settings
+from voice.testing.harness import fake_engines, serving, utterance
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, **voice: object) -> AsyncIterator[tuple[VoiceServer, str]]:
-    settings = load_settings(data_dir=tmp_path, voice={"max_sessions": 2, **voice})
-    log = TurnLog(tmp_path / "turns.jsonl")
-    server = VoiceServer(
-        settings, fake_engines(), EnergyVad(), policy=TurnPolicy(lead_ms=200), turn_log=log
-    )
-    srv = await server.start("127.0.0.1", 0)
-    port = next(iter(srv.sockets)).getsockname()[1]
-    try:
+async def two_seats(tmp_path: Path) -> AsyncIterator[tuple[VoiceServer, str]]:
+    async with serving(tmp_path, fake_engines(), voice={"max_sessions": 2}) as (server, port):
         yield server, f"127.0.0.1:{port}"
-    finally:
-        srv.close()
-        await srv.wait_closed()
-        log.close()
 
 
 async def ready(address: str) -> tuple[int, str]:
@@ -51,7 +36,7 @@ async def ready(address: str) -> tuple[int, str]:
 
 
 async def test_readiness_follows_the_free_seats(tmp_path: Path) -> None:
-    async with serving(tmp_path) as (_, address):
+    async with two_seats(tmp_path) as (_, address):
         assert await ready(address) == (200, "ready: 2 of 2 seats free\n")
         a = await RealtimeClient.open(f"ws://{address}/v1/realtime")
         b = await RealtimeClient.open(f"ws://{address}/v1/realtime")
@@ -65,7 +50,7 @@ async def test_readiness_follows_the_free_seats(tmp_path: Path) -> None:
 async def test_a_draining_server_takes_no_one_new_and_lets_its_callers_finish(
     tmp_path: Path,
 ) -> None:
-    async with serving(tmp_path) as (server, address):
+    async with two_seats(tmp_path) as (server, address):
         url = f"ws://{address}/v1/realtime"
         caller = await RealtimeClient.open(url)
         drain = asyncio.create_task(server.drain(30.0))
@@ -86,7 +71,7 @@ async def test_a_draining_server_takes_no_one_new_and_lets_its_callers_finish(
 async def test_callers_still_there_when_the_drain_ends_are_told_to_reconnect(
     tmp_path: Path,
 ) -> None:
-    async with serving(tmp_path) as (server, address):
+    async with two_seats(tmp_path) as (server, address):
         caller = await RealtimeClient.open(f"ws://{address}/v1/realtime")
         hurry = asyncio.Event()
         drain = asyncio.create_task(server.drain(30.0, hurry))

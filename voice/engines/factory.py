@@ -28,7 +28,11 @@ def build_turn(settings: VoiceSettings) -> SmartTurn | None:
     return SmartTurn(resolve_turn(ref).path, name=ref) if ref else None
 
 
-def build_asr(settings: VoiceSettings, ref: str | None = None) -> WhisperTranscriber:
+def build_asr(
+    settings: VoiceSettings, ref: str | None = None, *, language: str | None = None
+) -> WhisperTranscriber:
+    """Whisper ``ref`` (default ``asr.model``) as ``settings.asr`` says, in ``language`` when
+    given (the ad captions' aligner: the job's language)."""
     ref = ref or settings.asr.model
     model = resolve_asr(ref, settings.model_cache)
     a = settings.asr
@@ -39,7 +43,7 @@ def build_asr(settings: VoiceSettings, ref: str | None = None) -> WhisperTranscr
         compute_type=a.compute_type,
         cpu_threads=a.cpu_threads,
         beam_size=a.beam_size,
-        language=a.language,
+        language=language or a.language,
         min_window_s=a.min_window_s,
     )
 
@@ -72,20 +76,6 @@ def build_chat_chain(settings: VoiceSettings) -> list[ChatModel]:
     ]
 
 
-def build_aligner(settings: VoiceSettings, ref: str, language: str) -> WhisperTranscriber:
-    """Whisper for word timestamps (ad captions): model ``ref`` in ``language``, on the
-    device, compute type and threads of ``settings.asr``."""
-    a = settings.asr
-    return WhisperTranscriber(
-        resolve_asr(ref, settings.model_cache).path,
-        name=f"whisper:{ref}",
-        device=a.device,
-        compute_type=a.compute_type,
-        cpu_threads=a.cpu_threads,
-        language=language,
-    )
-
-
 def build_espeak(voice: str) -> Synthesizer:
     """espeak-ng in ``voice`` (the only embedded voice for Korean)."""
     return EspeakSynthesizer(voice=voice, name=f"espeak:{voice}")
@@ -112,14 +102,9 @@ def _key(backend: RemoteBackend) -> str | None:
 
 
 def build_asr_chain(settings: VoiceSettings) -> list[Transcriber]:
-    """The transcribers a turn tries in order: ``asr.backends``, else ``model`` then
-    ``fallback_model``."""
+    """The transcribers of ``asr.backends``, in order. (Without backends a runtime builds
+    ``model`` and ``fallback_model`` itself, sharing one Whisper between experiment arms.)"""
     a = settings.asr
-    if not a.backends:
-        chain: list[Transcriber] = [build_asr(settings)]
-        if a.fallback_model:
-            chain.append(build_asr(settings, a.fallback_model))
-        return chain
     return [
         build_asr(settings)
         if b.kind == "builtin"

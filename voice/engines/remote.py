@@ -80,6 +80,7 @@ class RemoteSynthesizer:
         )
 
     def synthesize(self, text: str) -> Iterator[pcm.Float32Array]:
+        import httpx
         import openai
 
         if not text.strip():
@@ -95,7 +96,8 @@ class RemoteSynthesizer:
                         data, rest = data[:-1], data[-1:]
                     if data:
                         yield pcm.int16_to_float(np.frombuffer(data, dtype="<i2"))
-        except openai.OpenAIError as exc:
+        # httpx's own errors too: a stream cut mid-answer fails while it is read, past the SDK.
+        except (openai.OpenAIError, httpx.HTTPError) as exc:
             raise EngineError(f"{self.name}: {exc}", stage="tts") from exc
 
     def close(self) -> None:

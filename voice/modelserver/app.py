@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import iterate_in_threadpool
 from starlette.exceptions import HTTPException
 
-from base.access import is_key, is_loopback
+from base.access import bearer_token, is_key, is_loopback
 from base.errors import ConfigError
 from voice import audio as pcm
 from voice.engines.contracts import ChatModel, Synthesizer, ToolCallDelta, Transcriber
@@ -63,8 +63,7 @@ def create_app(served: Served, *, keys: Sequence[str] = ()) -> FastAPI:
     async def authorized(request: Request) -> None:
         if not keys or request.url.path == "/healthz":
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not is_key(token.strip(), keys):
+        if not is_key(bearer_token(request.headers.get("authorization")), keys):
             raise ApiFailure(401, "missing or unknown API key", type_="authentication_error")
 
     app = FastAPI(title="Castwork models", version="1", dependencies=[Depends(authorized)])

@@ -65,6 +65,24 @@ class Resources:
         )
 
 
+def wait_healthy(
+    port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float
+) -> None:
+    """Until ``/healthz`` on ``port`` answers; an error naming ``log`` if ``proc`` exits or
+    ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not up in {timeout:.0f} s; see {log}") from None
+            time.sleep(0.3)
+
+
 class ServerProcess:
     """``castwork voice`` on a free loopback port with its own turn log, stopped on exit.
 
@@ -101,19 +119,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"voice server exited with {self.proc.returncode}; see {self.server_log}"
-                    ) from None
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"voice server not up in {timeout:.0f} s") from None
-                time.sleep(0.3)
+        wait_healthy(self.port, self.proc, "voice server", self.server_log, timeout)
 
     def resources(self) -> Resources:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:

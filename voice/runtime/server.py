@@ -22,7 +22,8 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -32,7 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from base import metrics
-from base.access import is_key, is_loopback, origin_allowed, trusted_host
+from base.access import bearer_token, is_key, is_loopback, origin_allowed, trusted_host
 from base.errors import ConfigError
 from base.logs import bound
 from base.threads import started_pool
@@ -97,14 +98,6 @@ def give_back_heap() -> None:
     ctypes drops the GIL for the call."""
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header ("" for none, or another
-    scheme). The scheme is case-insensitive and any whitespace may surround both parts: the
-    same key, however it is written, must be the same key to every check and every count."""
-    parts = (authorization or "").split(None, 1)
-    return parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else ""
 
 
 def key_id(authorization: str | None) -> str:
@@ -365,6 +358,10 @@ class Connection:
         key: str = "anonymous",
     ) -> None:
         self.server, self.ws = server, ws
+        # A phone link translates events itself; JSON for it would be parsed straight back.
+        self._emit: Callable[[dict[str, Any]], Awaitable[None]] = (
+            ws.send_event if isinstance(ws, twilio.TwilioLink) else partial(_send_json, ws)
+        )
         session_id = protocol.new_id("sess")
         self.rt = rt = server.pick(session_id, key)
         s = rt.settings  # the arm's: its VAD, ASR guard, instructions and voice
@@ -622,7 +619,7 @@ class Connection:
             try:
                 # Answers are paced at real time, so a send that cannot finish for this long
                 # means the client's socket has taken nothing (its buffers and ours are full).
-                await asyncio.wait_for(self.ws.send(json.dumps(event)), timeout)
+                await asyncio.wait_for(self._emit(event), timeout)
             except TimeoutError:
                 self._drop_stalled(f"client read nothing for {timeout:.0f} s")
                 return
@@ -648,6 +645,10 @@ class Connection:
             with contextlib.suppress(ConnectionClosed):
                 await self.ws.close(self.closing.code, self.closing.reason)
         log.info("session closed")
+
+
+async def _send_json(ws: ServerConnection, event: dict[str, Any]) -> None:
+    await ws.send(json.dumps(event))
 
 
 def _eager_default_executor(loop: asyncio.AbstractEventLoop) -> None:

@@ -2,7 +2,7 @@
 
 Twilio sends ``connected``, ``start`` (with the stream's id and the call's custom parameters),
 ``media`` (base64 μ-law at 8 kHz, 20 ms a message), ``mark`` (a mark we sent has been played),
-``dtmf`` and ``stop``; it takes ``media`` to play, ``mark`` to be told when playback reached a
+``dtmf`` and ``stop``; messages of another shape are ignored, the call goes on; it takes ``media`` to play, ``mark`` to be told when playback reached a
 point, and ``clear`` to drop what it has not played yet. :class:`TwilioLink` translates both
 ways, so the session behind it is an ordinary one in ``audio/pcmu``:
 
@@ -44,33 +44,39 @@ class TwilioLink:
         self.stream_sid: str | None = None
         self.call_sid: str | None = None
         self._pending: deque[str] = deque()
-        self.played: list[str] = []  # marks Twilio says it has played, in order
 
     async def recv(self) -> str:
         while not self._pending:
-            message = json.loads(await self.ws.recv())
+            raw = await self.ws.recv()
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):  # not Twilio: said once in the log, call goes on
+                log.warning("phone stream: a message that is not a JSON object was ignored")
+                continue
             self._pending.extend(await self._inbound(message))
         return self._pending.popleft()
 
     async def _inbound(self, msg: dict[str, Any]) -> list[str]:
         kind = msg.get("event")
         if kind == "start":
-            start = msg.get("start") or {}
+            start = _object(msg.get("start"))
             self.stream_sid = start.get("streamSid") or msg.get("streamSid")
             self.call_sid = start.get("callSid")
-            given = str((start.get("customParameters") or {}).get("api_key", ""))
+            given = str(_object(start.get("customParameters")).get("api_key", ""))
             if self.keys and not is_key(given, self.keys):
                 await self.ws.close(REFUSED, "a Castwork API key is needed (Parameter api_key)")
                 raise ConnectionClosedOK(Close(REFUSED, "no key"), None)
             log.info("phone call %s on stream %s", self.call_sid, self.stream_sid)
             return [_client("session.update", session=_PHONE_SESSION)]
         if kind == "media":
-            media = msg.get("media") or {}
+            media = _object(msg.get("media"))
             if media.get("track", "inbound") != "inbound" or not media.get("payload"):
                 return []
-            return [_client("input_audio_buffer.append", audio=media["payload"])]
+            return [_client("input_audio_buffer.append", audio=str(media["payload"]))]
         if kind == "dtmf":
-            digit = str((msg.get("dtmf") or {}).get("digit", ""))[:1]
+            digit = str(_object(msg.get("dtmf")).get("digit", ""))[:1]
             if not digit:
                 return []
             item = {
@@ -79,15 +85,11 @@ class TwilioLink:
                 "content": [{"type": "input_text", "text": f"[keypad {digit}]"}],
             }
             return [_client("conversation.item.create", item=item)]
-        if kind == "mark":
-            self.played.append(str((msg.get("mark") or {}).get("name", "")))
-            return []
         if kind == "stop":
             raise ConnectionClosedOK(Close(1000, "the call ended"), None)
-        return []  # connected, and anything Twilio adds later
+        return []  # connected, mark (the echo of ours), and anything Twilio adds later
 
-    async def send(self, text: str) -> None:
-        event = json.loads(text)
+    async def send_event(self, event: dict[str, Any]) -> None:
         out = self._outbound(event)
         if out is not None:
             await self.ws.send(json.dumps(out))
@@ -117,6 +119,12 @@ _PHONE_SESSION = {
         "output": {"format": {"type": "audio/pcmu"}},
     },
 }
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a field of the wrong shape reads
+    as missing, never as an error that ends the call."""
+    return value if isinstance(value, dict) else {}
 
 
 def _client(kind: str, **fields: Any) -> str:

@@ -45,7 +45,7 @@ def utterance(speech_ms: float = 800, pause_ms: float = 900) -> np.ndarray:
 
 
 @contextlib.asynccontextmanager
-async def running_server(
+async def serving(
     tmp_path: Path,
     engines: Engines,
     *,
@@ -53,9 +53,9 @@ async def running_server(
     runtimes: Sequence[Runtime] = (),
     cases: CaseRecorder | None = None,
     **settings: Any,
-) -> AsyncIterator[tuple[str, TurnLog, VoiceSettings]]:
-    """A server with ``engines`` (energy VAD) and ``settings`` overrides; yields its
-    WebSocket URL, its turn log (``tmp_path/turns.jsonl``) and its settings."""
+) -> AsyncIterator[tuple[VoiceServer, int]]:
+    """A server with ``engines`` (energy VAD) and ``settings`` overrides on a free loopback
+    port, its turn log in ``tmp_path/turns.jsonl``; yields the server and its port."""
     s = load(VoiceSettings, data_dir=tmp_path, **settings)
     log = TurnLog(tmp_path / "turns.jsonl")
     server = VoiceServer(
@@ -68,10 +68,19 @@ async def running_server(
         cases=cases,
     )
     srv = await server.start("127.0.0.1", 0)
-    port = next(iter(srv.sockets)).getsockname()[1]
     try:
-        yield f"ws://127.0.0.1:{port}/v1/realtime", log, s
+        yield server, next(iter(srv.sockets)).getsockname()[1]
     finally:
         srv.close()
         await srv.wait_closed()
         log.close()
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    tmp_path: Path, engines: Engines, **options: Any
+) -> AsyncIterator[tuple[str, TurnLog, VoiceSettings]]:
+    """:func:`serving`, seen by a client: yields the WebSocket URL, the turn log and the
+    settings."""
+    async with serving(tmp_path, engines, **options) as (server, port):
+        yield f"ws://127.0.0.1:{port}/v1/realtime", server.turn_log, server.settings

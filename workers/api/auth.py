@@ -69,11 +69,6 @@ class Keys:
         return merchant
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 class Links:
     """Download URLs for a job's files: plain when the API is open, signed otherwise.
 

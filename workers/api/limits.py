@@ -6,8 +6,8 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from base.access import origin_allowed, trusted_host
-from workers.api.auth import Keys, bearer_token
+from base.access import bearer_token, origin_allowed, trusted_host
+from workers.api.auth import Keys
 from workers.api.errors import ApiError, unauthorized
 
 MB = 1024 * 1024
@@ -61,7 +61,10 @@ class RequestGate:
         if cross_site is not None:
             return cross_site
         if scope["method"] in ("POST", "PUT", "PATCH") and scope["path"].startswith("/v1/"):
-            bearer, api_key = bearer_token(headers.get("authorization")), headers.get("x-api-key")
+            bearer, api_key = (
+                bearer_token(headers.get("authorization")) or None,
+                headers.get("x-api-key"),
+            )
             try:
                 if self.keys.authenticate(bearer, api_key) is None:
                     return unauthorized("an API key is required (Authorization: Bearer KEY)")

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import SecretStr
 
-from base.access import is_key, page_csp
+from base.access import bearer_token, is_key, page_csp
 from base.metrics import metrics_text
 from voice.monitoring import turnstats
 from voice.monitoring.turnlog_reader import TurnLogTail
@@ -91,9 +91,7 @@ class OpsContext:
 
 def _ops(request: Request) -> OpsContext:
     ctx: OpsContext = request.app.state.ops
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    presented = token.strip() if scheme.lower() == "bearer" else None
+    presented = bearer_token(request.headers.get("authorization"))
     ctx.check(presented or request.headers.get("x-api-key"))
     return ctx
 
