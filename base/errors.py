@@ -12,6 +12,8 @@ retries (dramatiq) and the turn recovery policy can decide without parsing messa
     │   └── QuotaExceeded            workers.retention: a merchant's storage is full
     ├── EngineError, ToolError...    voice.errors: model and tool calls, client events
     ├── MediaError...                media.errors: inputs, templates, renders, storage
+    │   └── StorageError             (workers.storage.s3 adds StoreUnavailable, transient,
+    │                                and StoreRefused for an object store)
     ├── JobNotFound ...              workers.store: job records (also IdempotencyConflict,
     │                                BadManifest)
     └── StageTimeLimit, WorkerLost   workers.actors: a stage out of time, a worker that died

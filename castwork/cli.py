@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from base.errors import CastworkError, ConfigError
@@ -156,6 +156,12 @@ def worker_command(settings: Settings, processes: int | None, threads: int | Non
     ]  # fmt: skip
 
 
+def worker_environ(settings: Settings, threads: int | None, env: MutableMapping[str, str]) -> None:
+    """What dramatiq reads from the environment only: how many messages a process holds."""
+    held = (threads or settings.jobs.threads) * settings.jobs.prefetch_per_thread
+    env.setdefault("dramatiq_queue_prefetch", str(held))
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Become a dramatiq worker for ad jobs (exec: signals go straight to dramatiq)."""
     import os
@@ -164,12 +170,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         ping(broker_url(settings))  # a clear error now beats dramatiq's retry loop
-    except OSError as exc:
+        if settings.storage.url:  # and beats every job failing with it
+            from workers.storage.s3 import S3Storage
+
+            S3Storage(settings.storage, settings.jobs_dir).check()
+    except (OSError, CastworkError) as exc:
         print(f"castwork: {exc}", file=sys.stderr)
         return 1
     if args.config:
         os.environ["CASTWORK_CONFIG"] = str(args.config)
     cmd = worker_command(settings, args.processes, args.threads)
+    worker_environ(settings, args.threads, os.environ)
     os.execv(cmd[0], cmd)
 
 
@@ -523,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("doctor", help="load every configured engine once and smoke-test it")
-    p.add_argument("--only", help="comma-separated subset: vad,asr,llm,tts,ffmpeg,broker")
+    p.add_argument("--only", help="comma-separated subset: vad,asr,llm,tts,ffmpeg,broker,storage")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("voice", help="serve the OpenAI-Realtime-compatible voice WebSocket")

@@ -189,6 +189,17 @@ def check_broker(settings: Settings) -> Result:
     return Result("broker", True, shown, load_s, smoke)
 
 
+def check_storage(settings: Settings) -> Result:
+    from workers.storage.s3 import S3Storage
+
+    storage = S3Storage(settings.storage, settings.jobs_dir)
+    _, load_s = _timed(storage.check)
+    took = storage.round_trip()
+    return Result(
+        "storage", True, storage.where, load_s, f"wrote, read and deleted in {took:.3f} s"
+    )
+
+
 def _guard(name: str, fn: Callable[[], Result | list[Result]]) -> list[Result]:
     try:
         out = fn()
@@ -211,6 +222,8 @@ def run_checks(settings: Settings, *, only: set[str] | None = None) -> list[Resu
         ("ffmpeg", check_ffmpeg),
         ("broker", lambda: check_broker(settings)),
     ]
+    if settings.storage.url:  # the local disk needs no check: ffmpeg's above wrote to it
+        checks.append(("storage", lambda: check_storage(settings)))
     results: list[Result] = []
     for name, fn in checks:
         if only is None or name in only:

@@ -243,7 +243,7 @@ async def serve(
 
     import uvicorn
 
-    from castwork.cli import worker_command
+    from castwork.cli import worker_command, worker_environ
     from workers.api import create_app
     from workers.broker import make_broker, store_url
     from workers.store import JobStore
@@ -255,6 +255,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     env = dict(os.environ)
     env["CASTWORK_BROKER__URL"] = redis.url
+    worker_environ(settings, None, env)
     tasks: list[asyncio.Task[None]] = []
     try:
         effective = settings.model_copy(

@@ -15,12 +15,15 @@ Merchants download the outputs under public names (``9x16.mp4``, ``thumb-9x16.jp
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from base.files import write_atomic
+from media.job import JobSpec
 from media.templates import Aspect
 
 PREVIEW_FILE = "preview.mp4"
@@ -86,6 +89,28 @@ class JobPaths:
     def make(self) -> None:
         for d in (self.uploads, self.inputs, self.work, self.out):
             d.mkdir(parents=True, exist_ok=True)
+
+    def write_spec(self, file: Path, spec: JobSpec) -> None:
+        """``spec`` as JSON in ``file``, its photos and logo named relative to the job folder
+        where they are in it: the folder is copied to other machines (a shared object store),
+        whose workers find them in their own copy."""
+        data = spec.model_dump(mode="json")
+        data["images"] = [self._relative(p) for p in spec.images]
+        data["logo"] = self._relative(spec.logo) if spec.logo is not None else None
+        write_atomic(file, json.dumps(data, indent=2, ensure_ascii=False))
+
+    def read_spec(self, file: Path) -> JobSpec:
+        """The spec :meth:`write_spec` wrote, its relative paths taken from this folder."""
+        data = json.loads(file.read_text(encoding="utf-8"))
+        data["images"] = [str(self.root / p) for p in data["images"]]
+        if data.get("logo"):
+            data["logo"] = str(self.root / data["logo"])
+        return JobSpec.model_validate(data)
+
+    def _relative(self, path: Path) -> str:
+        # An absolute path stays one (`castwork render` photos outside the folder; records
+        # written before relative names): root / an absolute path is that path.
+        return str(path.relative_to(self.root) if path.is_relative_to(self.root) else path)
 
 
 class _Record(BaseModel):

@@ -69,7 +69,7 @@ def template_for(spec: JobSpec, settings: RenderSettings) -> Template:
 def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec:
     """Normalize photos and logo into ``inputs/``; store the job with those paths."""
     if paths.spec_file.exists():
-        return JobSpec.model_validate(read_json(paths.spec_file))
+        return paths.read_spec(paths.spec_file)
     paths.make()
     m = settings.media
     check_image_count(len(spec.images), m.max_images)
@@ -88,7 +88,7 @@ def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec
             spec.logo, paths.inputs, name=spec.logo.name, kind="logo", limits=limits
         ).path
     prepared = spec.model_copy(update={"images": images, "logo": logo})
-    write_json(paths.spec_file, prepared.model_dump(mode="json"))
+    paths.write_spec(paths.spec_file, prepared)
     return prepared
 
 
@@ -266,6 +266,13 @@ def output_path(paths: JobPaths, aspect: Aspect, plan: RenderPlan, options: Enco
 def encode_options(settings: RenderSettings) -> EncodeOptions:
     m = settings.media
     return EncodeOptions(crf=m.crf, preset=m.preset, oversample=m.oversample)
+
+
+def render_target(spec: JobSpec, paths: JobPaths, settings: RenderSettings, aspect: Aspect) -> Path:
+    """Where :func:`render_format` puts this format's video (named by its plan)."""
+    info = NarrationInfo.load(paths.narration_file)
+    plan = plan_for(spec, paths, settings, aspect, info)
+    return output_path(paths, aspect, plan, encode_options(settings))
 
 
 def render_format(

@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from media.errors import InputError
 from media.narration import Phrase
@@ -120,9 +120,17 @@ class RenderPlan:
         return self.frames / self.fps
 
     def digest(self) -> str:
-        """A hash of everything that decides the pixels: the name of the output file."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        """A hash of everything that decides the pixels: the name of the output file.
+
+        Files count by name, not by where they are: a job's photos and soundtrack have
+        names of their own in its folder, and that folder is a different scratch copy on
+        every worker of a farm, whose renders and finalize must agree on the name."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=_by_name).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _by_name(value: object) -> str:
+    return value.name if isinstance(value, PurePath) else str(value)
 
 
 def plan_timeline(

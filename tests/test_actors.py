@@ -22,13 +22,20 @@ from workers import actors
 from workers.actors import Context
 from workers.broker import PatientRetries
 from workers.settings import load_settings
+from workers.storage import open_storage
 from workers.store import JobStore
 
 
 @pytest.fixture
 def ctx(redis_url: str, tmp_path: Path) -> Context:
     settings = load_settings(jobs={"dir": tmp_path, "max_retries": 2})
-    return Context(settings, JobStore.from_url(redis_url), StubBroker(), NarrationEngines(settings))
+    return Context(
+        settings,
+        JobStore.from_url(redis_url),
+        StubBroker(),
+        NarrationEngines(settings),
+        open_storage(settings),
+    )
 
 
 def _job(ctx: Context) -> str:

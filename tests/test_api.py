@@ -27,7 +27,8 @@ from base.errors import ConfigError
 from workers.actors import NARRATE, QUEUE
 from workers.api import CSRF_HEADER, create_app, keys_required
 from workers.settings import Settings, load_settings
-from workers.store import JobStore, job_root
+from workers.storage.local import job_root
+from workers.store import JobStore
 
 if TYPE_CHECKING:
     # What starlette's TestClient returns (it prefers httpx2 to httpx).

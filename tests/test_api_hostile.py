@@ -54,7 +54,8 @@ from workers import actors
 from workers.actors import NARRATE, Context
 from workers.api import ops
 from workers.settings import load_settings
-from workers.store import job_root
+from workers.storage import open_storage
+from workers.storage.local import job_root
 
 from . import test_api
 from .test_api import AUTH_A, AUTH_B, FIELDS, KEY_A, KEY_B, PHOTO, Api, MakeApi
@@ -537,7 +538,13 @@ def test_hostile_images_are_refused_with_a_reason(
 ) -> None:
     before = _files_under(api.settings.data_dir)
     narrate = actors.declare(
-        Context(api.settings, api.store, StubBroker(), _NoEngines(api.settings))
+        Context(
+            api.settings,
+            api.store,
+            StubBroker(),
+            _NoEngines(api.settings),
+            open_storage(api.settings),
+        )
     )[NARRATE]
     created: list[str] = []
     refused = 0

@@ -21,6 +21,8 @@ SAMPLE = {
     "CASTWORK_VOICE_KEY": "voice-key-0123456789",
     "CASTWORK_MODELS_KEY": "models-key-0123456789",
     "CASTWORK_ADS_KEY": "ads-key-0123456789",
+    "CASTWORK_S3_ACCESS_KEY": "s3-access-key",
+    "CASTWORK_S3_SECRET_KEY": "s3-secret-key-0123456789",
 }
 
 
@@ -40,8 +42,13 @@ def filled(value: str) -> str:
 
 def test_the_deployment_has_every_role() -> None:
     names = set(services())
-    assert {"redis", "models", "balancer", "api", "worker"} <= names
+    assert {"redis", "s3", "models", "balancer", "api", "worker"} <= names
     assert {"voice1", "voice2"} <= names
+    # The API and the workers share the object store, not a disk.
+    for name in ("api", "worker"):
+        env = services()[name]["environment"]
+        assert env["CASTWORK_STORAGE__URL"].startswith("s3://"), name
+        assert "volumes" not in services()[name], name
 
 
 @pytest.mark.parametrize("name", castwork_services())

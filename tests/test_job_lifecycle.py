@@ -31,7 +31,9 @@ from workers.actors import Context, declare
 from workers.broker import make_broker
 from workers.jobs import Upload, outputs, submit
 from workers.settings import load_settings
-from workers.store import TERMINAL, BadManifest, JobStore, job_root, without_paths
+from workers.storage import open_storage
+from workers.storage.local import job_root
+from workers.store import TERMINAL, BadManifest, JobStore, without_paths
 
 MANIFEST = {
     "outputs": [{"format": "1:1", "video": "ad-1x1-abc.mp4", "thumbnail": "thumb-1x1.jpg"}],
@@ -89,7 +91,7 @@ def test_stage_past_its_time_limit_fails_the_job_and_frees_its_slot(
         api={"max_active_jobs": 1},
     )
     broker = make_broker(settings)
-    declare(Context(settings, store, broker, SlowVoice(settings)))
+    declare(Context(settings, store, broker, SlowVoice(settings), open_storage(settings)))
     fields = {"headline": "Slow voice", "formats": ["1:1"], "music": False}
     photos = [Upload("beans.jpg", photo_bytes("coffee", 600))]
     record, _ = submit(settings, store, broker, "acme", fields, photos)
@@ -181,7 +183,7 @@ def test_a_start_past_the_budget_fails_the_job_without_running_it(
     redis_url: str, tmp_path: Path, store: JobStore
 ) -> None:
     settings = load_settings(jobs={"dir": tmp_path, "max_retries": 2})
-    ctx = Context(settings, store, StubBroker(), NarrationEngines(settings))
+    ctx = Context(settings, store, StubBroker(), NarrationEngines(settings), open_storage(settings))
     job = _job(store)
     ran = []
     for _ in range(3):  # three starts (max_retries + 1), each killed before it ended
@@ -197,7 +199,7 @@ def test_a_worker_stopping_mid_stage_hands_the_job_back(
     redis_url: str, tmp_path: Path, store: JobStore
 ) -> None:
     settings = load_settings(jobs={"dir": tmp_path})
-    ctx = Context(settings, store, StubBroker(), NarrationEngines(settings))
+    ctx = Context(settings, store, StubBroker(), NarrationEngines(settings), open_storage(settings))
     job = _job(store)
 
     def work() -> None:
@@ -236,33 +238,31 @@ def test_environment_time_limits_are_checked_too(monkeypatch: pytest.MonkeyPatch
 def test_manifest_names_are_plain_files_when_written_and_when_read(
     store: JobStore, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
-    settings = load_settings(jobs={"dir": tmp_path / "jobs"})
     job = _job(store)
     for bad in ("../../../../etc/passwd", "/etc/passwd", ".hidden.mp4", "out/ad.mp4", ""):
         tampered = {**MANIFEST, "preview": bad}
         with pytest.raises(BadManifest):
             store.finish(job, tampered)
     assert store.finish(job, MANIFEST)
-    files = outputs(settings, store.get(job))
-    out = job_root(settings, "acme", job).out
+    files = outputs(store.get(job))
     assert files == {
-        "1x1.mp4": out / "ad-1x1-abc.mp4",
-        "thumb-1x1.jpg": out / "thumb-1x1.jpg",
-        "preview.mp4": out / "preview.mp4",
+        "1x1.mp4": "out/ad-1x1-abc.mp4",
+        "thumb-1x1.jpg": "out/thumb-1x1.jpg",
+        "preview.mp4": "out/preview.mp4",
     }
     # The record altered in Redis after the fact: read back, nothing is served.
     tampered = {**MANIFEST, "outputs": [{**MANIFEST["outputs"][0], "video": "../../x.mp4"}]}  # type: ignore[dict-item]
     store.r.hset(f"castwork:job:{job}", "manifest", json.dumps(tampered))
     record = store.get(job)
     assert record.status == "done" and record.manifest is None
-    assert outputs(settings, record) == {}
+    assert outputs(record) == {}
     record_property("tried", 6)
     record_property("refused", 6)
 
 
 def test_job_errors_carry_no_server_path(redis_url: str, tmp_path: Path, store: JobStore) -> None:
     settings = load_settings(jobs={"dir": tmp_path / "jobs", "max_retries": 0})
-    ctx = Context(settings, store, StubBroker(), NarrationEngines(settings))
+    ctx = Context(settings, store, StubBroker(), NarrationEngines(settings), open_storage(settings))
     job = _job(store)
     missing = job_root(settings, "acme", job).work / "narration.json"
 

@@ -98,6 +98,10 @@ def test_render_plan_places_every_layer_inside_the_frame(aspect: str) -> None:
     assert plan.digest() == again.digest()
     other = plan_render(tl, t, aspect, images=images[::-1], logo=None, audio=None)  # type: ignore[arg-type]
     assert other.digest() != plan.digest()
+    # The same job in another folder (a farm worker's scratch copy) names the same output.
+    moved = [Path("/scratch/job-x/in") / p.name for p in images]
+    elsewhere = plan_render(tl, t, aspect, images=moved, logo=Path("/x/logo.png"), audio=None)  # type: ignore[arg-type]
+    assert elsewhere.digest() == plan.digest()
 
 
 @pytest.mark.reliability(

@@ -29,7 +29,8 @@ from workers.retention import (
     plan,
 )
 from workers.settings import Settings, load_settings
-from workers.store import JobNotFound, JobStore, job_root
+from workers.storage.local import job_root
+from workers.store import JobNotFound, JobStore
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0

@@ -40,6 +40,7 @@ from workers.actors import Context, declare
 from workers.api import create_app
 from workers.broker import make_broker
 from workers.settings import Settings, load_settings
+from workers.storage import open_storage
 from workers.store import JobStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
@@ -118,7 +119,7 @@ def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     store = JobStore.from_url(redis_url)
     store.prefix = f"web-{uuid.uuid4().hex[:12]}"
     broker = make_broker(settings, redis_url)
-    declare(Context(settings, store, broker, NarrationEngines(settings)))
+    declare(Context(settings, store, broker, NarrationEngines(settings), open_storage(settings)))
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=200)
     worker.start()
     try:

@@ -20,6 +20,10 @@ Each actor is a thin shell over one idempotent stage of :mod:`media.pipeline`:
   back as a redelivery, which dramatiq does not count as a retry. Each start of a message is
   counted in the job's record; past ``max_retries + 1`` starts the job fails with a reason
   and the message is acked, never delivered again.
+- **Files anywhere.** A stage works in a folder lent by the job storage
+  (:mod:`workers.storage`): the job's own folder on a local disk, or a scratch copy of what it
+  reads from an S3 store, whose results are uploaded before they are recorded here (a render
+  counts once its video is stored), so workers on other machines take the next stages.
 - **Redis down** (restarted, failing over) is no failure of the job: a stage waits for it
   and runs again (:func:`_guard`), a render goes on meanwhile, and the broker keeps retries
   and delayed messages through the outage (:mod:`workers.broker`).
@@ -32,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,16 +56,20 @@ from media.pipeline import (
     finalize,
     narrate_job,
     prepare,
-    read_json,
     render_format,
+    render_target,
 )
 from workers.broker import REDIS_DOWN, until_redis_answers
 from workers.settings import Settings
-from workers.store import JobNotFound, JobStore, job_root
+from workers.storage import JobStorage
+from workers.storage.contracts import FINALIZE_PARTS, NARRATE_PARTS, RENDER_PARTS
+from workers.store import JobNotFound, JobStore
 
 log = logging.getLogger(__name__)
 
 QUEUE = "castwork-ads"
+# Which process ran a stage, in the job's record: where to look when a render went wrong.
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 NARRATE, RENDER, FINALIZE = "castwork.narrate", "castwork.render", "castwork.finalize"
 
 
@@ -84,6 +94,7 @@ class Context:
     store: JobStore
     broker: dramatiq.Broker
     engines: NarrationEngines
+    storage: JobStorage
 
 
 def enqueue(broker: dramatiq.Broker, actor_name: str, *args: Any) -> None:
@@ -93,15 +104,9 @@ def enqueue(broker: dramatiq.Broker, actor_name: str, *args: Any) -> None:
     )
 
 
-def _paths(ctx: Context, job_id: str) -> tuple[JobPaths, str]:
-    record = ctx.store.get(job_id)
-    return job_root(ctx.settings, record.merchant, job_id), record.merchant
-
-
 def _spec(paths: JobPaths) -> JobSpec:
     """The prepared job (normalized inputs), or the request as submitted before prepare."""
-    path = paths.spec_file if paths.spec_file.exists() else paths.request_file
-    return JobSpec.model_validate(read_json(path))
+    return paths.read_spec(paths.spec_file if paths.spec_file.exists() else paths.request_file)
 
 
 def _retries() -> int:
@@ -147,7 +152,7 @@ def _guard(ctx: Context, job_id: str, stage: str, work: Callable[[], None]) -> N
 
 def _run_stage(ctx: Context, job_id: str, stage: str, work: Callable[[], None]) -> None:
     try:
-        if not ctx.store.start_stage(job_id, stage):
+        if not ctx.store.start_stage(job_id, stage, by=WORKER):
             log.info("job %s is finished or cancelled; %s skipped", job_id, stage)
             return
         work()
@@ -217,10 +222,12 @@ def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
 
     def narrate(job_id: str) -> None:
         def work() -> None:
-            paths, _ = _paths(ctx, job_id)
-            spec = prepare(_spec(paths), paths, ctx.settings)
-            ctx.store.progress(job_id, "prepare", 1.0)
-            narrate_job(spec, paths, ctx.settings, ctx.engines)
+            merchant = ctx.store.get(job_id).merchant
+            with ctx.storage.workspace(merchant, job_id, NARRATE_PARTS) as ws:
+                spec = prepare(_spec(ws.paths), ws.paths, ctx.settings)
+                ctx.store.progress(job_id, "prepare", 1.0)
+                narrate_job(spec, ws.paths, ctx.settings, ctx.engines)
+            # Only once its files are kept (in the store, for workers elsewhere).
             ctx.store.progress(job_id, "narrate", 1.0)
             for aspect in spec.formats:
                 enqueue(ctx.broker, RENDER, job_id, aspect)
@@ -231,16 +238,19 @@ def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
         stage = f"render {aspect}"
 
         def work() -> None:
-            paths, _ = _paths(ctx, job_id)
-            spec = _spec(paths)
-            render_format(
-                spec,
-                paths,
-                ctx.settings,
-                aspect,  # type: ignore[arg-type]
-                on_progress=_throttled(lambda s: _report(ctx, job_id, stage, s)),
-                should_cancel=lambda: _cancelled(ctx, job_id),
-            )
+            merchant = ctx.store.get(job_id).merchant
+            with ctx.storage.workspace(merchant, job_id, RENDER_PARTS) as ws:
+                spec = _spec(ws.paths)
+                # Rendered before (a redelivered message): fetched, so not made again.
+                ws.fetch(render_target(spec, ws.paths, ctx.settings, aspect))  # type: ignore[arg-type]
+                render_format(
+                    spec,
+                    ws.paths,
+                    ctx.settings,
+                    aspect,  # type: ignore[arg-type]
+                    on_progress=_throttled(lambda s: _report(ctx, job_id, stage, s)),
+                    should_cancel=lambda: _cancelled(ctx, job_id),
+                )
             if set(spec.formats) <= ctx.store.format_done(job_id, aspect):
                 enqueue(ctx.broker, FINALIZE, job_id)
 
@@ -248,8 +258,9 @@ def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
 
     def finalize_job(job_id: str) -> None:
         def work() -> None:
-            paths, _ = _paths(ctx, job_id)
-            manifest = finalize(_spec(paths), paths, ctx.settings)
+            merchant = ctx.store.get(job_id).merchant
+            with ctx.storage.workspace(merchant, job_id, FINALIZE_PARTS) as ws:
+                manifest = finalize(_spec(ws.paths), ws.paths, ctx.settings)
             ctx.store.finish(job_id, manifest)
 
         _guard(ctx, job_id, "finalize", work)

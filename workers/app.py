@@ -12,11 +12,14 @@ from workers.actors import Context, declare
 from workers.broker import make_broker, store_url
 from workers.retention import Housekeeping
 from workers.settings import load_settings
+from workers.storage import open_storage
 from workers.store import JobStore
 
 settings = load_settings()
 configure_logging(level=settings.log.level, json_lines=settings.log.json_lines)
 broker = make_broker(settings)
 store = JobStore.from_url(store_url(settings))
-actors = declare(Context(settings, store, broker, NarrationEngines(settings)))
-broker.add_middleware(Housekeeping(settings, store))  # retention passes (workers.retention)
+storage = open_storage(settings)
+actors = declare(Context(settings, store, broker, NarrationEngines(settings), storage))
+# Retention passes (workers.retention).
+broker.add_middleware(Housekeeping(settings, store, storage))

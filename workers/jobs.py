@@ -22,11 +22,11 @@ from base.errors import CapacityError
 from media.folder import JobPaths
 from media.images import check_image_count, safe_name
 from media.job import JobSpec, job_error
-from media.pipeline import write_json
 from workers.actors import NARRATE, enqueue
 from workers.retention import Reaper
 from workers.settings import Settings
-from workers.store import JobRecord, JobStore, job_root
+from workers.storage import JobStorage, open_storage
+from workers.store import JobRecord, JobStore
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,13 @@ def submit(
     logo: Upload | None = None,
     *,
     idempotency_key: str | None = None,
+    storage: JobStorage | None = None,
 ) -> tuple[JobRecord, bool]:
     """Create and enqueue a job; return (record, created). Raises InputError / CapacityError
-    (too many active jobs, or :class:`workers.retention.QuotaExceeded`)."""
+    (too many active jobs, or :class:`workers.retention.QuotaExceeded`); a StorageError when
+    the uploads cannot be kept. ``storage``: where the job's files go (default: as
+    ``storage.url`` says)."""
+    storage = storage or open_storage(settings)
     check_image_count(len(images), settings.media.max_images)
     _validate(fields, len(images))
     job_id = store.new_id()
@@ -82,9 +86,11 @@ def submit(
                 "wait for one to finish"
             )
         incoming = sum(len(up.data) for up in [*images, *([logo] if logo else [])])
-        Reaper(settings, store).make_room(merchant, incoming)
-        paths = job_root(settings, merchant, job_id)
-        spec = _save(paths, fields, images, logo)
+        Reaper(settings, store, storage=storage).make_room(merchant, incoming)
+        # Kept (uploaded, on an object store) before the record exists: a worker that takes
+        # the message finds the files. A failure in between leaves an orphan for retention.
+        with storage.workspace(merchant, job_id) as ws:
+            spec = _save(ws.paths, fields, images, logo)
         record = store.create(
             job_id,
             merchant,
@@ -127,13 +133,13 @@ def _save(
         shutil.rmtree(paths.root, ignore_errors=True)
         raise job_error(exc) from None
     # The spec as submitted; prepare() writes job.json with the normalized inputs.
-    write_json(paths.request_file, spec.model_dump(mode="json"))
+    paths.write_spec(paths.request_file, spec)
     return spec
 
 
-def outputs(settings: Settings, record: JobRecord) -> dict[str, Path]:
-    """Downloadable files of a finished job, by public name (:meth:`Manifest.downloads`)."""
+def outputs(record: JobRecord) -> dict[str, str]:
+    """Downloadable files of a finished job: public name -> name in the job's folder
+    (``out/...``, for :meth:`~workers.storage.JobStorage.download`)."""
     if record.manifest is None:
         return {}
-    out = job_root(settings, record.merchant, record.id).out
-    return {name: out / file for name, file in record.manifest.downloads().items()}
+    return {name: f"out/{file}" for name, file in record.manifest.downloads().items()}

@@ -1,9 +1,10 @@
 """Retention: job files and records do not pile up, and no job stays queued or running for good.
 
 A job keeps its uploads (up to ``api.max_request_mb``), normalized inputs, work files and
-videos in ``<jobs_dir>/<merchant>/<job id>/`` and its record in Redis, whose append-only file
-(when ``castwork serve`` manages it) sits on the same disk: a disk that fills stops
-everything at once. Each pass:
+videos in its folder (``<jobs_dir>/<merchant>/<job id>/``, or the same names in an object
+store: :mod:`workers.storage`) and its record in Redis, whose append-only file (when
+``castwork serve`` manages it) sits on the same disk: a disk that fills stops everything at
+once. Each pass:
 
 - **expired**: done jobs after ``jobs.keep_days``, failed and cancelled ones after
   ``jobs.keep_failed_days`` (counted from when they finished): folder and record deleted;
@@ -26,18 +27,14 @@ each worker process, one pass per interval across processes and machines (a lock
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
-import os
-import shutil
 import threading
 import time
 from collections import Counter as Tally
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -45,11 +42,13 @@ from prometheus_client import Counter
 
 from base.errors import CapacityError
 from base.metrics import REGISTRY
-from media.folder import JobPaths
+from media.errors import StorageError
 from media.templates import ASPECTS
 from workers.broker import REDIS_DOWN
 from workers.settings import JobSettings, Settings
-from workers.store import JOB_ID, MERCHANT, TERMINAL, JobNotFound, JobRecord, JobStore, job_root
+from workers.storage import JobStorage, open_storage
+from workers.storage.contracts import FolderUsage
+from workers.store import JOB_ID, MERCHANT, TERMINAL, JobNotFound, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +227,16 @@ class Reaper:
     """Takes snapshots of the job folders and records, and carries out :func:`plan`."""
 
     def __init__(
-        self, settings: Settings, store: JobStore, *, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        store: JobStore,
+        *,
+        storage: JobStorage | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.storage = storage or open_storage(settings)
         self.clock = clock
         self.policy = Policy.from_settings(settings.jobs)
 
@@ -247,7 +252,7 @@ class Reaper:
         its quota. :class:`QuotaExceeded`, deleting nothing, when its queued and running jobs
         leave no room (or a deletion failed)."""
         limit = self.policy.max_merchant_bytes - incoming_bytes
-        if _size(self.settings.jobs_dir / merchant) <= limit:
+        if self.storage.merchant_bytes(merchant) <= limit:
             return  # the common case, with no record read
         jobs = self.snapshot(merchant)
         used = sum(j.bytes for j in jobs)
@@ -264,12 +269,12 @@ class Reaper:
 
     def snapshot(self, merchant: str | None = None) -> list[JobFiles]:
         """Every job of ``merchant`` (default: all), from its record and its folder."""
-        root = self.settings.jobs_dir
-        merchants = [merchant] if merchant else sorted(set(self.store.merchants()) | _dirs(root))
+        known = set(self.store.merchants())
+        merchants = [merchant] if merchant else sorted(known | self.storage.merchants())
         jobs: list[JobFiles] = []
         # A name that is no merchant's ("..", a stray folder) never leads outside jobs_dir.
         for name in filter(MERCHANT.fullmatch, merchants):
-            folders = {d: root / name / d for d in _dirs(root / name) if JOB_ID.fullmatch(d)}
+            folders = {d: u for d, u in self.storage.folders(name).items() if JOB_ID.fullmatch(d)}
             for job_id in self.store.job_ids(name):
                 try:
                     record = self.store.get(job_id)
@@ -288,7 +293,7 @@ class Reaper:
             try:
                 if not self._apply(decision):
                     continue
-            except OSError as exc:
+            except (OSError, StorageError) as exc:
                 report.errors += 1
                 ERRORS.inc()
                 log.warning("retention: job %s: %s failed: %s", job.id, decision.action.value, exc)
@@ -309,15 +314,14 @@ class Reaper:
     def _apply(self, decision: Decision) -> bool:
         """Carry ``decision`` out; False when there was nothing to do after all."""
         job = decision.job
-        paths = job_root(self.settings, job.merchant, job.id)
         if decision.action is Action.DELETE:
             # The folder first: if it will not go, the record stays and the next pass retries.
-            _remove(paths.root)
+            self.storage.remove(job.merchant, job.id)
             if job.status:
                 self.store.delete(job.merchant, job.id)
             return True
         if decision.action is Action.DROP_UPLOADS:
-            _remove(paths.uploads)
+            self.storage.remove(job.merchant, job.id, "uploads")
             return True
         # Refused when the job finished meanwhile.
         failed = self.store.fail(job.id, "stranded", _stranded_reason(job, self.policy))
@@ -334,49 +338,21 @@ def _stranded_reason(job: JobFiles, policy: Policy) -> str:
     )
 
 
-def _job_files(record: JobRecord, folder: Path | None) -> JobFiles:
+def _job_files(record: JobRecord, folder: FolderUsage | None) -> JobFiles:
     files = JobFiles(record.merchant, record.id, record.status, record.created, record.updated)
     if folder is None:
         return files
-    paths = JobPaths(folder)
     return replace(
         files,
-        bytes=_size(folder),
-        upload_bytes=_size(paths.uploads),
-        inputs_ready=paths.spec_file.exists(),
+        bytes=folder.bytes,
+        upload_bytes=folder.upload_bytes,
+        inputs_ready=folder.inputs_ready,
     )
 
 
-def _orphan(merchant: str, job_id: str, folder: Path) -> JobFiles:
-    try:
-        mtime = folder.stat().st_mtime
-    except FileNotFoundError:  # deleted meanwhile
-        mtime = 0.0
-    return JobFiles(merchant, job_id, "", mtime, mtime, bytes=_size(folder))
-
-
-def _dirs(folder: Path) -> set[str]:
-    try:
-        return {e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)}
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-
-
-def _size(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (0 when it is gone)."""
-    total = 0
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(parent, name)).st_size
-            except FileNotFoundError:  # removed while we walk
-                continue
-    return total
-
-
-def _remove(folder: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):  # gone already (another pass, the API)
-        shutil.rmtree(folder)
+def _orphan(merchant: str, job_id: str, folder: FolderUsage) -> JobFiles:
+    at = folder.modified
+    return JobFiles(merchant, job_id, "", at, at, bytes=folder.bytes)
 
 
 def _mb(size: int) -> str:
@@ -388,8 +364,10 @@ class Housekeeping(dramatiq.Middleware):
     (catching up after downtime). A lock in Redis that outlives the pass lets one pass run
     per interval across all worker processes and machines."""
 
-    def __init__(self, settings: Settings, store: JobStore) -> None:
-        self.reaper = Reaper(settings, store)
+    def __init__(
+        self, settings: Settings, store: JobStore, storage: JobStorage | None = None
+    ) -> None:
+        self.reaper = Reaper(settings, store, storage=storage)
         self.every_s = settings.jobs.reap_every_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -412,6 +390,12 @@ class Housekeeping(dramatiq.Middleware):
 
     def run_once(self) -> Report | None:
         """A pass, unless another process has had one within the interval."""
+        # Scratch copies are this machine's own: every process sweeps them, no lock. A stage
+        # runs no longer than its time limit, so an older copy's stage is gone.
+        try:
+            self.reaper.storage.sweep(self.reaper.settings.jobs.time_limit_s + 600)
+        except OSError as exc:
+            log.warning("scratch sweep failed: %s", exc)
         try:
             if not self.reaper.store.claim("retention", self.every_s * 0.9):
                 return None

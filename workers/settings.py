@@ -8,8 +8,9 @@ or ``./castwork.toml``), then the defaults. Components never read the environmen
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -47,6 +48,10 @@ class JobSettings(Section):
     time_limit_s: Seconds = 900.0
     processes: Annotated[int, Field(ge=1, le=64)] = 1
     threads: Annotated[int, Field(ge=1, le=64)] = 2
+    # Messages a worker process holds per thread, the one it runs included. 1: no render
+    # waits in a busy worker while another worker (another machine) is idle; dramatiq's own
+    # default is 2, which saves a round trip to the broker per message.
+    prefetch_per_thread: Annotated[int, Field(ge=1, le=100)] = 1
     # A worker that stops heart-beating this long is dead: its messages go back to the queue.
     heartbeat_timeout_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 30.0
     # Retention (workers.retention, a pass every reap_every_s in each worker process): done
@@ -57,6 +62,60 @@ class JobSettings(Section):
     keep_failed_days: Annotated[float, Field(gt=0, le=3650)] = 7.0
     max_merchant_mb: Annotated[int, Field(ge=1, le=100_000_000)] = 5_000
     reap_every_s: Seconds = 600.0
+
+
+class StorageSettings(Section):
+    """Where job files live. Empty ``url``: the local ``jobs.dir`` (one machine, or a shared
+    mount). ``s3://bucket/prefix``: any S3-compatible store, shared by the API and workers on
+    other machines; each process's ``jobs.dir`` is then only its scratch space."""
+
+    url: str = ""
+    # The store's address, e.g. http://127.0.0.1:8333 (SeaweedFS, MinIO, Garage); None: AWS.
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    # None: boto3's own chain (AWS_ACCESS_KEY_ID..., ~/.aws, an instance role).
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    # Downloads: "stream" passes the file through the API (the store stays private);
+    # "redirect" sends the merchant to a presigned URL of the store (which they must reach:
+    # public_endpoint_url, when the API reaches the store by another address).
+    downloads: Literal["stream", "redirect"] = "stream"
+    public_endpoint_url: str | None = None
+    presign_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 900
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if v and not _S3_URL.fullmatch(v):
+            raise ValueError(f"{v!r} is not s3://bucket or s3://bucket/prefix (or empty: local)")
+        return v.rstrip("/")
+
+    @field_validator("endpoint_url", "public_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{mask_url(v)!r} is not an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> StorageSettings:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("access_key and secret_key go together (or neither: boto3's chain)")
+        return self
+
+    @property
+    def bucket(self) -> str:
+        return self.url[len("s3://") :].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        """Key prefix of the job folders, without slashes at either end ("" for none)."""
+        parts = self.url[len("s3://") :].split("/", 1)
+        return parts[1].strip("/") if len(parts) > 1 else ""
+
+
+# A bucket name as S3 allows it, then an optional key prefix of plain path parts.
+_S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._-]+)*/?")
 
 
 class ApiSettings(Section):
@@ -101,6 +160,7 @@ class Settings(RenderSettings):
     broker: BrokerSettings = BrokerSettings()
     jobs: JobSettings = JobSettings()
     api: ApiSettings = ApiSettings()
+    storage: StorageSettings = StorageSettings()
 
     @model_validator(mode="after")
     def _check_time_limits(self) -> Settings:

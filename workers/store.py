@@ -34,8 +34,7 @@ import redis
 from pydantic import ValidationError
 
 from base.errors import CastworkError
-from media.folder import JobPaths, Manifest
-from workers.settings import Settings
+from media.folder import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +115,7 @@ class JobRecord:
     manifest: Manifest | None = None
     shares: dict[str, float] = field(default_factory=dict)  # stage -> share done (0..1)
     fields: dict[str, Any] = field(default_factory=dict)  # the job's copy fields, for lists
+    ran: dict[str, str] = field(default_factory=dict)  # stage -> the process (host:pid) it ran in
 
     @property
     def percent(self) -> float:
@@ -262,6 +262,7 @@ class JobStore:
             manifest=_read_manifest(job_id, d.get("manifest")),
             shares=shares,
             fields=json.loads(d.get("fields", "{}")),
+            ran={k[len("ran:") :]: v for k, v in d.items() if k.startswith("ran:")},
         )
 
     def merchants(self) -> list[str]:
@@ -303,9 +304,13 @@ class JobStore:
             args += [k, v]
         return bool(self._update(keys=[self._job(job_id)], args=args))
 
-    def start_stage(self, job_id: str, stage: str) -> bool:
-        """Mark the job running in ``stage``; False if it is already finished (skip work)."""
-        return self._set_if_active(job_id, status="running", stage=stage, **{f"share:{stage}": "0"})
+    def start_stage(self, job_id: str, stage: str, *, by: str = "") -> bool:
+        """Mark the job running in ``stage`` (in process ``by``, host:pid); False if it is
+        already finished (skip work)."""
+        where = {f"ran:{stage}": by} if by else {}
+        return self._set_if_active(
+            job_id, status="running", stage=stage, **{f"share:{stage}": "0"}, **where
+        )
 
     def progress(self, job_id: str, stage: str, share: float) -> bool:
         return self._set_if_active(job_id, **{f"share:{stage}": f"{share:.4f}"})
@@ -376,8 +381,3 @@ def _read_manifest(job_id: str, raw: str | None) -> Manifest | None:
     except ValueError as exc:  # BadManifest, or not JSON
         log.error("job %s: its stored manifest is refused (%s); no file is served", job_id, exc)
         return None
-
-
-def job_root(settings: Settings, merchant: str, job_id: str) -> JobPaths:
-    """A job's folder: ``<jobs_dir>/<merchant>/<job id>``."""
-    return JobPaths(settings.jobs_dir / merchant / job_id)

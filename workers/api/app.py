@@ -29,6 +29,7 @@ from workers.api.errors import (
 from workers.api.limits import RequestGate
 from workers.api.routes import health_details
 from workers.settings import Settings
+from workers.storage import JobStorage, open_storage
 from workers.store import JobStore
 
 
@@ -46,6 +47,7 @@ def create_app(
     broker: dramatiq.Broker,
     require_keys: bool | None = None,
     live_sessions: Callable[[], int | None] | None = None,
+    storage: JobStorage | None = None,
 ) -> FastAPI:
     """The API and its page. ``require_keys`` defaults to :func:`keys_required`; when keys
     are required and none are configured this raises :class:`ConfigError`: refuse to start
@@ -64,7 +66,8 @@ def create_app(
     )
     # A broker only enqueues to queues it knows (StubBroker raises, others declare lazily).
     broker.declare_queue(QUEUE)
-    app.state.castwork = ApiContext(settings, store, broker, keys, links)
+    job_storage = storage or open_storage(settings)
+    app.state.castwork = ApiContext(settings, store, broker, keys, links, job_storage)
     app.add_middleware(
         RequestGate,
         keys=keys,
@@ -82,7 +85,7 @@ def create_app(
         # operator endpoints are open only where the API itself is.
         keys_required=required or not keys.open,
         live_sessions=live_sessions,
-        health=lambda: health_details(settings, store),
+        health=lambda: health_details(settings, store, job_storage.where),
     )
     app.add_exception_handler(ops.OpsDenied, _on_ops_denied)
     app.include_router(router)

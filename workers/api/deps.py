@@ -17,6 +17,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from workers.api.auth import Keys, Links
 from workers.api.errors import unauthorized
 from workers.settings import Settings
+from workers.storage import JobStorage
 from workers.store import JobStore
 
 
@@ -29,6 +30,7 @@ class ApiContext:
     broker: dramatiq.Broker
     keys: Keys
     links: Links
+    storage: JobStorage
 
 
 async def _context(request: Request) -> ApiContext:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 import redis
@@ -16,11 +17,11 @@ from fastapi import (
     Response,
     UploadFile,
 )
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 
 from base.access import page_csp
 from base.errors import CapacityError
-from media.errors import InputError
+from media.errors import InputError, StorageError
 from media.folder import PREVIEW_FILE
 from media.images import check_image_count, safe_name, sniff_format
 from media.templates import ASPECTS, Template, catalogue, get_template
@@ -47,6 +48,7 @@ from workers.api.schemas import (
 )
 from workers.jobs import Upload, outputs, submit
 from workers.settings import Settings
+from workers.storage.contracts import LocalFile, Redirect
 from workers.store import TERMINAL, IdempotencyConflict, JobNotFound, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
@@ -106,13 +108,13 @@ def _job_fields(**values: Any) -> dict[str, Any]:
 
 
 def _job_view(record: JobRecord, ctx: ApiContext) -> Job:
-    settings, links = ctx.settings, ctx.links
+    links = ctx.links
     public = record.public()
     view = Job.model_validate({**public, "fields": public["fields"] or {}})
     manifest = record.manifest
     if record.status != "done" or manifest is None:
         return view
-    files = outputs(settings, record)  # the one source of the public names
+    files = outputs(record)  # the one source of the public names
     items = []
     for item in manifest.outputs:
         if item.video_download not in files or item.thumbnail_download not in files:
@@ -252,9 +254,12 @@ def _submit(
             photos,
             logo,
             idempotency_key=idempotency_key,
+            storage=ctx.storage,
         )
     except InputError as exc:
         raise input_error(exc) from None
+    except StorageError as exc:
+        raise _storage_down(exc) from None
     except IdempotencyConflict:
         raise ApiError(
             422,
@@ -331,15 +336,44 @@ def get_file(
     name: str,
     expires: Annotated[int | None, Query(description="Signed URL: expiry (Unix time)")] = None,
     signature: Annotated[str | None, Query(max_length=128)] = None,
-) -> FileResponse:
+    range_header: Annotated[str | None, Header(alias="Range", include_in_schema=False)] = None,
+) -> Response:
     record = _file_owner(ctx, job_id, name, who, expires, signature)
-    path = outputs(ctx.settings, record).get(name)  # never a path from the client
-    if path is None or not path.is_file():
+    relative = outputs(record).get(name)  # never a path from the client
+    try:
+        found = (
+            ctx.storage.download(record.merchant, record.id, relative, range_header)
+            if relative
+            else None
+        )
+    except StorageError as exc:
+        raise _storage_down(exc) from None
+    if found is None:
         raise ApiError(404, "not_found", f"job {job_id!r} has no file {name!r}")
-    return FileResponse(
-        path,
-        media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
-        headers={"Cache-Control": "private, max-age=3600"},
+    media_type = _MEDIA_TYPES.get(PurePosixPath(name).suffix, "application/octet-stream")
+    cache = {"Cache-Control": "private, max-age=3600"}
+    if isinstance(found, LocalFile):
+        return FileResponse(found.path, media_type=media_type, headers=cache)
+    if isinstance(found, Redirect):
+        # The link's own expiry rules; no cache may keep the redirect longer.
+        return RedirectResponse(found.url, status_code=307, headers={"Cache-Control": "no-store"})
+    headers = {**cache, "Accept-Ranges": "bytes", "Content-Length": str(found.length)}
+    if found.content_range:
+        headers["Content-Range"] = found.content_range
+    return StreamingResponse(
+        found.chunks,
+        status_code=206 if found.content_range else 200,
+        media_type=media_type,
+        headers=headers,
+    )
+
+
+def _storage_down(exc: StorageError) -> ApiError:
+    # The job store's trouble, not the merchant's: try again later (an operator is told by
+    # the log; the message names no key, host or secret).
+    log.warning("job storage: %s", exc)
+    return ApiError(
+        503, exc.code, f"job files are out of reach now: {exc}", headers={"Retry-After": "30"}
     )
 
 
@@ -411,7 +445,7 @@ def _redis_problem(store: JobStore) -> str | None:
     return None
 
 
-def health_details(settings: Settings, store: JobStore) -> dict[str, Any]:
+def health_details(settings: Settings, store: JobStore, storage_where: str) -> dict[str, Any]:
     """What /v1/ops/health tells an operator: the Redis error, and where things are kept."""
     problem = _redis_problem(store)
     return {
@@ -419,6 +453,7 @@ def health_details(settings: Settings, store: JobStore) -> dict[str, Any]:
         "redis": problem or "ok",
         "data_dir": str(settings.data_dir),
         "jobs_dir": str(settings.jobs_dir),
+        "storage": storage_where,
         "turn_log": str(settings.turn_log_path),
     }
 
