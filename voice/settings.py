@@ -218,6 +218,12 @@ class VoiceServerSettings(Section):
     # then closes the rest with 1012 ("service restart": reconnect). A second signal ends the
     # wait at once.
     drain_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # Client secrets (POST /v1/realtime/client_secrets): how long one may wait to be used
+    # when the request does not say (expires_after.seconds, 10 to client_secret_max_s), and
+    # how many may be outstanding at once on this server (past it, minting answers 429).
+    client_secret_ttl_s: Annotated[int, Field(ge=10, le=7200)] = 60
+    client_secret_max_s: Annotated[int, Field(ge=10, le=7200)] = 600
+    max_client_secrets: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     max_message_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
     # Uncommitted input audio a session keeps, in seconds (kept as 16 kHz float32: 64 KB a
     # second, 7.7 MB at the default; OpenAI's limit is 15 MiB of input, ~5 min of PCM16).

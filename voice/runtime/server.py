@@ -31,6 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from base import metrics
 from base.access import bearer_token, is_key, is_loopback, origin_allowed, trusted_host
@@ -58,8 +59,10 @@ from voice.engines.llm import LlamaCppChat
 from voice.errors import ProtocolError
 from voice.learning.cases import CaseRecorder
 from voice.learning.experiments import NO_ARM, assign
-from voice.runtime import latency, twilio
+from voice.runtime import client_secrets, latency, twilio
+from voice.runtime.client_secrets import ClientSecrets, Grant, SecretRefused
 from voice.runtime.latency import TurnLog
+from voice.runtime.posts import Answer, Post, PostingConnection
 from voice.runtime.toolcalls import CallRecord
 from voice.runtime.turns import Engines, ResponseRunner, Runtime, TurnPolicy, transcribe
 from voice.settings import VoiceSettings
@@ -67,6 +70,7 @@ from voice.tools import ToolBox
 
 log = logging.getLogger(__name__)
 PATH = "/v1/realtime"
+SECRETS_PATH = "/v1/realtime/client_secrets"
 _SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
 # Messages received and not yet handled, per connection: at most 64 (2.5 s of 40 ms chunks,
 # each keeping the time it arrived while processing lags) and about 2 MiB, and 4 more WebSocket
@@ -150,6 +154,7 @@ class VoiceServer:
         self.draining = False
         self._all_gone = asyncio.Event()
         self.listener: Server | None = None  # once started
+        self.client_secrets = ClientSecrets(v.max_client_secrets)
 
     async def start(self, host: str | None = None, port: int | None = None) -> Server:
         v = self.settings.voice
@@ -163,11 +168,19 @@ class VoiceServer:
         loop = asyncio.get_running_loop()
         # Read at scrape time, which runs on this loop (process_request).
         latency.ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
+        server = self
+
+        class _Connection(_VoiceConnection):
+            def answer(self, post: Post) -> Answer:
+                return server.answer_post(post)
+
         self.listener = await serve(
             self._handle,
             bind,
             port if port is not None else v.port,
             process_request=self._process_request,
+            create_connection=_Connection,
+            select_subprotocol=_select_subprotocol,
             max_size=v.max_message_bytes,
             max_queue=_WS_QUEUE,
             ping_interval=20,
@@ -204,11 +217,21 @@ class VoiceServer:
             return conn.respond(status, text + "\n")
         if path not in (PATH, twilio.PATH, "/metrics"):
             return conn.respond(HTTPStatus.NOT_FOUND, f"the Realtime endpoint is {PATH}\n")
-        if (refused := self._foreign(request)) is not None:
+        if (
+            refused := self._foreign(_header(request, "Host"), _header(request, "Origin"))
+        ) is not None:
             return conn.respond(HTTPStatus.FORBIDDEN, refused + "\n")
+        # A browser's client secret (as a bearer token or a subprotocol entry) opens a
+        # Realtime session, nothing else: not /metrics, not the minting of more.
+        secret = None
+        if path == PATH:
+            secret = client_secrets.presented_secret(
+                _header(request, "Authorization"), _header(request, "Sec-WebSocket-Protocol")
+            )
         # A Twilio stream cannot send headers: its key comes in the start message.
         if (
             self.keys
+            and secret is None
             and path != twilio.PATH
             and not self._known(bearer_token(_header(request, "Authorization")))
         ):
@@ -222,6 +245,13 @@ class VoiceServer:
             )
             response.headers["Retry-After"] = "1"
             return response
+        if secret is not None:
+            try:  # spent here: one handshake, one session
+                grant = self.client_secrets.redeem(secret, time.time())
+            except SecretRefused as exc:
+                return conn.respond(HTTPStatus(exc.status), exc.message + "\n")
+            assert isinstance(conn, _VoiceConnection)
+            conn.grant = grant
         if path == "/metrics":
             return Response(
                 HTTPStatus.OK,
@@ -231,16 +261,42 @@ class VoiceServer:
             )
         return None
 
-    def _foreign(self, request: Request) -> str | None:
+    def answer_post(self, post: Post) -> Answer:
+        """``POST /v1/realtime/client_secrets`` (see :mod:`voice.runtime.client_secrets`);
+        any other POST is not found."""
+        path = post.path.split("?", 1)[0]
+        if path != SECRETS_PATH:
+            return _error(404, "not_found", f"no POST endpoint {path!r}; secrets: {SECRETS_PATH}")
+        if (
+            refused := self._foreign(post.headers.get("host"), post.headers.get("origin"))
+        ) is not None:
+            return _error(403, "forbidden", refused)
+        authorization = post.headers.get("authorization")
+        token = bearer_token(authorization)
+        if self.keys and (token.startswith(client_secrets.PREFIX) or not self._known(token)):
+            # A secret is no key: whoever holds one cannot mint another.
+            return _error(401, "invalid_api_key", "a server API key is required (Bearer ...)")
+        v = self.settings.voice
+        try:
+            seconds, session = client_secrets.parse_request(
+                post.body, default_s=v.client_secret_ttl_s, max_s=v.client_secret_max_s
+            )
+            grant = self.client_secrets.mint(key_id(authorization), seconds, session, time.time())
+        except SecretRefused as exc:
+            kind = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
+            return _error(exc.status, kind, exc.message)
+        log.info("client secret minted for %s, valid %d s", grant.key, seconds)
+        body = self.client_secrets.response(grant, self.runtimes[0].name or "castwork")
+        return Answer(200, json.dumps(body).encode())
+
+    def _foreign(self, host: str | None, origin: str | None) -> str | None:
         """Why a request from another site is refused, if it is. Keyless, the server trusts
         that only this machine reaches it: a page whose domain was rebound to 127.0.0.1 still
         sends its own name as Host. A browser names the page's site in Origin: a loopback
         page, or one of voice.allowed_origins, may open a session; clients that are not
         browsers send no Origin."""
-        host = _header(request, "Host")
         if not self.keys and not trusted_host(host, loopback_only=True, allowed=()):
             return f"Host {host!r} is not a loopback name (this server has no API keys)"
-        origin = _header(request, "Origin")
         if origin is None or origin.lower().rstrip("/") in self.origins:
             return None
         if origin_allowed(origin, host_header=host, loopback_only=True):
@@ -288,7 +344,11 @@ class VoiceServer:
         return is_key(presented, self.keys)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        key = key_id(_header(ws.request, "Authorization")) if ws.request else "anonymous"
+        grant = ws.grant if isinstance(ws, _VoiceConnection) else None
+        if grant is not None:  # counted and logged under the key that minted the secret
+            key = grant.key
+        else:
+            key = key_id(_header(ws.request, "Authorization")) if ws.request else "anonymous"
         v = self.settings.voice
         refusal = None
         if sum(self.sessions.values()) >= v.max_sessions:
@@ -312,7 +372,8 @@ class VoiceServer:
         phone = ws.request is not None and ws.request.path.split("?", 1)[0] == twilio.PATH
         link = twilio.TwilioLink(ws, self.keys) if phone else ws
         try:
-            await Connection(self, link, key=key).run()
+            bound_session = grant.session if grant is not None else None
+            await Connection(self, link, key=key, session=bound_session).run()
         finally:
             self.sessions[key] -= 1
             latency.SESSIONS_ACTIVE.dec()
@@ -356,8 +417,11 @@ class Connection:
         ws: ServerConnection | twilio.TwilioLink,
         *,
         key: str = "anonymous",
+        session: dict[str, Any] | None = None,
     ) -> None:
         self.server, self.ws = server, ws
+        # A client secret's bound configuration: applied as the first session.update.
+        self.bound_session = session
         # A phone link translates events itself; JSON for it would be parsed straight back.
         self._emit: Callable[[dict[str, Any]], Awaitable[None]] = (
             ws.send_event if isinstance(ws, twilio.TwilioLink) else partial(_send_json, ws)
@@ -406,6 +470,12 @@ class Connection:
             writer = asyncio.create_task(self._writer())
             try:
                 await self._do(self.core.start())
+                if self.bound_session:
+                    update = protocol.SessionUpdate(
+                        type="session.update",
+                        session=protocol.SessionPatch.model_validate(self.bound_session),
+                    )
+                    await self._do(self.core.on_client_event(update, time.monotonic()))
                 async with asyncio.timeout(self.server.settings.voice.session_max_s):
                     await self._reader()
             except TimeoutError:
@@ -645,6 +715,25 @@ class Connection:
             with contextlib.suppress(ConnectionClosed):
                 await self.ws.close(self.closing.code, self.closing.reason)
         log.info("session closed")
+
+
+def _select_subprotocol(
+    conn: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    chosen = client_secrets.select_subprotocol(list(offered))
+    return Subprotocol(chosen) if chosen else None
+
+
+class _VoiceConnection(PostingConnection):
+    """A connection of this server: answers POSTs (client secrets), and carries the grant of
+    the client secret its handshake presented."""
+
+    grant: Grant | None = None
+
+
+def _error(status: int, kind: str, message: str) -> Answer:
+    body = {"error": {"type": kind, "code": kind, "message": message}}
+    return Answer(status, json.dumps(body).encode())
 
 
 async def _send_json(ws: ServerConnection, event: dict[str, Any]) -> None:
