@@ -122,6 +122,11 @@ def is_key(presented: str, keys: Iterable[str | bytes]) -> bool:
     return find_key(presented, dict(enumerate(keys))) is not None
 
 
+# Sent by our pages' scripts with every state-changing request: a form of another site cannot
+# add a header, and a script of another site cannot without CORS, which we never grant.
+CSRF_HEADER = "X-Castwork-CSRF"
+
+
 def page_csp(*, media: bool = False, forms: bool = False) -> str:
     """The Content-Security-Policy of our HTML pages: our own script, styles and connections
     only, nothing inline, nothing from elsewhere, never framed. ``media``: images and sound

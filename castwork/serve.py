@@ -258,8 +258,14 @@ async def serve(
     worker_environ(settings, None, env)
     tasks: list[asyncio.Task[None]] = []
     try:
+        voice_settings = settings.voice
+        if voice_port is not None:  # the page's link to the talk page names the real port
+            voice_settings = voice_settings.model_copy(update={"port": voice_port})
         effective = settings.model_copy(
-            update={"broker": settings.broker.model_copy(update={"url": redis.url})}
+            update={
+                "broker": settings.broker.model_copy(update={"url": redis.url}),
+                "voice": voice_settings,
+            }
         )
         from voice.runtime.latency import live_sessions
 

@@ -594,3 +594,9 @@ def test_the_page_is_served(api: Api) -> None:
         assert r.status_code == 200 and kind in r.headers["content-type"]
         assert not EXTERNAL.search(r.text)
     assert api.client.get("/static/../api.py").status_code == 404
+
+
+def test_the_talk_page_is_found_from_the_page_server(make_api: MakeApi) -> None:
+    api = make_api(voice={"port": 8799})
+    r = api.client.get("/talk", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "http://127.0.0.1:8799/talk"

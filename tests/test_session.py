@@ -809,6 +809,21 @@ def test_truncate_cuts_the_assistant_text_to_what_was_played() -> None:
     assert again.messages[-1] == {"role": "assistant", "content": "Sure. It"}
 
 
+def test_a_truncate_that_comes_while_the_answer_runs_applies_when_it_ends() -> None:
+    # The client plays what it is sent, so it hears the caller speak over the answer before
+    # this server's response has ended: the truncate names an item that is not kept yet.
+    d = Driver()
+    start = d.answered_turn()
+    (truncated,) = sends(
+        d.client(type="conversation.item.truncate", item_id=start.item_id, audio_end_ms=1000)
+    )
+    assert truncated["type"] == "conversation.item.truncated"
+    assert start.item_id not in d.session.items
+    d.done(start.response_id, "cancelled", REPLY)
+    item = d.session.items[start.item_id]
+    assert (item.text, item.status) == ("Sure. It", "incomplete")
+
+
 def test_next_turn_after_a_response_includes_the_history() -> None:
     d = Driver()
     start = d.answered_turn()

@@ -27,6 +27,7 @@ from voice.audio import AudioRateLimit, Timeline
 from voice.clients.realtime import RealtimeClient, SessionRefused
 from voice.core.record import TurnRecord
 from voice.learning.cases import AUDIO_FILE, CASE_FILE, CaseRecorder, CaseStore, export
+from voice.runtime import connection as voice_connection
 from voice.runtime import server as voice_server
 from voice.runtime.server import key_id
 from voice.testing.fakes import tone
@@ -242,7 +243,7 @@ async def test_a_large_append_is_decoded_off_the_loop_and_heard(tmp_path: Path) 
         client = await RealtimeClient.open(url)
         data = pcm.encode(utterance(), 16_000, "audio/pcm")
         audio = base64.b64encode(data).decode()
-        assert len(audio) > voice_server._DECODE_INLINE_MAX
+        assert len(audio) > voice_connection._DECODE_INLINE_MAX
         await client.send({"type": "input_audio_buffer.append", "audio": audio})
         done = await client.wait_for("response.done")
         await client.close()

@@ -330,6 +330,9 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
 # (the tests check each event's shape against the openai package's models).
 ServerEventType = Literal[
     "error",
+    # Castwork's own, sent only to a client that asks (?castwork_turns=1 on the URL): each
+    # turn's outcome and stage timings as the server measured them (the talk page shows them).
+    "castwork.turn",
     "session.created",
     "session.updated",
     "conversation.item.added",

@@ -146,6 +146,9 @@ class _Response:
     held: bool
     transcript_request: str | None = None  # the speculative decode it was prefetched from
     modalities: list[str] = field(default_factory=lambda: ["audio"])
+    # What the client says it played of this response's audio before the caller spoke over
+    # it (a truncate that came while the response was still running): applied to its item.
+    heard_ms: float | None = None
 
 
 class VoiceSession:
@@ -344,16 +347,17 @@ class VoiceSession:
             self._keep(call)
         if (not resp.held and not calls) or segments:
             text = " ".join(s[0] for s in segments).strip()
-            self._keep(
-                Item(
-                    resp.item_id,
-                    "assistant",
-                    text,
-                    audio=True,
-                    status="completed" if status == "completed" else "incomplete",
-                    segments=segments,
-                )
+            item = Item(
+                resp.item_id,
+                "assistant",
+                text,
+                audio=True,
+                status="completed" if status == "completed" else "incomplete",
+                segments=segments,
             )
+            if resp.heard_ms is not None:
+                _truncate(item, resp.heard_ms)
+            self._keep(item)
         for call in calls[message_at:]:
             self._keep(call)
         if status == "completed" and self._state is TurnState.QUIET:
@@ -520,11 +524,15 @@ class VoiceSession:
         self, ev: p.ConversationItemTruncate, now: float
     ) -> list[Action]:
         item = self.items.get(ev.item_id)
-        if item is None or item.role != "assistant":
+        resp = self._response
+        if item is None and resp is not None and resp.item_id == ev.item_id:
+            # The caller spoke over an answer still running here (the client plays what we
+            # send, so it knows first): its item is truncated when the response ends.
+            resp.heard_ms = ev.audio_end_ms
+        elif item is None or item.role != "assistant":
             return [refusal(f"no assistant item {ev.item_id}", "item_not_found", ev.event_id)]
-        item.text = spoken_text(item.segments, ev.audio_end_ms) if item.segments else item.text
-        item.segments = [s for s in item.segments if s[1] < ev.audio_end_ms]
-        item.status = "incomplete"
+        else:
+            _truncate(item, ev.audio_end_ms)
         return [
             Send(
                 p.event(
@@ -1213,3 +1221,10 @@ def spoken_text(segments: list[tuple[str, float, float]], played_ms: float) -> s
         else:
             break
     return " ".join(words)
+
+
+def _truncate(item: Item, audio_end_ms: float) -> None:
+    """``item`` as heard: the words of its audio before ``audio_end_ms``."""
+    item.text = spoken_text(item.segments, audio_end_ms) if item.segments else item.text
+    item.segments = [seg for seg in item.segments if seg[1] < audio_end_ms]
+    item.status = "incomplete"

@@ -1,17 +1,16 @@
-"""The WebSocket shell around :class:`voice.core.session.VoiceSession`.
+"""The voice server: the listener around one :class:`~voice.runtime.connection.Connection`
+per client (the WebSocket shell of :class:`voice.core.session.VoiceSession`).
 
-One :class:`Connection` per client: it parses events, decodes audio, runs VAD, carries out
-the core's actions (ASR and responses as tasks, events into a bounded outgoing queue) and
-frees everything when the client goes. The server adds auth, limits and ``/metrics``, and
-answers only loopback ``Host`` names without keys, and browsers only from loopback or listed
-pages (``Origin``, :mod:`base.access`): no web page elsewhere can drive a local server.
+It adds auth (API keys, client secrets: :mod:`voice.runtime.client_secrets`), limits,
+readiness and drain, ``/metrics``, the talk page (:mod:`voice.runtime.talkpage`) and the one
+plain POST it answers (:mod:`voice.runtime.posts`); it answers only loopback ``Host`` names
+without keys, and browsers only from loopback or listed pages (``Origin``,
+:mod:`base.access`): no web page elsewhere can drive a local server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import ctypes
 import ctypes.util
@@ -22,10 +21,10 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -34,37 +33,22 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from base import metrics
-from base.access import bearer_token, is_key, is_loopback, origin_allowed, trusted_host
+from base.access import CSRF_HEADER, bearer_token, is_key, is_loopback, origin_allowed, trusted_host
 from base.errors import ConfigError
-from base.logs import bound
 from base.threads import started_pool
-from voice import audio as pcm
-from voice.audio import FRAME_SAMPLES
 from voice.core import protocol
-from voice.core.actions import (
-    Action,
-    CancelResponse,
-    Close,
-    FinishTurn,
-    JudgeTurn,
-    ReleaseResponse,
-    Send,
-    StartResponse,
-    Transcribe,
-)
 from voice.core.record import TurnRecord
-from voice.core.session import SessionConfig, VoiceSession
 from voice.engines.contracts import Message, VoiceActivity
 from voice.engines.llm import LlamaCppChat
 from voice.errors import ProtocolError
 from voice.learning.cases import CaseRecorder
 from voice.learning.experiments import NO_ARM, assign
-from voice.runtime import client_secrets, latency, twilio
+from voice.runtime import client_secrets, latency, talkpage, twilio
 from voice.runtime.client_secrets import ClientSecrets, Grant, SecretRefused
+from voice.runtime.connection import Connection
 from voice.runtime.latency import TurnLog
 from voice.runtime.posts import Answer, Post, PostingConnection
-from voice.runtime.toolcalls import CallRecord
-from voice.runtime.turns import Engines, ResponseRunner, Runtime, TurnPolicy, transcribe
+from voice.runtime.turns import Engines, Runtime, TurnPolicy
 from voice.settings import VoiceSettings
 from voice.tools import ToolBox
 
@@ -72,16 +56,7 @@ log = logging.getLogger(__name__)
 PATH = "/v1/realtime"
 SECRETS_PATH = "/v1/realtime/client_secrets"
 _SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
-# Messages received and not yet handled, per connection: at most 64 (2.5 s of 40 ms chunks,
-# each keeping the time it arrived while processing lags) and about 2 MiB, and 4 more WebSocket
-# frames behind them. A client that sends faster waits on TCP; a flood of 1 MiB messages is
-# held as a few MiB here, where a count alone let (64 + 32) x 1 MiB pile up.
-_INBOX_MESSAGES = 64
-_INBOX_BYTES = 2 << 20
 _WS_QUEUE = 4
-# An append above this much base64 is decoded in a thread: a 1 MiB message of G.711 is 98 s
-# of audio, tens of milliseconds of decoding and resampling every other session would wait for.
-_DECODE_INLINE_MAX = 64 * 1024
 
 
 def _libc_trim() -> Any:
@@ -215,6 +190,8 @@ class VoiceServer:
         if path == "/readyz":  # for a load balancer: is there a seat for one more session?
             status, text = self.readiness()
             return conn.respond(status, text + "\n")
+        if path == "/talk/config" or talkpage.asset(path) is not None:
+            return self._talk_page(conn, request, path)
         if path not in (PATH, twilio.PATH, "/metrics"):
             return conn.respond(HTTPStatus.NOT_FOUND, f"the Realtime endpoint is {PATH}\n")
         if (
@@ -261,16 +238,32 @@ class VoiceServer:
             )
         return None
 
+    def _talk_page(self, conn: ServerConnection, request: Request, path: str) -> Response:
+        refused = self._foreign(_header(request, "Host"), _header(request, "Origin"))
+        if refused is not None:
+            return conn.respond(HTTPStatus.FORBIDDEN, refused + "\n")
+        # Keyless (loopback only), the page mints its own secret; with keys, a backend mints
+        # one and hands the page a link to /talk#ek_...
+        secret_url = None if self.keys else talkpage.SECRET_PATH
+        found = talkpage.asset(path) or talkpage.config(PATH, secret_url=secret_url)
+        return Response(HTTPStatus.OK, "OK", Headers(talkpage.headers(found)), found.body)
+
     def answer_post(self, post: Post) -> Answer:
         """``POST /v1/realtime/client_secrets`` (see :mod:`voice.runtime.client_secrets`);
         any other POST is not found."""
         path = post.path.split("?", 1)[0]
-        if path != SECRETS_PATH:
+        if path not in (SECRETS_PATH, talkpage.SECRET_PATH):
             return _error(404, "not_found", f"no POST endpoint {path!r}; secrets: {SECRETS_PATH}")
-        if (
-            refused := self._foreign(post.headers.get("host"), post.headers.get("origin"))
-        ) is not None:
+        refused = self._foreign(post.headers.get("host"), post.headers.get("origin"))
+        if refused is not None:
             return _error(403, "forbidden", refused)
+        if path == talkpage.SECRET_PATH:
+            # The talk page's own: only where the server has no keys (loopback), and only from
+            # a script of a page here (a form of another site cannot add this header).
+            if self.keys:
+                return _error(403, "forbidden", f"this server has keys: mint with {SECRETS_PATH}")
+            if post.headers.get(CSRF_HEADER.lower()) is None:
+                return _error(403, "forbidden", f"the {CSRF_HEADER} header is required")
         authorization = post.headers.get("authorization")
         token = bearer_token(authorization)
         if self.keys and (token.startswith(client_secrets.PREFIX) or not self._known(token)):
@@ -373,7 +366,9 @@ class VoiceServer:
         link = twilio.TwilioLink(ws, self.keys) if phone else ws
         try:
             bound_session = grant.session if grant is not None else None
-            await Connection(self, link, key=key, session=bound_session).run()
+            query = parse_qs(urlsplit(ws.request.path).query) if ws.request else {}
+            turns = query.get("castwork_turns") == ["1"]
+            await Connection(self, link, key=key, session=bound_session, turn_events=turns).run()
         finally:
             self.sessions[key] -= 1
             latency.SESSIONS_ACTIVE.dec()
@@ -383,338 +378,10 @@ class VoiceServer:
                 await asyncio.get_running_loop().run_in_executor(None, give_back_heap)
 
 
-class _Inbox:
-    """Messages received, with their arrival times, and not yet handled: bounded in count and
-    in bytes, so that a client sending faster than we handle waits (TCP backpressure)."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[tuple[str | bytes, float] | None] = asyncio.Queue(
-            _INBOX_MESSAGES
-        )
-        self._bytes = 0
-        self._room = asyncio.Event()
-
-    async def put(self, item: tuple[str | bytes, float] | None) -> None:
-        if item is not None:
-            while self._bytes > _INBOX_BYTES:
-                self._room.clear()
-                await self._room.wait()
-            self._bytes += len(item[0])
-        await self._queue.put(item)
-
-    async def get(self) -> tuple[str | bytes, float] | None:
-        item = await self._queue.get()
-        if item is not None:
-            self._bytes -= len(item[0])
-            self._room.set()
-        return item
-
-
-class Connection:
-    def __init__(
-        self,
-        server: VoiceServer,
-        ws: ServerConnection | twilio.TwilioLink,
-        *,
-        key: str = "anonymous",
-        session: dict[str, Any] | None = None,
-    ) -> None:
-        self.server, self.ws = server, ws
-        # A client secret's bound configuration: applied as the first session.update.
-        self.bound_session = session
-        # A phone link translates events itself; JSON for it would be parsed straight back.
-        self._emit: Callable[[dict[str, Any]], Awaitable[None]] = (
-            ws.send_event if isinstance(ws, twilio.TwilioLink) else partial(_send_json, ws)
-        )
-        session_id = protocol.new_id("sess")
-        self.rt = rt = server.pick(session_id, key)
-        s = rt.settings  # the arm's: its VAD, ASR guard, instructions and voice
-        v = server.settings.voice
-        td = protocol.TurnDetection(
-            threshold=s.vad.threshold,
-            prefix_padding_ms=s.vad.prefix_padding_ms,
-            silence_duration_ms=s.vad.silence_duration_ms,
-            type=s.vad.turn_detection,
-            eagerness=s.vad.eagerness,
-        )
-        config = SessionConfig(
-            instructions=s.llm.instructions,
-            voice=s.tts.voice,
-            turn_detection=td,
-            speculative_after_ms=s.vad.speculative_after_ms,
-            partial_every_ms=s.vad.partial_every_ms,
-            barge_in_min_ms=s.vad.barge_in_min_ms,
-            no_speech_threshold=s.asr.no_speech_threshold,
-            min_avg_logprob=s.asr.min_avg_logprob,
-            history_chars=s.llm.history_chars,
-            max_buffer_ms=v.max_buffer_s * 1000,
-            max_audio_rate=v.max_audio_rate,
-            audio_burst_ms=v.audio_burst_s * 1000,
-            max_items=v.max_items,
-            max_item_chars=v.max_item_chars,
-            max_conversation_chars=v.max_conversation_chars,
-        )
-        self.core = VoiceSession(session_id, config, key=key, arm=rt.name, lineage=rt.lineage)
-        self.vad = rt.vad.fork()
-        self.frames = pcm.FrameSplitter(FRAME_SAMPLES)
-        self.decoder = pcm.StreamDecoder(config.input_format)
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=256)
-        self.runners: dict[str, ResponseRunner] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.cancelled_at: dict[str, float] = {}  # response id -> when its cancel came
-        self.closing: Close | None = None  # the core ended the session: close with this
-
-    async def run(self) -> None:
-        with bound(session_id=self.core.id):
-            log.info("session opened")
-            writer = asyncio.create_task(self._writer())
-            try:
-                await self._do(self.core.start())
-                if self.bound_session:
-                    update = protocol.SessionUpdate(
-                        type="session.update",
-                        session=protocol.SessionPatch.model_validate(self.bound_session),
-                    )
-                    await self._do(self.core.on_client_event(update, time.monotonic()))
-                async with asyncio.timeout(self.server.settings.voice.session_max_s):
-                    await self._reader()
-            except TimeoutError:
-                await self._send(
-                    protocol.error_event(
-                        ProtocolError(
-                            "session reached its maximum duration", code="session_expired"
-                        )
-                    )
-                )
-            except ConnectionClosed:
-                pass
-            finally:
-                await self._teardown(writer)
-
-    async def _reader(self) -> None:
-        """Receive in one task and process in this one, so that each message keeps the time it
-        arrived even when processing lags (VAD and decodes compete for the cores)."""
-        inbox = _Inbox()
-        receiver = asyncio.create_task(self._receive(inbox))
-        try:
-            while (got := await inbox.get()) is not None:
-                raw, arrived = got
-                lag = time.monotonic() - arrived
-                if lag > 0.1:
-                    log.debug("processing lags %.0f ms behind arrival", lag * 1000)
-                try:
-                    ev = protocol.parse_client_event(raw)
-                    if isinstance(ev, protocol.InputAudioBufferAppend):
-                        actions = await self._append(ev, arrived)
-                    else:
-                        actions = self.core.on_client_event(ev, arrived)
-                except ProtocolError as exc:
-                    actions = [Send(protocol.error_event(exc))]
-                except Exception as exc:  # one bad message must not end the session
-                    log.exception("could not handle a client message")
-                    actions = [Send(protocol.error_event(exc))]
-                await self._do(actions)
-                if self.closing is not None:
-                    break
-        finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
-
-    async def _receive(self, inbox: _Inbox) -> None:
-        idle = self.server.settings.voice.idle_timeout_s
-        while True:
-            try:
-                # Not wait_for: on 3.11 it can swallow a cancel that lands as a message arrives,
-                # and the reader's stop (a Close from the core) would wait for the client.
-                async with asyncio.timeout(idle):
-                    raw = await self.ws.recv()
-            except TimeoutError:
-                error = ProtocolError(f"no message for {idle:.0f} s", code="idle_timeout")
-                await self._send(protocol.error_event(error))
-                break
-            except ConnectionClosed:
-                break
-            await inbox.put((raw, time.monotonic()))
-        await inbox.put(None)  # not in a finally: when cancelled, nobody is reading any more
-
-    async def _append(self, ev: protocol.InputAudioBufferAppend, arrived: float) -> list[Action]:
-        fmt = self.core.config.input_format
-        if self.decoder.fmt != fmt:  # session.update changed the input format
-            self.decoder = pcm.StreamDecoder(fmt)
-        taken, refused = self.core.admit_audio(pcm.base64_ms(ev.audio, fmt), arrived, ev.event_id)
-        if not taken:
-            return refused
-        if len(ev.audio) > _DECODE_INLINE_MAX:
-            samples = await asyncio.to_thread(self._decode, ev)
-        else:
-            samples = self._decode(ev)
-        frames = self.frames.push(samples)
-        probs: list[float] = []
-        if frames and self.core.config.turn_detection is not None:
-            # 0.2 ms a frame: cheap, but a model call all the same, so off the event loop.
-            probs = await asyncio.to_thread(
-                lambda: [self.vad.speech_probability(f) for f in frames]
-            )
-        else:
-            probs = [0.0] * len(frames)
-        return self.core.on_audio(samples, probs, arrived)
-
-    def _decode(self, ev: protocol.InputAudioBufferAppend) -> pcm.Float32Array:
-        try:
-            return self.decoder.decode(base64.b64decode(ev.audio, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise ProtocolError(
-                f"input_audio_buffer.append: bad audio: {exc}",
-                code="invalid_audio",
-                event_id=ev.event_id,
-            ) from None
-
-    # --- actions --------------------------------------------------------------------------------
-
-    async def _do(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Send):
-                await self._send(action.event)
-            elif isinstance(action, Transcribe):
-                self._spawn(self._transcribe(action))
-            elif isinstance(action, JudgeTurn):
-                self._spawn(self._judge(action))
-            elif isinstance(action, StartResponse):
-                self._start_response(action)
-            elif isinstance(action, ReleaseResponse):
-                if runner := self.runners.get(action.response_id):
-                    runner.release()
-            elif isinstance(action, CancelResponse):
-                if runner := self.runners.get(action.response_id):
-                    self.cancelled_at.setdefault(action.response_id, time.monotonic())
-                    runner.cancel(action.reason)
-            elif isinstance(action, FinishTurn):
-                self._finish_turn(action.turn)
-            elif isinstance(action, Close):
-                self.closing = action
-
-    async def _transcribe(self, action: Transcribe) -> None:
-        if action.purpose == "partial" and self.server.asr_busy:
-            await self._do(self.core.on_transcript(action.request_id, None, time.monotonic()))
-            return
-        self.server.asr_busy += 1
-        try:
-            result, retried = await transcribe(self.rt.engines, action.audio)
-        finally:
-            self.server.asr_busy -= 1
-        await self._do(
-            self.core.on_transcript(action.request_id, result, time.monotonic(), retried=retried)
-        )
-
-    async def _judge(self, action: JudgeTurn) -> None:
-        model, probability = self.rt.engines.turn, None
-        if model is not None:
-            try:
-                probability = await asyncio.to_thread(model.probability, action.audio)
-            except Exception:  # a broken judge must not end the turn: the transcript decides
-                log.exception("end-of-turn model %s failed", model.name)
-        await self._do(self.core.on_turn_judged(action.request_id, probability, time.monotonic()))
-
-    def _start_response(self, action: StartResponse) -> None:
-        cfg = self.core.config
-        runner = ResponseRunner(
-            action,
-            self.rt.engines,
-            self.rt.policy,
-            self._send,
-            output_format=cfg.output_format,
-            voice=cfg.voice,
-            on_late_result=self._late_tool_result,
-        )
-        self.runners[action.response_id] = runner
-        self._spawn(self._run_response(runner))
-
-    async def _run_response(self, runner: ResponseRunner) -> None:
-        try:
-            await runner.run()
-        except Exception:
-            log.exception("response %s failed", runner.start.response_id)
-            runner.status = "failed"
-        finally:
-            self.runners.pop(runner.start.response_id, None)
-        response_id = runner.start.response_id
-        cancelled_at = self.cancelled_at.pop(response_id, None)
-        # A held response never released was speculation: its calls were never made.
-        calls = runner.calls if runner.released.is_set() else []
-        await self._do(
-            self.core.on_response_done(
-                response_id,
-                runner.status,
-                runner.spoken_segments(),
-                time.monotonic(),
-                calls=[c.as_item() for c in calls],
-                message_at=runner.calls_before_message(),
-                sent=runner.segments,
-                reply=runner.reply_text(),
-                cancel_to_done_ms=None
-                if cancelled_at is None
-                else (time.monotonic() - cancelled_at) * 1000,
-            )
-        )
-
-    async def _late_tool_result(self, call: CallRecord) -> None:
-        await self._do(self.core.on_tool_result(call.item_id, call.result_text()))
-
-    def _finish_turn(self, turn: TurnRecord) -> None:
-        self.server.finish_turn(turn)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    # --- output -----------------------------------------------------------------------------
-
-    async def _send(self, event: dict[str, Any]) -> None:
-        try:
-            await asyncio.wait_for(
-                self.outbox.put(event), self.server.settings.voice.send_timeout_s
-            )
-        except TimeoutError:
-            self._drop_stalled("outgoing queue full")
-
-    def _drop_stalled(self, why: str) -> None:
-        # No closing handshake: a close frame would queue behind everything it did not read.
-        log.warning("%s; dropping the connection", why)
-        self.ws.transport.abort()
-
-    async def _writer(self) -> None:
-        timeout = self.server.settings.voice.send_timeout_s
-        while (event := await self.outbox.get()) is not None:
-            try:
-                # Answers are paced at real time, so a send that cannot finish for this long
-                # means the client's socket has taken nothing (its buffers and ours are full).
-                await asyncio.wait_for(self._emit(event), timeout)
-            except TimeoutError:
-                self._drop_stalled(f"client read nothing for {timeout:.0f} s")
-                return
-
-    async def _teardown(self, writer: asyncio.Task[None]) -> None:
-        for runner in list(self.runners.values()):
-            runner.cancel("client_cancelled")
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for action in self.core.on_close(time.monotonic()):
-            if isinstance(action, FinishTurn):
-                self._finish_turn(action.turn)
-        with contextlib.suppress(asyncio.QueueFull):
-            self.outbox.put_nowait(None)
-        try:
-            async with asyncio.timeout(1.0):
-                await writer
-        except (TimeoutError, ConnectionClosed):
-            writer.cancel()
-        if self.closing is not None:  # after the writer: the error events go out first
-            log.warning("closing the session: %s", self.closing.reason)
-            with contextlib.suppress(ConnectionClosed):
-                await self.ws.close(self.closing.code, self.closing.reason)
-        log.info("session closed")
+def _url_host(address: str) -> str:
+    if address in ("0.0.0.0", "::"):  # every interface: this machine's own name for it
+        return "127.0.0.1"
+    return f"[{address}]" if ":" in address else address
 
 
 def _select_subprotocol(
@@ -734,10 +401,6 @@ class _VoiceConnection(PostingConnection):
 def _error(status: int, kind: str, message: str) -> Answer:
     body = {"error": {"type": kind, "code": kind, "message": message}}
     return Answer(status, json.dumps(body).encode())
-
-
-async def _send_json(ws: ServerConnection, event: dict[str, Any]) -> None:
-    await ws.send(json.dumps(event))
 
 
 def _eager_default_executor(loop: asyncio.AbstractEventLoop) -> None:
@@ -819,6 +482,11 @@ async def serve_forever(
     srv = await server.start(host, port)
     bound_to = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in srv.sockets)
     log.info("voice server on ws://%s%s (turn log %s)", bound_to, PATH, settings.turn_log_path)
+    first_bound = next(iter(srv.sockets)).getsockname()
+    # Printed, not only logged: the address a person opens to talk (README quick start).
+    print(
+        f"talk page: http://{_url_host(first_bound[0])}:{first_bound[1]}{talkpage.PAGE}", flush=True
+    )
     hurry = asyncio.Event()
     if stop is None:
         stop = asyncio.Event()

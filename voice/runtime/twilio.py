@@ -35,7 +35,7 @@ REFUSED = 1008  # policy violation: no or a wrong key
 
 
 class TwilioLink:
-    """What :class:`voice.runtime.server.Connection` reads from and writes to."""
+    """What :class:`voice.runtime.connection.Connection` reads from and writes to."""
 
     def __init__(self, ws: ServerConnection, keys: set[str]) -> None:
         self.ws, self.keys = ws, keys

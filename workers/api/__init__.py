@@ -55,8 +55,8 @@ Endpoints that touch Redis or the disk are plain ``def``: FastAPI runs them in i
 pool, so the event loop never waits on them.
 """
 
+from base.access import CSRF_HEADER
 from workers.api.app import create_app
 from workers.api.auth import LINK_SECRET_FILE, keys_required
-from workers.api.limits import CSRF_HEADER
 
 __all__ = ["CSRF_HEADER", "LINK_SECRET_FILE", "create_app", "keys_required"]

@@ -6,7 +6,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from base.access import bearer_token, origin_allowed, trusted_host
+from base.access import CSRF_HEADER, bearer_token, origin_allowed, trusted_host
 from workers.api.auth import Keys
 from workers.api.errors import ApiError, unauthorized
 
@@ -14,9 +14,7 @@ MB = 1024 * 1024
 _DIGITS = re.compile(r"[0-9]+")
 # Methods that change something: what a page from another site must not be able to send.
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Without keys, a state-changing request must carry this header (any value): a form on
-# another site cannot send one, and a fetch from there cannot without a CORS preflight.
-CSRF_HEADER = "X-Castwork-CSRF"
+# Without keys, a state-changing request must carry CSRF_HEADER (any value; base.access).
 
 
 class _BodyTooLarge(ApiError):

@@ -458,6 +458,14 @@ def health_details(settings: Settings, store: JobStore, storage_where: str) -> d
     }
 
 
+@router.get("/talk", include_in_schema=False)
+async def talk(ctx: Ctx) -> RedirectResponse:
+    # The talk page lives with the voice server (same origin as its WebSocket and secrets).
+    v = ctx.settings.voice
+    host = "127.0.0.1" if v.host in ("0.0.0.0", "::") else v.host
+    return RedirectResponse(f"http://{host}:{v.port}/talk", status_code=307)
+
+
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return ops.page("index.html", _PAGE_CSP)
