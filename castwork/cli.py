@@ -463,6 +463,13 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, ValueError) as exc:
             print(f"castwork eval: {exc}", file=sys.stderr)
             return 2
+    elif args.language == "ko":
+        from voice.engines.factory import build_espeak
+
+        print("building the bundled Korean set (once, espeak-ng ko)...", file=sys.stderr)
+        clips = evalset.build(
+            build_espeak("ko"), settings.data_dir / "evalset-bundled-ko", evalset.KOREAN
+        )
     else:
         from voice.engines.factory import build_tts
 
@@ -490,12 +497,13 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
             judge=judge,
             warmup=args.warmup,
             progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+            language=None if args.language == "en" else args.language,
         )
     )
     if args.json:
         print(json.dumps(report_json(scores, results), indent=1))
     else:
-        print(format_report(scores, results))
+        print(format_report(scores, results, args.language))
         print(f"\nreport: {out / 'report.json'}  replies: {out}/<arm>/replies/")
     return 0
 
@@ -641,6 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME:SETTING=VALUE;...",
         help="an arm with settings overrides, e.g. 'fast:vad.silence_duration_ms=300' (repeatable)",
+    )
+    p.add_argument(
+        "--language",
+        default="en",
+        help="sessions ask for this language (settings.languages; default en); with no "
+        "SET_DIR, ko plays the bundled Korean set",
     )
     p.add_argument("--judge", default="base", help="Whisper that hears the replies back, or none")
     p.add_argument(

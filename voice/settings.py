@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, HttpUrl, SecretStr, field_validator, model_validator
 
 from base.redact import mask_url
 from base.settings import Seconds, Section, SettingsBase
@@ -145,6 +145,11 @@ class LlmSettings(Section):
         "You are Castwork, a friendly voice assistant. Answer in one or two short, "
         "plain sentences that sound natural when spoken."
     )
+    # What is said without the model: when no answer can be made, and after a long silence.
+    apology: Annotated[str, Field(min_length=1, max_length=300)] = (
+        "Sorry, I'm having trouble answering right now. Please try again in a moment."
+    )
+    still_there: Annotated[str, Field(min_length=1, max_length=300)] = "Are you still there?"
 
 
 class TtsSettings(Section):
@@ -277,6 +282,47 @@ class ArmSettings(Section):
                     f"{dotted!r}: an arm may override {', '.join(s + '.*' for s in ARM_SECTIONS)}"
                 )
         return v
+
+
+# A session's language (audio.input.transcription.language) -> the settings that serve it,
+# as dotted overrides of the asr/llm/tts/vad sections (like an experiment arm's). English is
+# the base settings themselves. Korean by default: Whisper base in Korean, espeak-ng's Korean
+# voice (no neural Korean voice ships its weights), Korean instructions and phrases. The
+# embedded SmolLM2 writes no Korean: give "llm.backends" a model that does (the opt-in
+# qwen2.5-0.5b, or an OpenAI-compatible server) for answers worth hearing.
+KOREAN: dict[str, object] = {
+    "asr.model": "base",
+    "asr.fallback_model": None,
+    "asr.language": "ko",
+    "tts.engine": "espeak",
+    "tts.espeak_voice": "ko",
+    "tts.fallback": "none",
+    "llm.instructions": (
+        "당신은 친절한 음성 비서 Castwork입니다. 항상 한국어로, 말하기 자연스러운 짧은 "
+        "한두 문장으로 대답하세요."
+    ),
+    "llm.apology": "죄송합니다. 지금은 대답하기 어렵습니다. 잠시 후에 다시 말씀해 주세요.",
+    "llm.still_there": "아직 계신가요?",
+}
+
+
+def _check_languages(v: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    for language, overrides in v.items():
+        if language == "en":
+            raise ValueError("'en': English is the base settings; configure those instead")
+        for dotted in overrides:
+            if dotted.split(".", 1)[0] not in ARM_SECTIONS or "." not in dotted:
+                raise ValueError(
+                    f"{language}: {dotted!r}: a language may override "
+                    f"{', '.join(s + '.*' for s in ARM_SECTIONS)}"
+                )
+    return v
+
+
+Languages = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")], dict[str, object]],
+    AfterValidator(_check_languages),
+]
 
 
 class ExperimentSettings(Section):
@@ -451,6 +497,7 @@ class VoiceSettings(SettingsBase):
     capture: CaptureSettings = CaptureSettings()
     tools: ToolSettings = ToolSettings()
     model_server: ModelServerSettings = ModelServerSettings()
+    languages: Languages = {"ko": KOREAN}
 
     @property
     def model_cache(self) -> Path:

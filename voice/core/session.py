@@ -97,6 +97,12 @@ class SessionConfig:
     tools: list[p.FunctionTool] = field(default_factory=list)
     tool_choice: p.ToolChoiceIn = "auto"
     parallel_tool_calls: bool = True
+    # The language the caller speaks (audio.input.transcription.language; None: the server's
+    # own, English), one of ``languages`` (settings.languages and English); what is said after
+    # a long silence, in the session's language.
+    language: str | None = None
+    languages: frozenset[str] = frozenset({"en"})
+    still_there: str = STILL_THERE
 
     def session_object(self, session_id: str, model: str) -> dict[str, Any]:
         def fmt(kind: str) -> dict[str, Any]:
@@ -117,7 +123,7 @@ class SessionConfig:
             "audio": {
                 "input": {
                     "format": fmt(self.input_format),
-                    "transcription": {"model": "whisper"},
+                    "transcription": {"model": "whisper", "language": self.language},
                     "noise_reduction": None,
                     "turn_detection": td.wire() if td else None,
                 },
@@ -427,6 +433,13 @@ class VoiceSession:
     def _on_session_update(self, ev: p.SessionUpdate, now: float) -> list[Action]:
         s, c = ev.session, self.config
         dropped: list[Action] = []
+        asked = s.audio.input.transcription if s.audio and s.audio.input else None
+        if asked is not None and "language" in asked.model_fields_set:
+            if asked.language is not None and asked.language not in c.languages:
+                served = ", ".join(sorted(c.languages))
+                why = f"audio.input.transcription.language: {asked.language!r} is not served here ({served})"
+                return [refusal(why, "invalid_value", ev.event_id)]
+            c.language = asked.language
         if s.instructions is not None:
             c.instructions = s.instructions
         if s.output_modalities:
@@ -715,7 +728,7 @@ class VoiceSession:
                 )
             )
         ]
-        return [*out, self._start_response(turn, now, canned=STILL_THERE)]
+        return [*out, self._start_response(turn, now, canned=self.config.still_there)]
 
     def _speech_started(self, frame_end_ms: float, td: p.TurnDetection, now: float) -> list[Action]:
         out: list[Action] = []

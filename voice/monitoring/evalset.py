@@ -36,6 +36,23 @@ SENTENCES = (
 )
 
 
+# ``castwork eval --language ko``: ten Korean turns, four with numbers, money and times.
+# Spoken by espeak-ng's Korean voice (the only Korean voice with shipped weights): robotic
+# speech, so its figures say how the pipeline copes, not how it hears people.
+KOREAN = (
+    "내일 아침 날씨 어때요?",
+    "가까운 편의점이 어디에 있나요?",
+    "오늘 저녁에 두 명 예약할 수 있을까요?",
+    "주문한 물건이 아직 도착하지 않았어요.",
+    "고양이에 대한 짧은 농담 하나 해 주세요.",
+    "이 신발은 25,000원입니다.",
+    "배송은 3일 걸립니다.",
+    "회의는 오후 2시 30분에 시작합니다.",
+    "전화번호는 010 1234 5678입니다.",
+    "정말 고마워요. 큰 도움이 됐어요.",
+)
+
+
 @dataclass(frozen=True)
 class Prompt:
     text: str

@@ -95,12 +95,20 @@ async def play_clip(
     timeout_s: float = 60.0,
     quiet_after_s: float = 2.0,
     api_key: str | None = None,
+    language: str | None = None,
 ) -> ClipResult:
     """One session, one user turn: stream the clip, keep the microphone open with silence
     until the answer is done (or the server stays silent ``quiet_after_s`` after an empty
-    transcript: a ``no_speech`` turn gets no response)."""
+    transcript: a ``no_speech`` turn gets no response). ``language``: the session asks for
+    it first (audio.input.transcription.language)."""
     client = await RealtimeClient.open(url, api_key=api_key)
     session_id = str(client.events[0].event["session"]["id"])
+    if language is not None:
+        transcription = {"model": "whisper", "language": language}
+        session = {"type": "realtime", "audio": {"input": {"transcription": transcription}}}
+        await client.send({"type": "session.update", "session": session})
+        # The first session in a language may wait for its models to load.
+        await client.wait_for("session.updated", timeout=timeout_s)
     silence = np.zeros(16_000 * CHUNK_MS // 1000, dtype=np.float32)
 
     async def keep_silent() -> None:
@@ -166,6 +174,7 @@ async def run_arm(
     *,
     warmup: int = 1,
     progress: Progress = lambda _: None,
+    language: str | None = None,
 ) -> ArmResult:
     """Start a real voice server with the arm's settings, play every clip, stop it."""
     from voice.runtime.assembly import load_runtimes
@@ -204,10 +213,10 @@ async def run_arm(
     try:
         for clip in list(clips)[:warmup]:
             progress(f"{arm.name}: warm-up ({clip.path.name})")
-            await play_clip(url, clip)
+            await play_clip(url, clip, language=language)
         for i, clip in enumerate(clips, 1):
             progress(f"{arm.name}: clip {i}/{len(clips)} ({clip.path.name})")
-            results.append(await play_clip(url, clip))
+            results.append(await play_clip(url, clip, language=language))
     finally:
         srv.close()
         await srv.wait_closed()
@@ -236,11 +245,13 @@ def _records_by_session(path: Path) -> dict[str, list[dict[str, Any]]]:
     return records
 
 
-def judge_replies(settings: VoiceSettings, arms: Sequence[ArmResult], model: str) -> None:
+def judge_replies(
+    settings: VoiceSettings, arms: Sequence[ArmResult], model: str, language: str | None = None
+) -> None:
     """Transcribe every reply back with one Whisper, the same for all arms."""
     from voice.engines.factory import build_asr
 
-    judge = build_asr(settings, model)
+    judge = build_asr(settings, model, language=language)
     for arm in arms:
         for r in arm.clips:
             if r.reply_audio is not None and len(r.reply_audio) > 1600:
@@ -396,14 +407,17 @@ def _p(s: turnstats.Stats | None) -> str:
     return "-" if s is None else f"{s.p50:.0f} / {s.p95:.0f}"
 
 
-def format_report(scores: Sequence[ArmScore], results: Sequence[ArmResult]) -> str:
+def format_report(
+    scores: Sequence[ArmScore], results: Sequence[ArmResult], language: str = "en"
+) -> str:
     """Arms side by side, then the clips where any arm misheard."""
+    rate = "CER" if language in textnorm.BY_CHARACTER else "WER"
     head = ["", *(s.name for s in scores)]
     rows = [
         ["models", *(" ".join(f"{k}={v}" for k, v in sorted(s.models.items())) for s in scores)],
         ["clips", *(str(s.clips) for s in scores)],
-        ["ASR WER", *(_pct(s.asr) for s in scores)],
-        ["reply intelligibility (WER)", *(_pct(s.intelligibility) for s in scores)],
+        [f"ASR {rate}", *(_pct(s.asr) for s in scores)],
+        [f"reply intelligibility ({rate})", *(_pct(s.intelligibility) for s in scores)],
         [
             "voice-to-voice P50 / P95 ms (server)",
             *(_p(s.latency.stats.get("voice_to_voice")) for s in scores),
@@ -431,20 +445,25 @@ def format_report(scores: Sequence[ArmScore], results: Sequence[ArmResult]) -> s
         for r in arm.clips:
             by_clip.setdefault(r.clip, []).append(r)
     for clip, rs in by_clip.items():
-        if any(textnorm.word_errors(r.reference, r.transcript or "").edits for r in rs):
+        if any(textnorm.word_errors(r.reference, r.transcript or "", language).edits for r in rs):
             misheard.append(f"{clip}  ref: {rs[0].reference}")
             for arm, r in zip(results, rs, strict=True):
                 misheard.append(f"    {arm.arm.name:>10}: {r.transcript!r}")
     if misheard:
         lines += ["", "clips misheard by at least one arm:", *misheard]
-    diffs = differences(results)
+    diffs = differences(results, language)
     if diffs:
         lines += ["", "differences from the first arm (95% CI by resampling the clips):"]
         lines += [f"  {line}" for d in diffs for line in d.sentences()]
     lines += [
         "",
-        "WER: Whisper's English normalizer, then word edits / reference words over the set. "
-        "Latency: P50 / P95 over the clips (server: last speech frame -> first audio sent).",
+        (
+            "WER: Whisper's English normalizer, then word edits / reference words over the set. "
+            if rate == "WER"
+            else "CER: Whisper's basic normalizer, numbers read out in Sino-Korean, then "
+            "character edits / reference characters (spaces dropped) over the set. "
+        )
+        + "Latency: P50 / P95 over the clips (server: last speech frame -> first audio sent).",
     ]
     return "\n".join(lines)
 
@@ -519,7 +538,10 @@ async def evaluate(
     judge: str | None = "base",
     warmup: int = 1,
     progress: Progress = lambda _: None,
+    language: str | None = None,
 ) -> tuple[list[ArmScore], list[ArmResult]]:
+    """Every arm over ``clips``; ``language``: each session asks for it (settings.languages),
+    and transcripts and replies are scored in it."""
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError("--arm", "arm names must differ")
     for arm in arms:  # fail on a bad override before loading any model
@@ -532,13 +554,19 @@ async def evaluate(
     for arm in arms:
         results.append(
             await run_arm(
-                settings, arm, clips, out_dir / _safe(arm.name), warmup=warmup, progress=progress
+                settings,
+                arm,
+                clips,
+                out_dir / _safe(arm.name),
+                warmup=warmup,
+                progress=progress,
+                language=language,
             )
         )
     if judge:
         progress(f"judging replies with whisper {judge}")
-        await asyncio.to_thread(judge_replies, settings, results, judge)
-    language = settings.asr.language or "en"
-    scores = [score(r, language) for r in results]
+        await asyncio.to_thread(judge_replies, settings, results, judge, language)
+    scored_in = language or settings.asr.language or "en"
+    scores = [score(r, scored_in) for r in results]
     await asyncio.to_thread(write_outputs, out_dir, scores, results)
     return scores, results

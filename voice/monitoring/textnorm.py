@@ -41,7 +41,53 @@ def normalize(text: str, language: str = "en") -> str:
     if language == "en":
         for pattern, replacement in _EN_BEFORE:
             text = pattern.sub(replacement, text)
+    if language == "ko":
+        text = korean_numbers(text)
     return " ".join(normalizer(language)(text).split())
+
+
+# Korean: Whisper writes a spoken number as digits or in Hangul ("25,000원" or "이만오천 원"),
+# and word spacing varies ("이만오천원"): numbers are read out in Sino-Korean words, and
+# scores on Korean count characters (CER), not space-separated words. Native Korean numbers
+# ("세 시" for 3시) are not matched: the readings differ by counter.
+_KO_DIGITS = "영일이삼사오육칠팔구"
+_KO_SMALL = ((1000, "천"), (100, "백"), (10, "십"))
+_KO_LARGE = ((10**12, "조"), (10**8, "억"), (10**4, "만"))
+_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def _ko_below_10000(n: int) -> str:
+    out = ""
+    for unit, name in _KO_SMALL:
+        d, n = divmod(n, unit)
+        if d:
+            out += ("" if d == 1 else _KO_DIGITS[d]) + name
+    return out + (_KO_DIGITS[n] if n else "")
+
+
+def _ko_integer(n: int) -> str:
+    if n == 0:
+        return _KO_DIGITS[0]
+    out = ""
+    for unit, name in _KO_LARGE:
+        d, n = divmod(n, unit)
+        if d:
+            # 10000 is 만, not 일만 (as 1000 is 천).
+            out += ("" if d == 1 and name == "만" else _ko_below_10000(d)) + name
+    return out + _ko_below_10000(n)
+
+
+def korean_numbers(text: str) -> str:
+    """Arabic numbers as Sino-Korean words: ``25,000원`` -> ``이만오천원``, ``1.5`` -> ``일점오``."""
+
+    def read(match: re.Match[str]) -> str:
+        whole, _, fraction = match.group(0).replace(",", "").partition(".")
+        words = _ko_integer(int(whole))
+        if fraction:
+            words += "점" + "".join(_KO_DIGITS[int(d)] for d in fraction)
+        return words
+
+    return _NUMBER.sub(read, text)
 
 
 @dataclass(frozen=True)
@@ -75,8 +121,16 @@ class WordErrors:
 NO_ERRORS = WordErrors(0, 0, 0, 0)
 
 
+# Languages written without reliable word spacing: errors counted per character (CER).
+BY_CHARACTER = frozenset({"ko", "ja", "zh"})
+
+
 def word_errors(reference: str, hypothesis: str, language: str = "en") -> WordErrors:
+    """Edits between reference and hypothesis, normalized: per word, or per character (spaces
+    dropped) for :data:`BY_CHARACTER` languages."""
     ref, hyp = normalize(reference, language), normalize(hypothesis, language)
+    if language in BY_CHARACTER:
+        ref, hyp = " ".join(ref.replace(" ", "")), " ".join(hyp.replace(" ", ""))
     if not ref:  # jiwer refuses an empty reference: every hypothesis word is an insertion
         return WordErrors(0, 0, 0, len(hyp.split()))
     if not hyp:

@@ -4,9 +4,13 @@ experiment arm, and the turn policy (deadlines, tool rounds, filler) read off th
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
+from base.errors import ConfigError
+from base.settings import with_overrides
 from voice import audio as pcm
 from voice.audio import concat
 from voice.engines.contracts import Synthesizer, Transcriber
@@ -21,7 +25,7 @@ from voice.engines.factory import (
 from voice.errors import EngineError
 from voice.learning import lineage
 from voice.learning.experiments import arm_configs
-from voice.runtime.turns import APOLOGY, Engines, Runtime, TurnPolicy
+from voice.runtime.turns import Engines, Runtime, TurnPolicy
 from voice.settings import VoiceSettings
 
 T = TypeVar("T")
@@ -35,18 +39,27 @@ def load_engines(settings: VoiceSettings) -> Engines:
     return _engines(settings, lambda kind, section, build: build())
 
 
-def load_runtimes(settings: VoiceSettings) -> list[Runtime]:
-    """One runtime per experiment arm (one in all without an experiment). Arms that configure
-    a model the same way share its loaded engine: an ASR-only experiment loads one LLM."""
-    configs = arm_configs(settings)  # every arm validated before any model loads
-    cache: dict[str, object] = {}
+class EngineCache:
+    """Engines built once per configuration: arms and languages configured alike share
+    them (an ASR-only experiment loads one LLM; Korean sessions reuse the Whisper base the
+    English ones load as their fallback)."""
 
-    def once(kind: str, section: object, build: Callable[[], T]) -> T:
+    def __init__(self) -> None:
+        self._built: dict[str, object] = {}
+        self._lock = threading.Lock()  # languages are built in threads, on first use
+
+    def once(self, kind: str, section: object, build: Callable[[], T]) -> T:
         key = kind + ":" + json.dumps(section, sort_keys=True, default=str)
-        if key not in cache:
-            cache[key] = build()
-        return cast(T, cache[key])
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = build()
+            return cast(T, self._built[key])
 
+
+def load_runtimes(settings: VoiceSettings, cache: EngineCache | None = None) -> list[Runtime]:
+    """One runtime per experiment arm (one in all without an experiment)."""
+    configs = arm_configs(settings)  # every arm validated before any model loads
+    once = (cache or EngineCache()).once
     return [
         Runtime(
             arm.name,
@@ -61,10 +74,33 @@ def load_runtimes(settings: VoiceSettings) -> list[Runtime]:
     ]
 
 
+def language_runtime(arm: Runtime, language: str, cache: EngineCache) -> Runtime:
+    """``arm`` in ``language``: its settings with ``languages[language]`` applied, engines
+    from ``cache`` (loaded on first use), its VAD and server tools shared."""
+    overrides = arm.settings.languages[language]
+    try:
+        s = with_overrides(arm.settings, overrides)
+    except ConfigError as exc:
+        message = str(exc).removeprefix(f"setting {exc.setting}: ")
+        raise ConfigError(f"languages.{language} {exc.setting}", message) from None
+    engines = replace(_engines(s, cache.once), tools=arm.engines.tools)
+    return Runtime(
+        arm.name,
+        engines,
+        arm.vad,
+        turn_policy(s),
+        s,
+        weight=arm.weight,
+        lineage=lineage.of_settings(s),
+    )
+
+
 def _engines(s: VoiceSettings, once: Once) -> Engines:
     """The engines for settings ``s``; ``once(kind, section, build)`` may hand back an engine
     already built for the same section instead of calling ``build``."""
-    tts, tts_fallback, apology = once("tts", s.tts.model_dump(mode="json"), lambda: _tts_pair(s))
+    # The apology clip is part of the pair: the same voice with another apology is another.
+    tts_key = [s.tts.model_dump(mode="json"), s.llm.apology]
+    tts, tts_fallback, apology = once("tts", tts_key, lambda: _tts_pair(s))
     asr, *asr_fallback = _asr_chain(s, once)
     return Engines(
         asr=asr,
@@ -103,7 +139,8 @@ def _tts_pair(
         if engine is None:
             continue
         try:
-            apology = (concat(list(engine.synthesize(APOLOGY))), engine.sample_rate)
+            clip = concat(list(engine.synthesize(settings.llm.apology)))
+            apology = (clip, engine.sample_rate)
             break
         except EngineError:
             continue
@@ -120,4 +157,5 @@ def turn_policy(settings: VoiceSettings) -> TurnPolicy:
         max_tool_rounds=settings.tools.max_rounds,
         filler_after_s=settings.tools.filler_after_ms / 1000,
         filler_text=settings.tools.filler_text if settings.tools.filler_after_ms else "",
+        apology_text=settings.llm.apology,
     )

@@ -41,6 +41,7 @@ from voice.errors import ProtocolError
 from voice.runtime import twilio
 from voice.runtime.toolcalls import CallRecord
 from voice.runtime.turns import ResponseRunner, transcribe
+from voice.settings import VoiceSettings
 
 if TYPE_CHECKING:
     from voice.runtime.server import VoiceServer
@@ -103,7 +104,9 @@ class Connection:
             ws.send_event if isinstance(ws, twilio.TwilioLink) else partial(_send_json, ws)
         )
         session_id = protocol.new_id("sess")
-        self.rt = rt = server.pick(session_id, key)
+        # The arm's runtime; self.rt is the one serving now: the arm's in the session's
+        # language (see _follow_language).
+        self.arm = self.rt = rt = server.pick(session_id, key)
         s = rt.settings  # the arm's: its VAD, ASR guard, instructions and voice
         v = server.settings.voice
         td = protocol.TurnDetection(
@@ -115,7 +118,7 @@ class Connection:
         )
         config = SessionConfig(
             instructions=s.llm.instructions,
-            voice=s.tts.voice,
+            voice=_voice_name(s),
             turn_detection=td,
             speculative_after_ms=s.vad.speculative_after_ms,
             partial_every_ms=s.vad.partial_every_ms,
@@ -129,6 +132,8 @@ class Connection:
             max_items=v.max_items,
             max_item_chars=v.max_item_chars,
             max_conversation_chars=v.max_conversation_chars,
+            languages=frozenset({"en", *server.settings.languages}),
+            still_there=s.llm.still_there,
         )
         self.core = VoiceSession(session_id, config, key=key, arm=rt.name, lineage=rt.lineage)
         self.vad = rt.vad.fork()
@@ -183,6 +188,8 @@ class Connection:
                     if isinstance(ev, protocol.InputAudioBufferAppend):
                         actions = await self._append(ev, arrived)
                     else:
+                        if isinstance(ev, protocol.SessionUpdate):
+                            await self._follow_language(ev)
                         actions = self.core.on_client_event(ev, arrived)
                 except ProtocolError as exc:
                     actions = [Send(protocol.error_event(exc))]
@@ -234,6 +241,30 @@ class Connection:
         else:
             probs = [0.0] * len(frames)
         return self.core.on_audio(samples, probs, arrived)
+
+    async def _follow_language(self, ev: protocol.SessionUpdate) -> None:
+        """Serve the session in the language it asks for (settings.languages): that
+        language's runtime for the next turns (ASR, LLM, voice), and its default instructions,
+        voice and phrases where the client has not chosen its own. An unserved language is
+        left to the core, which refuses it."""
+        audio_in = ev.session.audio.input if ev.session.audio else None
+        asked = audio_in.transcription if audio_in else None
+        if asked is None or "language" not in asked.model_fields_set:
+            return
+        language = None if asked.language in (None, "en") else asked.language
+        if language is not None and language not in self.server.settings.languages:
+            return
+        old = self.rt.settings
+        self.rt = (
+            self.arm if language is None else await self.server.runtime_for(self.arm, language)
+        )
+        new, c = self.rt.settings, self.core.config
+        if c.instructions == old.llm.instructions:
+            c.instructions = new.llm.instructions
+        if c.voice == _voice_name(old):
+            c.voice = _voice_name(new)
+        c.still_there = new.llm.still_there
+        log.info("session language %s: %s", language or "en", self.rt.engines.asr.name)
 
     def _decode(self, ev: protocol.InputAudioBufferAppend) -> pcm.Float32Array:
         try:
@@ -405,3 +436,8 @@ class Connection:
 
 async def _send_json(ws: ServerConnection, event: dict[str, Any]) -> None:
     await ws.send(json.dumps(event))
+
+
+def _voice_name(settings: VoiceSettings) -> str:
+    """The voice a session reports: Piper's voice, or espeak-ng's language voice."""
+    return settings.tts.espeak_voice if settings.tts.engine == "espeak" else settings.tts.voice

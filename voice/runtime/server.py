@@ -21,7 +21,8 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,6 +45,7 @@ from voice.errors import ProtocolError
 from voice.learning.cases import CaseRecorder
 from voice.learning.experiments import NO_ARM, assign
 from voice.runtime import client_secrets, latency, talkpage, twilio
+from voice.runtime.assembly import EngineCache, language_runtime, load_runtimes
 from voice.runtime.client_secrets import ClientSecrets, Grant, SecretRefused
 from voice.runtime.connection import Connection
 from voice.runtime.latency import TurnLog
@@ -105,7 +107,10 @@ class VoiceServer:
         turn_log: TurnLog,
         runtimes: Sequence[Runtime] = (),
         cases: CaseRecorder | None = None,
+        languages: Callable[[Runtime, str], Runtime] | None = None,
     ) -> None:
+        """``languages``: builds an arm's runtime in a session language (default: from
+        ``settings.languages``, models loaded on first use)."""
         v = settings.voice
         self.keys = {k.get_secret_value() for k in v.api_keys}
         if not self.keys and not is_loopback(v.host):
@@ -130,6 +135,12 @@ class VoiceServer:
         self._all_gone = asyncio.Event()
         self.listener: Server | None = None  # once started
         self.client_secrets = ClientSecrets(v.max_client_secrets)
+        if languages is None:
+            cache = EngineCache()
+            languages = partial(language_runtime, cache=cache)
+        self._build_language = languages
+        self._in_language: dict[tuple[str, str], Runtime] = {}
+        self._language_lock = asyncio.Lock()
 
     async def start(self, host: str | None = None, port: int | None = None) -> Server:
         v = self.settings.voice
@@ -177,6 +188,26 @@ class VoiceServer:
             exp.salt,
         )
         return next(r for r in self.runtimes if r.name == name)
+
+    async def runtime_for(self, arm: Runtime, language: str) -> Runtime:
+        """``arm`` in ``language`` (settings.languages), built once, on a thread: the first
+        session in a language waits for its models to load, the next ones do not."""
+        key = (arm.name, language)
+        if key not in self._in_language:
+            async with self._language_lock:
+                if key not in self._in_language:
+                    t0 = time.perf_counter()
+                    built = await asyncio.to_thread(self._build_language, arm, language)
+                    self._in_language[key] = built
+                    log.info(
+                        "language %s ready in %.1f s: asr=%s llm=%s tts=%s",
+                        language,
+                        time.perf_counter() - t0,
+                        built.engines.asr.name,
+                        ",".join(c.name for c in built.engines.chat),
+                        built.engines.tts.name,
+                    )
+        return self._in_language[key]
 
     def finish_turn(self, turn: TurnRecord) -> None:
         self.turn_log.write(turn)
@@ -441,11 +472,10 @@ async def serve_forever(
     """Load the engines, serve until SIGINT/SIGTERM (or ``stop``), then close sessions."""
     import signal
 
-    from voice.runtime.assembly import load_runtimes
-
     _eager_default_executor(asyncio.get_running_loop())
     t0 = time.perf_counter()
-    runtimes = await asyncio.to_thread(load_runtimes, settings)
+    cache = EngineCache()  # shared with the languages' runtimes, built on first use
+    runtimes = await asyncio.to_thread(load_runtimes, settings, cache)
     for rt in runtimes:
         log.info(
             "engines loaded in %.1f s%s: asr=%s llm=%s tts=%s",
@@ -478,6 +508,7 @@ async def serve_forever(
         turn_log=turn_log,
         runtimes=runtimes,
         cases=cases,
+        languages=partial(language_runtime, cache=cache),
     )
     srv = await server.start(host, port)
     bound_to = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in srv.sockets)

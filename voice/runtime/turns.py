@@ -48,6 +48,7 @@ from voice.settings import VoiceSettings
 from voice.tools import ToolBox, validate
 
 log = logging.getLogger(__name__)
+# What is said when no model answers (llm.apology; pre-synthesised into Engines.apology).
 APOLOGY = "Sorry, I'm having trouble answering right now. Please try again in a moment."
 Sender = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -83,6 +84,7 @@ class TurnPolicy:
     # A server tool still running after this long gets a short spoken filler, once.
     filler_after_s: float = 0.7
     filler_text: str = "One moment."
+    apology_text: str = APOLOGY
 
 
 @dataclass
@@ -262,7 +264,8 @@ class ResponseRunner:
         # Grouped by model, the apology turns stand apart from every backend's own.
         self.turn.models.setdefault("llm", "apology")
         apology = self.engines.apology
-        await out.put(_Piece(APOLOGY, *apology) if apology else _Piece(APOLOGY))
+        text = self.policy.apology_text
+        await out.put(_Piece(text, *apology) if apology else _Piece(text))
         return None
 
     async def _try_backend(

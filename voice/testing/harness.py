@@ -10,7 +10,7 @@ benches of an application built on Castwork drive, as dramatiq ships its stub br
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ async def serving(
     policy: TurnPolicy | None = None,
     runtimes: Sequence[Runtime] = (),
     cases: CaseRecorder | None = None,
+    languages: Callable[[Runtime, str], Runtime] | None = None,
     **settings: Any,
 ) -> AsyncIterator[tuple[VoiceServer, int]]:
     """A server with ``engines`` (energy VAD) and ``settings`` overrides on a free loopback
@@ -66,6 +67,7 @@ async def serving(
         turn_log=log,
         runtimes=runtimes,
         cases=cases,
+        languages=languages,
     )
     srv = await server.start("127.0.0.1", 0)
     try:
