@@ -96,3 +96,15 @@ def test_language_settings_are_checked_and_built_with_their_own_phrases() -> Non
     assert ko.engines.asr.name == "whisper:base" and ko.settings.asr.language == "ko"
     assert ko.engines.tts.name == "espeak-ng" and ko.engines.apology is not None
     assert ko.policy.apology_text == KOREAN["llm.apology"]
+
+
+def test_korean_is_scored_per_character_with_numbers_read_out() -> None:
+    from voice.monitoring.textnorm import korean_numbers, word_errors
+
+    assert korean_numbers("25,000원") == "이만오천원"
+    assert korean_numbers("1,234,567") == "백이십삼만사천오백육십칠"
+    assert korean_numbers("10000 1.5 105") == "만 일점오 백오"
+    same = word_errors("이 신발은 25,000원입니다.", "이 신발은 이만 오천 원입니다", "ko")
+    assert same.edits == 0 and same.reference_words == len("이신발은이만오천원입니다")
+    one_off = word_errors("배송은 3일 걸립니다", "배송은 사일 걸립니다", "ko")
+    assert (one_off.substitutions, one_off.edits) == (1, 1)
