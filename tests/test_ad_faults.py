@@ -238,14 +238,15 @@ def test_redis_restarted_mid_queue_every_job_done_once(
     env = worker_env(url, jobs_dir, **env)
     log = tmp_path / "worker.log"
     try:
-        ids = [_post_job(client, f"Fresh beans {n}") for n in range(3)]
+        # Two: one renders when Redis goes, the other waits in the queue.
+        ids = [_post_job(client, f"Fresh beans {n}") for n in range(2)]
         settle = time.monotonic() + AOF_SETTLE_S
         with ExitStack() as workers:
             first = workers.enter_context(worker_process(env, threads=1, log=log))
             if how == "sigkill":
                 time.sleep(max(0.0, settle - time.monotonic()))  # the worker starts meanwhile
-            # Mid-queue: ffmpeg renders the first job (one worker thread), the others wait
-            # (their narrate stage ran first, FIFO; their renders are queued behind it).
+            # Mid-queue: ffmpeg renders the first job (one worker thread), the other waits
+            # (its narrate stage ran first, FIFO; its render is queued behind it).
             wait_for(
                 lambda: _renders(render_log, ids[0]) == 1, 60, "the first render", every_s=0.02
             )

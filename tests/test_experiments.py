@@ -18,7 +18,7 @@ from voice.clients.realtime import RealtimeClient
 from voice.learning.experiments import NO_ARM, arm_configs, assign
 from voice.monitoring import turnstats
 from voice.runtime.turns import Runtime, TurnPolicy
-from voice.testing.fakes import EnergyVad, FakeTranscriber
+from voice.testing.fakes import EnergyVad, FakeChat, FakeTranscriber
 from voice.testing.harness import fake_engines, running_server, utterance
 from workers.settings import load_settings
 
@@ -86,7 +86,11 @@ def _runtimes(tmp_path: Path, split_by: str) -> tuple[list[Runtime], Any]:
     runtimes = [
         Runtime(
             name,
-            fake_engines(asr=FakeTranscriber(texts=[f"arm {name} says hello"], name=f"asr-{name}")),
+            fake_engines(
+                asr=FakeTranscriber(texts=[f"arm {name} says hello"], name=f"asr-{name}"),
+                # A short answer: it plays in real time, and only its record is looked at.
+                chat=[FakeChat(reply="Hi.")],
+            ),
             EnergyVad(),
             TurnPolicy(lead_ms=100),
             settings,

@@ -102,7 +102,8 @@ async def test_a_voice_session_answers_through_the_embedded_llm_served_remotely(
     served = Served(chat=build_chat_chain(settings)[0], max_tokens=24)
     with model_server(served) as url:
         remote = OpenAIChat(url, model="smollm2-135m", name="remote:smollm2-135m")
-        engines = fake_engines(chat=[remote])
+        # A short tone per character: the answer plays in real time, its words are the point.
+        engines = fake_engines(chat=[remote], tts=FakeSynthesizer(ms_per_char=5))
         try:
             async with running_server(tmp_path, engines) as (ws_url, _, _):
                 client = await RealtimeClient.open(ws_url)

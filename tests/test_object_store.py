@@ -1,35 +1,25 @@
 """Ad jobs on shared object storage, against a real S3 server (SeaweedFS, started here).
 
-The store on its own (a stage's scratch copy, what it keeps and what it does not, downloads
+The store on its own: a stage's scratch copy, what it keeps and what it does not, downloads
 whole and by range, presigned links, retention's listing and deletes, refusals and outages as
-errors that say whether a retry helps), then the whole path: a job submitted to an API with
-one data directory, rendered by two worker processes with their own data directories, its
-files served back by the API, and retention applied in the store.
+errors that say whether a retry helps, and the doctor's check. The whole path (an API job
+rendered by workers with other data directories through the store) is the must-show test,
+tests/test_ad_api_e2e.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
-from media import ffmpeg
 from media.errors import StorageError
-from tests.ad_helpers import photo_bytes, wait_for, worker_env, worker_process
-from workers.api import create_app
-from workers.broker import make_broker
-from workers.retention import Reaper, plan
 from workers.settings import StorageSettings, load_settings
-from workers.storage import open_storage
 from workers.storage.s3 import S3Storage, StoreRefused, StoreUnavailable
 from workers.storage.seaweed import SeaweedFS, running_seaweedfs
-from workers.store import JobStore
 
 pytestmark = pytest.mark.redis
 
@@ -151,92 +141,6 @@ def test_storage_settings_are_checked() -> None:
         StorageSettings(url="s3://bucket", access_key="a")
     s = StorageSettings(url="s3://my-bucket/ads/jobs/")
     assert (s.bucket, s.prefix) == ("my-bucket", "ads/jobs")
-
-
-FIELDS = {
-    "template": "showcase",
-    "headline": "Handmade ceramic mugs",
-    "price": "$24",
-    "cta": "Shop now",
-    "formats": ["9:16", "1:1"],
-}
-
-
-@pytest.mark.models
-def test_a_job_is_rendered_by_workers_elsewhere_through_the_store(
-    s3: SeaweedFS, redis_url: str, tmp_path: Path
-) -> None:
-    url = "s3://castwork/farm"
-    api_dir, worker_dirs = tmp_path / "api", [tmp_path / "w1", tmp_path / "w2"]
-    settings = load_settings(
-        broker={"url": redis_url},
-        jobs={"dir": api_dir},
-        storage=s3.settings(url),
-        api={"keys": {"farm": "farm-merchant-key-0123"}},
-    )
-    store = JobStore.from_url(redis_url)
-    app = create_app(settings, store=store, broker=make_broker(settings))
-    auth = {"Authorization": "Bearer farm-merchant-key-0123"}
-    client = TestClient(app, base_url="http://127.0.0.1", headers=auth)
-    files = [("images", (f"{n}.jpg", photo_bytes(n), "image/jpeg")) for n in ("coffee", "rocket")]
-    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    with (
-        worker_process(worker_env(redis_url, worker_dirs[0], **s3.env(url)), threads=1, log=logs[0]),
-        worker_process(worker_env(redis_url, worker_dirs[1], **s3.env(url)), threads=1, log=logs[1]),
-    ):  # fmt: skip
-        resp = client.post("/v1/jobs", data=FIELDS, files=files)
-        assert resp.status_code == 201, resp.text
-        job_id = resp.json()["id"]
-        # Kept in the store before the job was queued; nothing left on the API's disk.
-        storage = open_storage(settings)
-        assert storage.has("farm", job_id, "work/request.json")
-        job: dict[str, object] = {}
-
-        def finished() -> bool:
-            job.update(client.get(f"/v1/jobs/{job_id}").json())
-            return job["status"] in ("done", "failed")
-
-        try:
-            wait_for(finished, 300, "the job to finish", every_s=0.5)
-        except AssertionError:
-            raise AssertionError("\n".join(p.read_text()[-3000:] for p in logs)) from None
-    assert job["status"] == "done", job
-
-    record = store.get(job_id)
-    # Every stage ran in a worker process, not here; the formats in parallel where two
-    # workers were free (recorded, not required: one worker may take both).
-    assert set(record.ran) == {"narrate", "render 9:16", "render 1:1", "finalize"}
-    assert all(not where.endswith(f":{os.getpid()}") for where in record.ran.values())
-    print("stages ran in:", json.dumps(record.ran))
-    # No job folder on any machine's disk: only (empty) scratch space.
-    for d in (api_dir, *worker_dirs):
-        left = [p for p in d.rglob("*") if p.is_file()] if d.exists() else []
-        assert left == [], left
-
-    outputs = job["outputs"]
-    assert isinstance(outputs, list) and len(outputs) == 2
-    for item in outputs:
-        got = client.get(item["video_url"])
-        assert got.status_code == 200 and got.headers["content-type"] == "video/mp4"
-        assert int(got.headers["content-length"]) == item["bytes"] == len(got.content)
-        video = tmp_path / f"{item['format'].replace(':', 'x')}.mp4"
-        video.write_bytes(got.content)
-        probe = ffmpeg.probe(video)
-        assert (probe.video_codec, probe.audio_codec) == ("h264", "aac")
-        head = client.get(item["video_url"], headers={"Range": "bytes=0-1023"})
-        assert head.status_code == 206 and head.content == got.content[:1024]
-        assert client.get(item["thumbnail_url"]).content[:3] == b"\xff\xd8\xff"
-    assert client.get(str(job["preview_url"])).status_code == 200
-
-    # Retention in the store (this merchant's jobs only: the Redis is shared by the tests):
-    # the uploads of a done job go; an expired job goes whole, record and files.
-    reaper = Reaper(settings, store)
-    now = time.time()
-    assert reaper.carry_out(plan(reaper.snapshot("farm"), reaper.policy, now)).uploads_dropped
-    assert storage.folders("farm")[job_id].upload_bytes == 0
-    later = plan(reaper.snapshot("farm"), reaper.policy, now + 400 * 86_400)
-    assert reaper.carry_out(later).deleted == {"expired": 1}
-    assert job_id not in storage.folders("farm") and store.status(job_id) is None
 
 
 def test_doctor_checks_the_store(s3: SeaweedFS, tmp_path: Path) -> None:
