@@ -5,8 +5,9 @@ boxes the template puts them in (read back with OCR).
 It runs the way a farm does (issue 20): the API with one data directory, two `castwork worker`
 processes with data directories of their own, nothing shared but Redis and an S3 store (a
 real SeaweedFS started here): every stage runs in a worker, the files are served back by the
-API from the store (whole and by byte range), no job file is left on any machine's disk, and
-retention works in the bucket. The local-disk path is the page test's (tests/test_web.py)."""
+API from the store (whole and by byte range), no job file is left on any machine's disk, the
+job's webhook arrives signed (verified with the Standard Webhooks library), and retention works
+in the bucket. The local-disk path is the page test's (tests/test_web.py)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from standardwebhooks.webhooks import Webhook
 
 from media import ffmpeg
 from media.templates import FRAME_SIZES, get_template
 from tests.ad_helpers import ocr, photo_bytes, wait_for, worker_env, worker_process
+from tests.test_webhooks import Receiver
 from workers.api import create_app
 from workers.broker import make_broker
 from workers.retention import Reaper, plan
@@ -73,7 +76,9 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
         jobs={"dir": api_dir},
         storage=s3.settings(BUCKET_URL),
         api={"keys": {"farm": KEY}},
+        webhooks={"allow_private": True},  # the receiver below is on loopback
     )
+    receiver = Receiver([])
     store = JobStore.from_url(redis_url)
     storage = open_storage(settings)
     app = create_app(settings, store=store, broker=make_broker(settings))
@@ -86,13 +91,17 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
     ]
     files.append(("logo", ("logo.png", _logo(), "image/png")))
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    env = [worker_env(redis_url, d, **s3.env(BUCKET_URL)) for d in worker_dirs]
+    hooks = {"CASTWORK_WEBHOOKS__ALLOW_PRIVATE": "true", **s3.env(BUCKET_URL)}
+    env = [worker_env(redis_url, d, **hooks) for d in worker_dirs]
     with (
         worker_process(env[0], threads=1, log=logs[0]),
         worker_process(env[1], threads=1, log=logs[1]),
     ):
         resp = client.post(
-            "/v1/jobs", data=FIELDS, files=files, headers={"Idempotency-Key": "e2e-1"}
+            "/v1/jobs",
+            data={**FIELDS, "webhook_url": receiver.url},
+            files=files,
+            headers={"Idempotency-Key": "e2e-1"},
         )
         assert resp.status_code == 201, resp.text
         job_id = resp.json()["id"]
@@ -108,9 +117,18 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
 
         try:
             wait_for(finished, 300, "the job to finish", every_s=0.5)
+            # Announced by a worker (the outbox relay, then the webhook actor).
+            wait_for(lambda: receiver.got, 30, "the webhook")
         except AssertionError:
             raise AssertionError("\n".join(p.read_text()[-3000:] for p in logs)) from None
+        receiver.close()
     assert job["status"] == "done", job
+    ((headers, body),) = receiver.got
+    secret = client.get("/v1/webhooks/secret").json()["secret"]
+    event = Webhook(secret).verify(body, headers)  # signed with the merchant's secret
+    assert (event["type"], event["data"]["id"]) == ("job.done", job_id)
+    delivered = client.get(f"/v1/jobs/{job_id}").json()["webhook"]["deliveries"]
+    assert [(d["event"], d["ok"]) for d in delivered] == [("done", True)]
     assert any(0 < p < 100 for p in seen_percents)  # progress was visible while it ran
     assert seen_percents == sorted(seen_percents)  # and never went backwards
 

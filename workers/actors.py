@@ -64,10 +64,12 @@ from workers.settings import Settings
 from workers.storage import JobStorage
 from workers.storage.contracts import FINALIZE_PARTS, NARRATE_PARTS, RENDER_PARTS
 from workers.store import JobNotFound, JobStore
+from workers.webhooks.delivery import WebhookFailed, deliver
 
 log = logging.getLogger(__name__)
 
 QUEUE = "castwork-ads"
+WEBHOOK = "castwork.webhook"
 # Which process ran a stage, in the job's record: where to look when a render went wrong.
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 NARRATE, RENDER, FINALIZE = "castwork.narrate", "castwork.render", "castwork.finalize"
@@ -211,7 +213,7 @@ def _known_error(exc: Exception) -> CastworkError | None:
 
 
 def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
-    """Declare the three actors on ``ctx.broker``."""
+    """Declare the three job actors and the webhook one on ``ctx.broker``."""
     jobs = ctx.settings.jobs
     options: dict[str, Any] = {
         "max_retries": jobs.max_retries,
@@ -265,7 +267,34 @@ def declare(ctx: Context) -> dict[str, dramatiq.Actor[Any, Any]]:
 
         _guard(ctx, job_id, "finalize", work)
 
-    made = {}
+    hooks = ctx.settings.webhooks
+
+    def announce(job_id: str, status: str) -> None:
+        attempt = _retries() + 1
+        try:
+            deliver(hooks, ctx.store, job_id, status, attempt=attempt)
+        except WebhookFailed as exc:
+            if attempt < hooks.max_attempts:
+                log.info("job %s: webhook attempt %d failed (%s); retrying", job_id, attempt, exc)
+                # Retried with backoff like any error, without an error trace in the log:
+                # a receiver that is down is not a bug here.
+                raise dramatiq.Retry(str(exc)) from None
+            log.warning("job %s: webhook given up after %d attempts: %s", job_id, attempt, exc)
+
+    made: dict[str, dramatiq.Actor[Any, Any]] = {}
+    made[WEBHOOK] = dramatiq.Actor(
+        announce,
+        broker=ctx.broker,
+        actor_name=WEBHOOK,
+        queue_name=QUEUE,
+        priority=0,
+        options={
+            "max_retries": hooks.max_attempts - 1,
+            "min_backoff": hooks.min_backoff_ms,
+            "max_backoff": hooks.max_backoff_ms,
+            "time_limit": int(hooks.timeout_s * 3000),
+        },
+    )
     for name, fn in ((NARRATE, narrate), (RENDER, render), (FINALIZE, finalize_job)):
         made[name] = dramatiq.Actor(
             fn,

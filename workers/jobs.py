@@ -27,6 +27,7 @@ from workers.retention import Reaper
 from workers.settings import Settings
 from workers.storage import JobStorage, open_storage
 from workers.store import JobRecord, JobStore
+from workers.webhooks.targets import check_url
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,12 @@ class Upload:
     data: bytes
 
 
-def request_hash(fields: dict[str, Any], images: list[Upload], logo: Upload | None) -> str:
+def request_hash(
+    fields: dict[str, Any], images: list[Upload], logo: Upload | None, webhook_url: str = ""
+) -> str:
     """Fingerprint of a request, to tell a retry from a different request under one key."""
     h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    h.update(webhook_url.encode())
     for up in [*images, *([logo] if logo else [])]:
         h.update(hashlib.sha256(up.data).digest())
     return h.hexdigest()
@@ -64,18 +68,22 @@ def submit(
     *,
     idempotency_key: str | None = None,
     storage: JobStorage | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """Create and enqueue a job; return (record, created). Raises InputError / CapacityError
     (too many active jobs, or :class:`workers.retention.QuotaExceeded`); a StorageError when
     the uploads cannot be kept. ``storage``: where the job's files go (default: as
-    ``storage.url`` says)."""
+    ``storage.url`` says); ``webhook_url``: announced there when the job ends (checked:
+    :class:`~workers.webhooks.targets.WebhookRefused`)."""
     storage = storage or open_storage(settings)
+    if webhook_url:
+        check_url(webhook_url, allow_private=settings.webhooks.allow_private)
     check_image_count(len(images), settings.media.max_images)
     _validate(fields, len(images))
     job_id = store.new_id()
     if idempotency_key:
         known = store.reserve_idempotency(
-            merchant, idempotency_key, request_hash(fields, images, logo), job_id
+            merchant, idempotency_key, request_hash(fields, images, logo, webhook_url or ""), job_id
         )
         if known is not None:
             return store.get_for(merchant, known), False
@@ -97,6 +105,7 @@ def submit(
             template=spec.template,
             formats=list(spec.formats),
             fields={k: fields.get(k) for k in ("headline", "price", "cta", "store")},
+            webhook_url=webhook_url,
         )
     except Exception:
         if idempotency_key:

@@ -118,6 +118,19 @@ class StorageSettings(Section):
 _S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._-]+)*/?")
 
 
+class WebhookSettings(Section):
+    """Signed webhooks when a job finishes (workers.webhooks)."""
+
+    # Webhooks to loopback, private, link-local or other internal addresses: refused unless
+    # this is on (a merchant must not make the server call into its own network).
+    allow_private: bool = False
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    # Attempts in all; between them dramatiq's exponential backoff, min to max.
+    max_attempts: Annotated[int, Field(ge=1, le=30)] = 8
+    min_backoff_ms: Annotated[int, Field(ge=10, le=3_600_000)] = 1_000
+    max_backoff_ms: Annotated[int, Field(ge=10, le=86_400_000)] = 600_000
+
+
 class ApiSettings(Section):
     """The merchant HTTP API and its web page."""
 
@@ -161,6 +174,7 @@ class Settings(RenderSettings):
     jobs: JobSettings = JobSettings()
     api: ApiSettings = ApiSettings()
     storage: StorageSettings = StorageSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @model_validator(mode="after")
     def _check_time_limits(self) -> Settings:

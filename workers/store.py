@@ -50,13 +50,20 @@ MERCHANT = re.compile(r"[A-Za-z0-9_-]{1,40}")
 # Weights of the stages in the overall percentage; renders share their part equally.
 _PREPARE, _NARRATE, _RENDER, _FINALIZE = 5.0, 15.0, 75.0, 5.0
 
-# Set fields only while the job is not finished. KEYS[1] job hash; ARGV: field, value, ...
+# Set fields only while the job is not finished. KEYS[1] job hash, KEYS[2] the webhook
+# outbox; ARGV: field, value, ... A job that finishes here and names a webhook is put in the
+# outbox in the same step: its announcement cannot be lost between the two (workers.webhooks).
 _UPDATE_IF_ACTIVE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'done' or status == 'failed' or status == 'cancelled' then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
+local now = redis.call('HGET', KEYS[1], 'status')
+if (now == 'done' or now == 'failed' or now == 'cancelled')
+    and redis.call('HEXISTS', KEYS[1], 'webhook_url') == 1 then
+  redis.call('RPUSH', KEYS[2], redis.call('HGET', KEYS[1], 'id') .. ' ' .. now)
+end
 return 1
 """
 
@@ -116,6 +123,7 @@ class JobRecord:
     shares: dict[str, float] = field(default_factory=dict)  # stage -> share done (0..1)
     fields: dict[str, Any] = field(default_factory=dict)  # the job's copy fields, for lists
     ran: dict[str, str] = field(default_factory=dict)  # stage -> the process (host:pid) it ran in
+    webhook_url: str = ""  # announced there when the job finishes (workers.webhooks)
 
     @property
     def percent(self) -> float:
@@ -174,6 +182,14 @@ class JobStore:
     def from_url(cls, url: str) -> JobStore:
         return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5))
 
+    @property
+    def outbox(self) -> str:
+        """Jobs that finished and name a webhook ("<job id> <status>"), oldest first."""
+        return f"{self.prefix}:webhooks:outbox"
+
+    def deliveries_key(self, job_id: str) -> str:
+        return f"{self._job(job_id)}:deliveries"
+
     def _job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
@@ -223,6 +239,7 @@ class JobStore:
         template: str,
         formats: list[str],
         fields: dict[str, Any],
+        webhook_url: str | None = None,
     ) -> JobRecord:
         now = time.time()
         record = {
@@ -235,6 +252,7 @@ class JobStore:
             "formats": json.dumps(formats),
             "fields": json.dumps(fields, ensure_ascii=False),
             "stage": "queued",
+            **({"webhook_url": webhook_url} if webhook_url else {}),
         }
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self._job(job_id), mapping=cast(Any, record))
@@ -263,6 +281,7 @@ class JobStore:
             shares=shares,
             fields=json.loads(d.get("fields", "{}")),
             ran={k[len("ran:") :]: v for k, v in d.items() if k.startswith("ran:")},
+            webhook_url=d.get("webhook_url", ""),
         )
 
     def merchants(self) -> list[str]:
@@ -302,7 +321,7 @@ class JobStore:
         args: list[str] = []
         for k, v in {**values, "updated": repr(time.time())}.items():
             args += [k, v]
-        return bool(self._update(keys=[self._job(job_id)], args=args))
+        return bool(self._update(keys=[self._job(job_id), self.outbox], args=args))
 
     def start_stage(self, job_id: str, stage: str, *, by: str = "") -> bool:
         """Mark the job running in ``stage`` (in process ``by``, host:pid); False if it is
@@ -366,9 +385,10 @@ class JobStore:
         return _text(raw) if raw else None
 
     def delete(self, merchant: str, job_id: str) -> None:
-        """The job's record, its rendered-formats set and its place in the merchant's list."""
+        """The job's record, its rendered-formats set, its webhook deliveries and its place
+        in the merchant's list."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self._job(job_id), f"{self._job(job_id)}:rendered")
+        pipe.delete(self._job(job_id), f"{self._job(job_id)}:rendered", self.deliveries_key(job_id))
         pipe.zrem(self._list(merchant), job_id)
         pipe.execute()
 

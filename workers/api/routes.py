@@ -45,11 +45,15 @@ from workers.api.schemas import (
     JobOutput,
     TemplateInfo,
     TemplateList,
+    Webhook,
+    WebhookAttempt,
+    WebhookSecret,
 )
 from workers.jobs import Upload, outputs, submit
 from workers.settings import Settings
 from workers.storage.contracts import LocalFile, Redirect
 from workers.store import TERMINAL, IdempotencyConflict, JobNotFound, JobRecord, JobStore
+from workers.webhooks.delivery import deliveries, merchant_secret
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,9 @@ def _job_view(record: JobRecord, ctx: ApiContext) -> Job:
     links = ctx.links
     public = record.public()
     view = Job.model_validate({**public, "fields": public["fields"] or {}})
+    if record.webhook_url:
+        tried = [WebhookAttempt.model_validate(d) for d in deliveries(ctx.store, record.id)]
+        view.webhook = Webhook(url=record.webhook_url, deliveries=tried)
     manifest = record.manifest
     if record.status != "done" or manifest is None:
         return view
@@ -186,6 +193,10 @@ def create_job(
     music: Annotated[bool | None, Form(description="Default true")] = None,
     narration: Annotated[bool | None, Form(description="Voice-over; default true")] = None,
     logo: Annotated[UploadFile | None, File(description="Optional logo")] = None,
+    webhook_url: Annotated[
+        str | None,
+        Form(description="POSTed the job, signed (Standard Webhooks), when it ends"),
+    ] = None,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -218,7 +229,9 @@ def create_job(
         music=music,
         narration=narration,
     )
-    record, created = _submit(ctx, merchant, fields, photos, logo_upload, idempotency_key)
+    record, created = _submit(
+        ctx, merchant, fields, photos, logo_upload, idempotency_key, webhook_url or None
+    )
     if not created:
         response.status_code = 200
     return _job_view(record, ctx)
@@ -241,6 +254,7 @@ def _submit(
     photos: list[Upload],
     logo: Upload | None,
     idempotency_key: str | None,
+    webhook_url: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """:func:`workers.jobs.submit`, its errors turned into responses."""
     try:
@@ -255,6 +269,7 @@ def _submit(
             logo,
             idempotency_key=idempotency_key,
             storage=ctx.storage,
+            webhook_url=webhook_url,
         )
     except InputError as exc:
         raise input_error(exc) from None
@@ -274,6 +289,16 @@ def _submit(
         ) from None
     except JobNotFound as exc:  # the key's job expired while the key lives on
         raise not_found(str(exc.args[0])) from None
+
+
+@router.get(
+    "/v1/webhooks/secret",
+    response_model=WebhookSecret,
+    responses=error_responses(401, 503),
+    summary="The secret that signs my webhooks (verify webhook-signature with it)",
+)
+def webhook_secret(ctx: Ctx, merchant: Merchant) -> WebhookSecret:
+    return WebhookSecret(secret=merchant_secret(ctx.store, merchant))
 
 
 @router.get(

@@ -35,6 +35,25 @@ class JobOutput(BaseModel):
     bytes: int | None = None
 
 
+class WebhookAttempt(BaseModel):
+    at: float = Field(description="Unix time")
+    attempt: int
+    event: str = Field(description="done, failed or cancelled")
+    ok: bool
+    status_code: int | None = None
+    ms: float | None = None
+    error: str | None = None
+
+
+class Webhook(BaseModel):
+    url: str
+    deliveries: list[WebhookAttempt] = []
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="whsec_...: verifies the webhook-signature header")
+
+
 class Job(BaseModel):
     id: str
     status: Status
@@ -49,6 +68,9 @@ class Job(BaseModel):
     outputs: list[JobOutput] = Field(default=[], description="One per format, once done")
     preview_url: str | None = None
     duration_s: float | None = None
+    webhook: Webhook | None = Field(
+        default=None, description="Where the job is announced when it ends, and each attempt"
+    )
 
 
 class JobList(BaseModel):
