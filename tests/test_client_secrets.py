@@ -195,3 +195,25 @@ def test_secrets_expire_are_single_use_and_bounded() -> None:
     assert presented_secret("Bearer ek_abc", None) == "ek_abc"
     assert presented_secret("Bearer sk-real", "realtime, openai-insecure-api-key.ek_x") == "ek_x"
     assert presented_secret(None, "realtime") is None
+
+
+async def test_a_client_that_expects_100_continue_is_told_to_send_its_body(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    async with serving(tmp_path, fake_engines(), voice={"api_keys": [KEY]}) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps({"session": {"type": "realtime", "instructions": "x" * 2000}}).encode()
+        writer.write(
+            b"POST /v1/realtime/client_secrets HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert interim.startswith(b"HTTP/1.1 100 ")  # at once, not after curl's 1 s wait
+        writer.write(body)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"value": "ek_' in answer

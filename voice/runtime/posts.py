@@ -92,6 +92,11 @@ class PostingConnection(ServerConnection):
                     self._reply(Answer(413, b'{"error": "request body too large"}'))
                     return
                 self._post = (event.target.decode("latin-1"), headers)
+                if self._http.they_are_waiting_for_100_continue:  # curl, for bodies over 1 KiB
+                    self.transport.write(
+                        self._http.send(h11.InformationalResponse(status_code=100, headers=[]))
+                        or b""
+                    )
             elif isinstance(event, h11.Data):
                 self._body += event.data
                 if len(self._body) > self.max_body:
