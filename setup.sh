@@ -54,9 +54,7 @@ if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]] && "$VENV/bin/python" -c 'impor
 else
   "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "Castwork needs Python >= 3.11"'
   [[ -x $VENV/bin/python ]] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
-  # --no-compile: modules are byte-compiled when first imported, not every file of torch and
-  # its kin at install time (tens of seconds of a fresh set-up; CI sets up every run).
-  PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt)
+  PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt)
   "${PIP[@]}" pip setuptools wheel
   # torch first, pinned: a bare requirement would pull gigabytes of CUDA packages.
   say "installing torch==2.13.0 (CPU)"
