@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -115,9 +115,13 @@ def _inner_panel(gray: Image.Image) -> Image.Image | None:
     return ImageOps.expand(inner, 20, fill=int(np.median(np.asarray(inner))))
 
 
-def ocr(image: Image.Image, *, lang: str = "eng") -> str:
+def ocr(
+    image: Image.Image, *, lang: str = "eng", until: str | Callable[[str], bool] | None = None
+) -> str:
     """Tesseract's readings of ``image``: as is, inverted (light-on-dark text reads better
-    inverted) and its inner panel; upper-cased and joined."""
+    inverted) and its inner panel; upper-cased and joined. ``until``: stop reading once the
+    readings so far contain it, or satisfy it (the check the caller makes; most crops read at
+    once, and each reading costs a Tesseract run)."""
     import shutil
     import tempfile
 
@@ -146,4 +150,8 @@ def ocr(image: Image.Image, *, lang: str = "eng") -> str:
                     check=True,
                 )
                 texts.append(out.stdout)
+                so_far = " ".join(" ".join(texts).upper().split())
+                done = until(so_far) if callable(until) else until and until.upper() in so_far
+                if done:
+                    return so_far
     return " ".join(" ".join(texts).upper().split())

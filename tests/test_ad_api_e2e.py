@@ -166,7 +166,7 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
         layout = template.layouts[aspect].end_card  # type: ignore[index]
         for field, must in (("headline", "CERAMIC MUGS"), ("price", "24"), ("cta", "SHOP NOW")):
             x, y, w, h = layout[field].pixels(*FRAME_SIZES[aspect])  # type: ignore[index]
-            read = ocr(frame.crop((x, y, x + w, y + h)))
+            read = ocr(frame.crop((x, y, x + w, y + h)), until=must)
             assert must in read, f"{aspect} {field}: OCR read {read!r}"
     assert client.get(str(job["preview_url"])).status_code == 200
     # No job folder on any machine's disk: only (empty) scratch space.

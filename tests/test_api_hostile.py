@@ -77,7 +77,7 @@ AUTH_OPS = {"Authorization": f"Bearer {OPS_KEY}"}
 KEYS = {"keys": {"alice": KEY_A, "bob": KEY_B}, "ops_keys": [OPS_KEY]}
 # Per operation and generation mode. Enough to cross every branch of the validation (the
 # API is thin over pydantic) while the whole file stays well under a minute on two cores.
-FUZZ_EXAMPLES = 40
+FUZZ_EXAMPLES = 30
 _ERROR_MESSAGE = re.compile(r"\S")
 
 
