@@ -112,7 +112,10 @@ class LlmBackend(Section):
     # A caller can have two in flight (the speculative one started in a pause, and the one at
     # the endpoint), and a context is held until its prompt is read even when the answer is
     # dropped: with two contexts for two callers, histories were re-read turn after turn and
-    # the first token passed its timeout by the eighth turn. Give it 2 x voice.max_sessions.
+    # the first token passed its timeout by the eighth turn. 4 held the 4 callers of
+    # voice.max_sessions in bench/voice_load.py (2026-12-07, P95 within 2 s); where callers
+    # speculate more, or max_sessions is raised, give it up to 2 x voice.max_sessions
+    # (~100 MB a context).
     parallel: Annotated[int, Field(ge=1, le=64)] = 4
     context_tokens: Annotated[int, Field(ge=256, le=131_072)] = 2048
 
