@@ -31,6 +31,7 @@ from workers.broker import make_broker
 from workers.retention import Reaper, plan
 from workers.settings import load_settings
 from workers.storage import open_storage
+from workers.storage.s3 import S3Storage
 from workers.storage.seaweed import SeaweedFS, running_seaweedfs
 from workers.store import JobStore
 
@@ -183,3 +184,8 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
     later = plan(reaper.snapshot("farm"), reaper.policy, now + 400 * 86_400)
     assert reaper.carry_out(later).deleted == {"expired": 1}
     assert job_id not in storage.folders("farm") and store.status(job_id) is None
+    # Sockets closed now, not whenever the collector runs (a warning there is an error).
+    client.close()
+    store.r.close()
+    if isinstance(storage, S3Storage):
+        storage.close()

@@ -236,6 +236,12 @@ class S3Storage(JobStorage):
         where = settings.endpoint_url or "AWS"
         self.where = f"{settings.url} at {where} (scratch {self.scratch})"
 
+    def close(self) -> None:
+        """Close the clients' connection pools (sockets otherwise wait for the collector)."""
+        self.client.close()
+        if self._presigner is not self.client:
+            self._presigner.close()
+
     def key(self, merchant: str, job_id: str = "", relative: str = "") -> str:
         return "/".join(p for p in (self.prefix, merchant, job_id, relative) if p)
 
