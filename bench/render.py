@@ -49,10 +49,17 @@ import numpy as np
 # Only what a render needs is imported at the top: each worker process's memory is measured.
 from media import ffmpeg
 from media.graph import SLIDE_FRACTION, EncodeOptions, Placed
-from media.narration import SENTENCE_PAUSE_S, Phrase, caption_groups, split_sentences
+from media.narration import (
+    SENTENCE_PAUSE_S,
+    Phrase,
+    Word,
+    caption_groups,
+    phrases_from_rows,
+    split_sentences,
+)
 from media.plan import Clip, RenderPlan, plan_render, plan_timeline
 from media.render import card_background, materialize
-from media.templates import Aspect, get_template, render_all_copy
+from media.templates import CAPTION_STYLES, Aspect, CaptionStyle, get_template, render_all_copy
 
 TEMPLATE = "showcase"
 ASPECT: Aspect = "9:16"
@@ -86,11 +93,13 @@ class Spec:
     soundtrack: str
     narration_s: float
     phrases: list[tuple[str, float, float]]
+    words: list[tuple[str, float, float]]
 
     @classmethod
     def load(cls, directory: Path) -> Spec:
         data = json.loads((directory / "spec.json").read_text())
         data["phrases"] = [tuple(p) for p in data["phrases"]]
+        data["words"] = [tuple(p) for p in data["words"]]
         return cls(**data)
 
 
@@ -107,7 +116,8 @@ def caption_phrases(text: str, seconds: float) -> list[Phrase]:
         edges = np.concatenate([[0.0], np.cumsum([len(w) + 1 for w in words])])
         edges = at + length * edges / edges[-1]
         for a, b in caption_groups(words):
-            phrases.append(Phrase(" ".join(words[a:b]), float(edges[a]), float(edges[b])))
+            timed = tuple(Word(words[i], float(edges[i]), float(edges[i + 1])) for i in range(a, b))
+            phrases.append(Phrase(" ".join(words[a:b]), float(edges[a]), float(edges[b]), timed))
         at += length + SENTENCE_PAUSE_S
     return phrases
 
@@ -155,13 +165,15 @@ def make_spec(directory: Path) -> Spec:
         soundtrack=str(soundtrack),
         narration_s=narration_s,
         phrases=[(p.text, p.start, p.end) for p in phrases],
+        words=[(w.text, w.start, w.end) for p in phrases for w in p.words],
     )
     (directory / "spec.json").write_text(json.dumps(asdict(result), indent=2))
     return result
 
 
-def build_plan(spec: Spec) -> RenderPlan:
-    """The one RenderPlan both renderers draw (pure: the same in every process)."""
+def build_plan(spec: Spec, captions: CaptionStyle | None = None) -> RenderPlan:
+    """The one RenderPlan both renderers draw (pure: the same in every process); captions in
+    the template's style unless another is named."""
     template = get_template(TEMPLATE)
     copy = render_all_copy(template, "en", FIELDS)
     timeline = plan_timeline(
@@ -169,7 +181,8 @@ def build_plan(spec: Spec) -> RenderPlan:
         copy,
         n_images=len(spec.photos),
         narration_s=spec.narration_s,
-        phrases=[Phrase(*p) for p in spec.phrases],
+        phrases=phrases_from_rows(spec.phrases, spec.words),
+        caption_style=captions or template.caption_style,
     )
     plan = plan_render(
         timeline,
@@ -220,10 +233,12 @@ def _timed(fn: Callable[..., T], into: dict[str, float], key: str) -> Callable[.
     return wrapper
 
 
-def castwork_worker(spec: Spec, out: Path, assets: Path, options: EncodeOptions) -> dict[str, Any]:
+def castwork_worker(
+    spec: Spec, out: Path, assets: Path, options: EncodeOptions, captions: CaptionStyle | None
+) -> dict[str, Any]:
     import media.render as render_module
 
-    plan = build_plan(spec)
+    plan = build_plan(spec, captions)
     stages: dict[str, float] = {}
     # Split the clock: the PNGs (Pillow, in this process), the rest is ffmpeg.
     render_module.materialize = _timed(render_module.materialize, stages, "text_s")
@@ -389,11 +404,44 @@ def run_worker(args: argparse.Namespace) -> int:
     spec = Spec.load(args.spec)
     if args.worker == "castwork":
         options = EncodeOptions(crf=args.crf, preset=args.preset, oversample=args.oversample)
-        result = castwork_worker(spec, args.output, args.assets, options)
+        result = castwork_worker(spec, args.output, args.assets, options, args.caption_style)
     else:
         result = moviepy_worker(spec, args.output, args.assets, args.preset, args.crf)
     args.result.write_text(json.dumps(result))
     return 0
+
+
+def caption_styles(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
+    """Each caption style rendered --repeat times, side by side: what word-by-word captions
+    (a layer per word) cost over phrase captions (a layer per phrase)."""
+    print()
+    print("caption styles (same spec, Castwork only):")
+    figures: dict[str, dict[str, float]] = {}
+    for style in CAPTION_STYLES:
+        runs = []
+        for i in range(1, args.repeat + 1):
+            assets = work / f"assets-{style}-{i}"
+            shutil.rmtree(assets, ignore_errors=True)
+            runs.append(run_one("castwork", args, work, f"{style}-{i}", assets, style))
+        figures[style] = {
+            "layers": runs[0]["layers"],
+            "wall_s_median": statistics.median(r["wall_s"] for r in runs),
+            "text_s_median": statistics.median(r["text_s"] for r in runs),
+            "ffmpeg_s_median": statistics.median(r["ffmpeg_s"] for r in runs),
+            "peak_mb": max(r["peak_tree_mb"] for r in runs),
+        }
+    base = figures["phrase"]["wall_s_median"]
+    print(
+        f"  {'style':<8} {'layers':>6} {'wall s':>7} {'vs phrase':>9} {'text PNGs s':>11} "
+        f"{'ffmpeg s':>8} {'peak MB':>7}"
+    )
+    for style, f in figures.items():
+        print(
+            f"  {style:<8} {f['layers']:>6.0f} {f['wall_s_median']:>7.2f} "
+            f"{f['wall_s_median'] / base:>8.2f}x {f['text_s_median']:>11.2f} "
+            f"{f['ffmpeg_s_median']:>8.2f} {f['peak_mb']:>7.0f}"
+        )
+    return figures
 
 
 # --- Peak memory of a process tree, from /proc ----------------------------------------------
@@ -461,7 +509,12 @@ class TreeSampler:
 
 
 def run_one(
-    kind: str, args: argparse.Namespace, work: Path, tag: str, assets: Path
+    kind: str,
+    args: argparse.Namespace,
+    work: Path,
+    tag: str,
+    assets: Path,
+    captions: CaptionStyle | None = None,
 ) -> dict[str, Any]:
     output = work / f"{tag}.mp4"
     result_file = work / f"{tag}.json"
@@ -471,6 +524,7 @@ def run_one(
         "--spec", str(work / "spec"), "--output", str(output), "--assets", str(assets),
         "--result", str(result_file), "--preset", args.preset, "--crf", str(args.crf),
         "--oversample", str(args.oversample),
+        *(["--caption-style", captions] if captions else []),
     ]  # fmt: skip
     env = dict(os.environ)
     if kind == "moviepy" and args.moviepy_ffmpeg == "system":
@@ -587,6 +641,12 @@ def main() -> int:
         default="bundled",
         help="MoviePy's ffmpeg: imageio-ffmpeg's static build (default) or the system one",
     )
+    ap.add_argument(
+        "--captions",
+        choices=("template", "all"),
+        default="template",
+        help="all: also render every caption style (phrase, karaoke, pop), --repeat times each",
+    )
     ap.add_argument("--out", type=Path, help="keep the spec and the videos here")
     ap.add_argument("--json", type=Path, help="write the figures here")
     # Internal: one render in this process.
@@ -595,6 +655,7 @@ def main() -> int:
     ap.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--assets", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--caption-style", choices=CAPTION_STYLES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return run_worker(args)
@@ -716,6 +777,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         f"{verdict(cw_peak <= TARGET_PEAK_MB)}  Castwork peak {cw_peak:.0f} MB "
         f"(target <= {TARGET_PEAK_MB:.0f} MB)"
     )
+    styles = caption_styles(args, work) if args.captions == "all" else {}
     walls = [r["wall_s"] for r in castwork]
     print(
         f"Castwork wall over {len(walls)} run(s): median {cw_wall:.2f} s, "
@@ -740,6 +802,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             "castwork_peak_mb": cw_peak,
             "moviepy_over_castwork": ratio,
             "moviepy_over_castwork_cpu": cpu_ratio,
+            "caption_styles": styles,
             "targets": {
                 "rtf": rtf <= TARGET_RTF,
                 "ratio": None if ratio is None else ratio >= TARGET_RATIO,

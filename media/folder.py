@@ -126,6 +126,15 @@ class NarrationSummary(_Record):
     loudness_lufs: float | None = None
 
 
+class ManifestCaption(_Record):
+    """One caption as the videos show it (video seconds), with its words' times."""
+
+    text: str
+    start: float
+    end: float
+    words: list[tuple[str, float, float]] = []
+
+
 class ManifestOutput(_Record):
     format: Annotated[str, Field(pattern=r"^[0-9]{1,2}:[0-9]{1,2}$")]
     video: FileName
@@ -152,6 +161,8 @@ class Manifest(_Record):
     language: str = ""
     narration: NarrationSummary = NarrationSummary()
     duration_s: float | None = None
+    caption_style: str = ""
+    captions: list[ManifestCaption] = []
     outputs: list[ManifestOutput]
     preview: FileName
 

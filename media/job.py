@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from media.errors import InputError, first_error
-from media.templates import ASPECTS, Aspect, Language
+from media.templates import ASPECTS, Aspect, CaptionStyle, Language
 
 MAX_IMAGES = 8
 _HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
@@ -52,6 +52,8 @@ class JobSpec(BaseModel):
     logo: Path | None = None
     formats: Annotated[list[Aspect], Field(min_length=1, max_length=3)] = list(ASPECTS)
     captions: bool = True
+    # None: the template's own caption style.
+    caption_style: CaptionStyle | None = None
     music: bool = True
     narration: bool = True
 

@@ -37,12 +37,37 @@ _WORD_CHARS = re.compile(r"[^\w%$€£₩¥]+")
 
 
 @dataclass(frozen=True)
-class Phrase:
-    """One caption: the script's words, shown from ``start`` to ``end`` (narration seconds)."""
+class Word:
+    """One script word and when it is spoken (narration seconds)."""
 
     text: str
     start: float
     end: float
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """One caption: the script's words, shown from ``start`` to ``end`` (narration seconds).
+
+    ``words`` times each of them (for word-by-word captions): in order, inside the phrase, never
+    overlapping; empty where only the phrase's time is known."""
+
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...] = ()
+
+    def shifted(self, offset: float, limit: float) -> Phrase:
+        """The same caption ``offset`` seconds later, nothing past ``limit``."""
+        return Phrase(
+            self.text,
+            self.start + offset,
+            min(limit, self.end + offset),
+            tuple(
+                Word(w.text, min(limit, w.start + offset), min(limit, w.end + offset))
+                for w in self.words
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,23 @@ class Narration:
     @property
     def duration(self) -> float:
         return len(self.audio) / self.sample_rate
+
+
+Row = tuple[str, float, float]  # a Phrase or Word as JSON stores it
+
+
+def phrases_from_rows(phrases: Sequence[Row], words: Sequence[Row]) -> list[Phrase]:
+    """Phrases back from their stored rows; ``words`` is every phrase's words in order, as many
+    as the phrases' texts have (else, as in files from before word timings, none is used)."""
+    counts = [len(text.split()) for text, _, _ in phrases]
+    if sum(counts) != len(words):
+        return [Phrase(*p) for p in phrases]
+    out: list[Phrase] = []
+    at = 0
+    for p, n in zip(phrases, counts, strict=True):
+        out.append(Phrase(*p, words=tuple(Word(*w) for w in words[at : at + n])))
+        at += n
+    return out
 
 
 def split_sentences(text: str) -> list[str]:
@@ -178,13 +220,28 @@ def _phrases(
         total += len(words)
         matched += m
         for a, b in caption_groups(words):
-            phrases.append(Phrase(" ".join(words[a:b]), times[a][0], times[b - 1][1]))
+            timed = tuple(Word(words[i], *times[i]) for i in range(a, b))
+            phrases.append(Phrase(" ".join(words[a:b]), times[a][0], times[b - 1][1], timed))
     # Captions must never overlap or run backwards, whatever the aligner said.
     fixed: list[Phrase] = []
     for p in phrases:
         start = max(p.start, fixed[-1].end if fixed else 0.0)
-        fixed.append(Phrase(p.text, start, max(p.end, start + 0.2)))
+        end = max(p.end, start + 0.2)
+        fixed.append(Phrase(p.text, start, end, _ordered(p.words, start, end)))
     return fixed, (matched / total if total else 0.0)
+
+
+def _ordered(words: Sequence[Word], start: float, end: float) -> tuple[Word, ...]:
+    """Word times inside [start, end], each starting no earlier than the one before ends:
+    a word the aligner placed out of order is squeezed in rather than shown backwards."""
+    out: list[Word] = []
+    cursor = start
+    for w in words:
+        a = min(end, max(cursor, w.start))
+        b = min(end, max(a, w.end))
+        out.append(Word(w.text, a, b))
+        cursor = b
+    return tuple(out)
 
 
 def narrate(

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from media.folder import (
     PREVIEW_FILE,
     JobPaths,
     Manifest,
+    ManifestCaption,
     ManifestOutput,
     NarrationSummary,
     thumbnail_file,
@@ -35,7 +36,7 @@ from media.graph import EncodeOptions
 from media.images import ImageLimits, check_image_count, prepare_image
 from media.job import JobSpec
 from media.music import synthesize
-from media.narration import Narration, Phrase, narrate
+from media.narration import Narration, Phrase, narrate, phrases_from_rows
 from media.plan import FPS, RenderPlan, Timeline, plan_render, plan_timeline
 from media.render import render_plan
 from media.settings import RenderSettings
@@ -109,16 +110,19 @@ class NarrationInfo:
     soundtrack: bool
     loudness_lufs: float | None
     peak_db: float | None
+    # Every phrase's words in order, timed (files written before word captions have none:
+    # their jobs get phrase captions).
+    words: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
     def phrase_list(self) -> list[Phrase]:
-        return [Phrase(*p) for p in self.phrases]
+        return phrases_from_rows(self.phrases, self.words)
 
     @classmethod
     def load(cls, path: Path) -> NarrationInfo:
         data = read_json(path)
-        data["phrases"] = [tuple(p) for p in data["phrases"]]
-        data["sentences"] = [tuple(p) for p in data["sentences"]]
+        for key in ("phrases", "sentences", "words"):
+            data[key] = [tuple(p) for p in data.get(key, [])]
         return cls(**data)
 
 
@@ -215,6 +219,11 @@ def narrate_job(
         engine=narration.engine if narration else "none",
         aligned=narration.aligned if narration else False,
         phrases=[(p.text, p.start, p.end) for p in (narration.phrases if narration else ())],
+        words=[
+            (w.text, w.start, w.end)
+            for p in (narration.phrases if narration else ())
+            for w in p.words
+        ],
         sentences=[(p.text, p.start, p.end) for p in (narration.sentences if narration else ())],
         soundtrack=has_audio,
         loudness_lufs=report.integrated_lufs if report else None,
@@ -237,6 +246,7 @@ def timeline_for(
         narration_s=narration_s,
         phrases=phrases,
         captions=spec.captions,
+        caption_style=spec.caption_style or template.caption_style,
     )
 
 
@@ -351,6 +361,16 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> Manife
             loudness_lufs=info.loudness_lufs,
         ),
         duration_s=round(timeline.duration, 3),
+        caption_style=timeline.caption_style if timeline.captions else "",
+        captions=[
+            ManifestCaption(
+                text=c.text,
+                start=round(c.start, 3),
+                end=round(c.end, 3),
+                words=[(w.text, round(w.start, 3), round(w.end, 3)) for w in c.words],
+            )
+            for c in timeline.captions
+        ],
         outputs=outputs,
         preview=preview.name,
     )

@@ -25,6 +25,7 @@ from media.templates import (
     FRAME_SIZES,
     Animation,
     Aspect,
+    CaptionStyle,
     Copy,
     Motion,
     Template,
@@ -36,6 +37,8 @@ from media.templates import (
 FPS = 30
 # Captions closer than this are joined end to start, so they do not blink off between phrases.
 CAPTION_GAP_FILL_S = 0.35
+# Pop captions: one word at a time, this much larger than the template's caption size.
+POP_SCALE = 1.5
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Timeline:
     narration_s: float
     captions: tuple[Phrase, ...]  # in video seconds
     copy: Copy
+    caption_style: CaptionStyle = "phrase"
 
     @property
     def duration(self) -> float:
@@ -98,6 +102,8 @@ class Layer:
     animation: Animation = "fade"
     animation_s: float = 0.4
     fade_out_s: float = 0.0
+    # Karaoke: the index (in ``text.split()``) of the word drawn in the look's highlight colour.
+    emphasis: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,7 @@ def plan_timeline(
     narration_s: float,
     phrases: Sequence[Phrase] = (),
     captions: bool = True,
+    caption_style: CaptionStyle = "phrase",
 ) -> Timeline:
     """Lay out scenes and end card so that the narration fits, in whole frames."""
     if n_images < 1:
@@ -190,18 +197,77 @@ def plan_timeline(
         narration_s=narration_s,
         captions=_place_captions(phrases, t.lead_in_s, total_f / FPS) if captions else (),
         copy=copy,
+        caption_style=caption_style,
     )
 
 
 def _place_captions(phrases: Sequence[Phrase], offset: float, total: float) -> tuple[Phrase, ...]:
-    placed = [Phrase(p.text, p.start + offset, min(total, p.end + offset)) for p in phrases]
+    placed = [p.shifted(offset, total) for p in phrases]
     out: list[Phrase] = []
     for i, p in enumerate(placed):
         end = p.end
         if i + 1 < len(placed) and placed[i + 1].start - end < CAPTION_GAP_FILL_S:
             end = placed[i + 1].start
-        out.append(Phrase(p.text, p.start, end))
+        out.append(Phrase(p.text, p.start, end, p.words))
     return tuple(out)
+
+
+def _word_spans(phrase: Phrase) -> list[tuple[int, int, int]]:
+    """(word index, first frame, end frame) of each word's turn on screen: from when it is
+    spoken until the next word is (the last one until the phrase goes). Words shorter than a
+    frame are skipped: no one could see them anyway."""
+    n = len(phrase.words)
+    bounds = [phrase.start] + [w.start for w in phrase.words[1:]] + [phrase.end]
+    frames = [round(b * FPS) for b in bounds]
+    return [(k, frames[k], frames[k + 1]) for k in range(n) if frames[k + 1] > frames[k]]
+
+
+def caption_layers(
+    timeline: Timeline, look: TextLook, box_for: dict[bool, tuple[int, int, int, int]]
+) -> list[Layer]:
+    """The caption layers of one format in the timeline's style. ``box_for[True]`` is the end
+    card's caption box, ``box_for[False]`` the scenes'. Word styles need word times; a phrase
+    without them is shown whole."""
+    card_start = timeline.end_start_frame / FPS
+    layers: list[Layer] = []
+    for j, phrase in enumerate(timeline.captions):
+        box = box_for[phrase.start >= card_start]
+        style = timeline.caption_style
+        shown: list[tuple[str, float, float, str, int | None]]  # name, start, end, text, emphasis
+        if style == "phrase" or len(phrase.words) != len(phrase.text.split()):
+            shown_look = look
+            shown = [(f"caption@{j}", phrase.start, phrase.end, phrase.text, None)]
+        elif style == "karaoke":
+            shown_look = look
+            shown = [
+                (f"caption@{j}.{k}", a / FPS, b / FPS, phrase.text, k)
+                for k, a, b in _word_spans(phrase)
+            ]
+        else:
+            # A word alone is shown larger (it still shrinks to fit the caption box).
+            shown_look = look.model_copy(
+                update={"max_size": min(400, round(look.max_size * POP_SCALE))}
+            )
+            shown = [
+                (f"caption@{j}.{k}", a / FPS, b / FPS, phrase.words[k].text, None)
+                for k, a, b in _word_spans(phrase)
+            ]
+        for name, start, end, text, emphasis in shown:
+            layers.append(
+                Layer(
+                    name=name,
+                    kind="text",
+                    box=box,
+                    start=start,
+                    end=end,
+                    text=text,
+                    look=shown_look,
+                    animation="none",
+                    animation_s=0.0,
+                    emphasis=emphasis,
+                )
+            )
+    return layers
 
 
 def _text_layer(
@@ -302,21 +368,11 @@ def plan_render(
         )
     caption_look = template.styles.get("captions")
     if caption_look is not None:
-        for j, phrase in enumerate(timeline.captions):
-            area = (layout.end_card if phrase.start >= card_start else layout.scene)["captions"]
-            layers.append(
-                Layer(
-                    name=f"caption@{j}",
-                    kind="text",
-                    box=area.pixels(width, height),
-                    start=phrase.start,
-                    end=phrase.end,
-                    text=phrase.text,
-                    look=caption_look,
-                    animation="none",
-                    animation_s=0.0,
-                )
-            )
+        boxes = {
+            True: layout.end_card["captions"].pixels(width, height),
+            False: layout.scene["captions"].pixels(width, height),
+        }
+        layers += caption_layers(timeline, caption_look, boxes)
     return RenderPlan(
         aspect=aspect,
         width=width,

@@ -47,6 +47,7 @@ def text_style(look: TextLook) -> TextStyle:
         padding=look.padding,
         radius=look.radius,
         uppercase=look.uppercase,
+        highlight=look.highlight,
     )
 
 
@@ -98,7 +99,9 @@ def materialize(plan: RenderPlan, asset_dir: Path) -> list[Placed]:
             continue
         assert layer.look is not None
         x, y, w, h = layer.box
-        text = render_text(layer.text, w, h, text_style(layer.look), asset_dir)
+        text = render_text(
+            layer.text, w, h, text_style(layer.look), asset_dir, emphasis=layer.emphasis
+        )
         placed.append(Placed(layer, text.path, x + text.x, y + text.y, text.width, text.height))
     return placed
 

@@ -47,6 +47,10 @@ TransitionKind = Literal[
     "circleopen", "radial", "zoomin", "fadeblack",
 ]  # fmt: skip
 MusicStyle = Literal["bright", "pulse", "calm"]
+# How narration captions appear: a phrase at a time; the phrase with the spoken word in the
+# highlight colour (karaoke); or one word at a time (pop).
+CaptionStyle = Literal["phrase", "karaoke", "pop"]
+CAPTION_STYLES: tuple[CaptionStyle, ...] = ("phrase", "karaoke", "pop")
 
 _COLOR = r"^#[0-9A-Fa-f]{6}([0-9A-Fa-f]{2})?$"
 Color = Annotated[str, Field(pattern=_COLOR)]
@@ -98,6 +102,8 @@ class TextLook(_Model):
     padding: Annotated[int, Field(ge=0, le=200)] = 0
     radius: Annotated[int, Field(ge=0, le=200)] = 0
     uppercase: bool = False
+    # The spoken word's colour in karaoke captions (other fields ignore it).
+    highlight: Color = "#FFD60A"
     animation: Animation = "fade"
     animation_s: Annotated[float, Field(ge=0.0, le=3.0)] = 0.45
     delay_s: Annotated[float, Field(ge=0.0, le=5.0)] = 0.15
@@ -176,6 +182,7 @@ class Template(_Model):
     music: Music = Music()
     timing: Timing = Timing()
     background: Color = "#000000"
+    caption_style: CaptionStyle = "phrase"
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

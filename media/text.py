@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import PIL
-from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, features
 
 from base.files import atomic_open
 from media.errors import InputError
@@ -100,6 +100,7 @@ class TextStyle:
     padding: int = 0  # px around the text inside the background
     radius: int = 0  # corner radius of the background
     uppercase: bool = False
+    highlight: str = "#FFD60A"  # the emphasised word's colour (karaoke captions)
 
 
 @dataclass(frozen=True)
@@ -606,7 +607,7 @@ def _with_shadow(image: Image.Image, layout: _Layout) -> Image.Image:
     return Image.alpha_composite(shadow, image)
 
 
-def _draw(layout: _Layout, style: TextStyle) -> Image.Image:
+def _draw(layout: _Layout, style: TextStyle, emphasis: tuple[str, int, int] | None) -> Image.Image:
     if not layout.lines:
         return Image.new("RGBA", (layout.width, layout.height), (0, 0, 0, 0))
     font = load_font(style.weight, layout.size)
@@ -615,10 +616,63 @@ def _draw(layout: _Layout, style: TextStyle) -> Image.Image:
         image = _paint(image, style.background, _background_mask(layout, style.radius))
     if layout.stroke:
         image = _paint(image, style.stroke_color, _text_mask(layout, font, layout.stroke))
-    image = _paint(image, style.color, _text_mask(layout, font, 0))
+    fill = _text_mask(layout, font, 0)
+    image = _paint(image, style.color, fill)
+    if emphasis is not None:
+        region = _span_mask(layout, font, *emphasis)
+        image = _paint(image, style.highlight, ImageChops.multiply(fill, region))
     if style.shadow:
         image = _with_shadow(image, layout)
     return image
+
+
+# --- Emphasis (karaoke) ----------------------------------------------------------------------
+
+
+def _emphasis(text: str, index: int, style: TextStyle) -> tuple[str, int, int] | None:
+    """Word ``index`` of ``text.split()`` as a character span of the text as laid out (cleaned,
+    upper-cased if the style says so, newlines as spaces): (that text, start, end). None when
+    the word has nothing drawable (an emoji alone, say)."""
+    words = text.split()
+    if not 0 <= index < len(words) or not clean_text(words[index]):
+        return None
+    # Words that clean to nothing vanish from the laid-out text: count only the others.
+    target = sum(1 for w in words[:index] if clean_text(w))
+    flat = clean_text(text)
+    if style.uppercase:
+        flat = flat.upper()
+    flat = flat.replace("\n", " ")
+    for i, match in enumerate(re.finditer(r"\S+", flat)):
+        if i == target:
+            return flat, match.start(), match.end()
+    return None
+
+
+def _span_mask(
+    layout: _Layout, font: ImageFont.FreeTypeFont, flat: str, a: int, b: int
+) -> Image.Image:
+    """Where characters [a, b) of ``flat`` were drawn: a rectangle per line they fall on.
+
+    Lines are consecutive pieces of ``flat``: a break drops the space it replaced, and a
+    truncated last line ends in an ellipsis after a prefix of its piece."""
+    mask = Image.new("L", (layout.width, layout.height), 0)
+    draw = ImageDraw.Draw(mask)
+    ascent, descent = font.getmetrics()
+    pos = 0
+    for (x, baseline), line in zip(layout.origins, layout.lines, strict=True):
+        while pos < len(flat) and flat[pos] == " ":
+            pos += 1
+        body = line.removesuffix(ELLIPSIS) if not flat.startswith(line, pos) else line
+        if not flat.startswith(body, pos):
+            break  # not a piece of the text (cannot happen; drawn plain rather than wrong)
+        lo, hi = max(a, pos) - pos, min(b, pos + len(body)) - pos
+        if lo < hi:
+            left = x + font.getlength(line[:lo]) - layout.stroke
+            right = x + font.getlength(line[:hi]) + layout.stroke
+            top, bottom = baseline - ascent - layout.stroke, baseline + descent + layout.stroke
+            draw.rectangle((math.floor(left), top, math.ceil(right), bottom), fill=255)
+        pos += len(body)
+    return mask
 
 
 # --- Public API ------------------------------------------------------------------------------
@@ -630,13 +684,25 @@ def layout_text(text: str, box_w: int, box_h: int, style: TextStyle) -> tuple[in
     return layout.size, list(layout.lines), layout.truncated
 
 
-def render_text(text: str, box_w: int, box_h: int, style: TextStyle, out_dir: Path) -> RenderedText:
-    """Render ``text`` into ``out_dir/<hash of the inputs>.png``, reusing an existing file."""
+def render_text(
+    text: str,
+    box_w: int,
+    box_h: int,
+    style: TextStyle,
+    out_dir: Path,
+    *,
+    emphasis: int | None = None,
+) -> RenderedText:
+    """Render ``text`` into ``out_dir/<hash of the inputs>.png``, reusing an existing file.
+
+    ``emphasis``: the index of a word of ``text.split()`` drawn in ``style.highlight``. The
+    layout never depends on it, so every emphasis of one text lands on the same pixels."""
     layout = _tighten(_plan(text, box_w, box_h, style), style)
-    path = out_dir / _file_name(text, box_w, box_h, style)
+    path = out_dir / _file_name(text, box_w, box_h, style, emphasis)
     if not path.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_png(_draw(layout, style), path)
+        span = _emphasis(text, emphasis, style) if emphasis is not None else None
+        _write_png(_draw(layout, style, span), path)
     return RenderedText(
         path=path,
         width=layout.width,
@@ -649,7 +715,9 @@ def render_text(text: str, box_w: int, box_h: int, style: TextStyle, out_dir: Pa
     )
 
 
-def _file_name(text: str, box_w: int, box_h: int, style: TextStyle) -> str:
+def _file_name(
+    text: str, box_w: int, box_h: int, style: TextStyle, emphasis: int | None = None
+) -> str:
     """A hash of everything that decides the pixels: inputs, font file, Pillow and its layout."""
     font_file, index = font_path(style.weight)
     key = {
@@ -660,6 +728,7 @@ def _file_name(text: str, box_w: int, box_h: int, style: TextStyle) -> str:
         "text": text,
         "box": [box_w, box_h],
         "style": asdict(style),
+        "emphasis": emphasis,
     }
     payload = json.dumps(key, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(payload).hexdigest()[:32] + ".png"

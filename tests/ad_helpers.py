@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -155,3 +156,29 @@ def ocr(
                 if done:
                     return so_far
     return " ".join(" ".join(texts).upper().split())
+
+
+def spoken_words(captions: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], float]]:
+    """Each caption word of a job view, with when its turn ends (the next word's start, or
+    its caption's end for the last one): while it is lit in karaoke captions."""
+    for caption in captions:
+        words = caption["words"]
+        for i, word in enumerate(words):
+            yield word, (words[i + 1]["start"] if i + 1 < len(words) else caption["end"])
+
+
+def lit_pixels(
+    crop: Image.Image, colour: tuple[int, int, int] = (0xFF, 0xD6, 0x0A)
+) -> Image.Image | None:
+    """The pixels of ``crop`` near ``colour`` (a karaoke highlight through H.264), black on
+    white and cut to their bounding box; None when there are none."""
+    import numpy as np
+
+    a = np.asarray(crop.convert("RGB")).astype(int)
+    near = np.abs(a - np.array(colour)).max(axis=2) < 60
+    if near.sum() < 50:
+        return None
+    ys, xs = np.nonzero(near)
+    page = np.where(near, 0, 255).astype(np.uint8)
+    cut = Image.fromarray(page).crop((xs.min() - 6, ys.min() - 6, xs.max() + 7, ys.max() + 7))
+    return cut

@@ -24,7 +24,15 @@ from standardwebhooks.webhooks import Webhook
 
 from media import ffmpeg
 from media.templates import FRAME_SIZES, get_template
-from tests.ad_helpers import ocr, photo_bytes, wait_for, worker_env, worker_process
+from tests.ad_helpers import (
+    lit_pixels,
+    ocr,
+    photo_bytes,
+    spoken_words,
+    wait_for,
+    worker_env,
+    worker_process,
+)
 from tests.test_webhooks import Receiver
 from workers.api import create_app
 from workers.broker import make_broker
@@ -169,6 +177,23 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
             x, y, w, h = layout[field].pixels(*FRAME_SIZES[aspect])  # type: ignore[index]
             read = ocr(frame.crop((x, y, x + w, y + h)), until=must)
             assert must in read, f"{aspect} {field}: OCR read {read!r}"
+    # Karaoke captions (the template's style): at a word's time, the lit word in the caption
+    # box is that word (OCR of the highlight-coloured pixels only).
+    captions = job["captions"]
+    assert captions["style"] == "karaoke"  # type: ignore[index]
+    checked = 0
+    for word, lit_until in spoken_words(captions["items"]):  # type: ignore[index]
+        if len(word["text"]) < 5 or lit_until - word["start"] < 0.25 or checked == 2:
+            continue
+        frame_path = tmp_path / f"word-{checked}.png"
+        ffmpeg.frame(tmp_path / "9x16.mp4", frame_path, at_s=(word["start"] + lit_until) / 2)
+        x, y, w, h = template.layouts["9:16"].scene["captions"].pixels(*FRAME_SIZES["9:16"])
+        lit = lit_pixels(Image.open(frame_path).convert("RGB").crop((x, y, x + w, y + h)))
+        assert lit is not None, f"no word lit at {word}"
+        expected_word = word["text"].strip(".,!?").upper()
+        assert expected_word in ocr(lit, until=expected_word), word
+        checked += 1
+    assert checked == 2
     assert client.get(str(job["preview_url"])).status_code == 200
     # No job folder on any machine's disk: only (empty) scratch space.
     for d in (api_dir, *worker_dirs):

@@ -67,3 +67,13 @@ def test_real_piper_narration_aligned_by_whisper(
     # The word "studio" is spoken at the end of the second sentence, and its caption says so.
     studio = next(p for p in n.phrases if "studio" in p.text)
     assert studio.end == pytest.approx(n.sentences[1].end, abs=0.35)
+    # Each caption times its own words, in order, inside it (for word-by-word captions);
+    # "studio" is the last word spoken in its sentence.
+    for phrase in n.phrases:
+        assert [w.text for w in phrase.words] == phrase.text.split()
+        starts = [w.start for w in phrase.words]
+        assert starts == sorted(starts) and phrase.start <= starts[0]
+        assert all(w.start <= w.end <= phrase.end for w in phrase.words)
+    word = next(w for p in n.phrases for w in p.words if "studio" in w.text)
+    assert word.end == pytest.approx(n.sentences[1].end, abs=0.35)
+    assert word.end - word.start < 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,9 @@ from hypothesis import strategies as st
 
 from media.errors import InputError
 from media.graph import EncodeOptions, Placed, build_args
-from media.narration import Phrase
-from media.plan import FPS, Timeline, plan_render, plan_timeline
-from media.templates import ASPECTS, FRAME_SIZES, get_template, render_all_copy
+from media.narration import Phrase, Word
+from media.plan import FPS, Layer, Timeline, plan_render, plan_timeline
+from media.templates import ASPECTS, FRAME_SIZES, CaptionStyle, get_template, render_all_copy
 
 FIELDS = {
     "headline": "Summer sale",
@@ -128,3 +129,77 @@ def test_graph_keeps_merchant_text_and_paths_out_of_the_filter() -> None:
     assert graph.count("overlay=") == len(placed)
     assert graph.count("zoompan=") == 2 and graph.count("xfade=") == 2
     assert args[args.index("-crf") + 1] == "23" and "+faststart" in args
+
+
+def _worded(text: str, start: float, step: float) -> Phrase:
+    words = text.split()
+    timed = tuple(Word(w, start + i * step, start + (i + 0.8) * step) for i, w in enumerate(words))
+    return Phrase(text, start, start + len(words) * step, timed)
+
+
+def _caption_layers(style: CaptionStyle, phrases: list[Phrase]) -> list[Layer]:
+    t = get_template("showcase")
+    tl = plan_timeline(
+        t,
+        render_all_copy(t, "en", FIELDS),
+        n_images=2,
+        narration_s=6.0,
+        phrases=phrases,
+        caption_style=style,
+    )
+    plan = plan_render(
+        tl, t, "9:16", images=[Path("/a.jpg"), Path("/b.jpg")], logo=None, audio=None
+    )
+    return [layer for layer in plan.layers if layer.name.startswith("caption")]
+
+
+def test_karaoke_lights_each_word_from_when_it_is_spoken() -> None:
+    lead = get_template("showcase").timing.lead_in_s
+    phrases = [_worded("Fresh coffee every morning", 0.0, 0.3), _worded("Shop now", 2.0, 0.4)]
+    layers = _caption_layers("karaoke", phrases)
+    assert [(la.text, la.emphasis) for la in layers] == [
+        ("Fresh coffee every morning", 0), ("Fresh coffee every morning", 1),
+        ("Fresh coffee every morning", 2), ("Fresh coffee every morning", 3),
+        ("Shop now", 0), ("Shop now", 1),
+    ]  # fmt: skip
+    # Word k is lit from its start (whole frames) until word k+1 starts: no gap, no overlap.
+    first = layers[:4]
+    assert [round(la.start * FPS) for la in first] == [
+        round((lead + k * 0.3) * FPS) for k in range(4)
+    ]
+    for a, b in itertools.pairwise(first):
+        assert a.end == b.start
+    # The last word stays lit until the phrase leaves (gaps under 0.35 s are bridged).
+    assert layers[3].end == pytest.approx(round((lead + 1.2) * FPS) / FPS)
+
+
+def test_pop_shows_one_word_at_a_time_and_phrase_shows_the_phrase() -> None:
+    phrases = [_worded("Fresh coffee every morning", 0.0, 0.3)]
+    pop = _caption_layers("pop", phrases)
+    assert [la.text for la in pop] == ["Fresh", "coffee", "every", "morning"]
+    assert all(la.emphasis is None for la in pop)
+    (whole,) = _caption_layers("phrase", phrases)
+    assert whole.text == "Fresh coffee every morning" and whole.emphasis is None
+    # Without word times (a job narrated before them) word styles show the phrase whole.
+    (fallback,) = _caption_layers("karaoke", [Phrase("Fresh coffee", 0.0, 1.0)])
+    assert fallback.text == "Fresh coffee" and fallback.emphasis is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    style=st.sampled_from(["karaoke", "pop"]),
+    gaps=st.lists(st.floats(0.0, 0.6), min_size=1, max_size=8),
+)
+def test_word_captions_never_overlap_and_stay_in_the_video(
+    style: CaptionStyle, gaps: list[float]
+) -> None:
+    # Word times as an aligner may give them: uneven, some shorter than a frame.
+    at, words = 0.0, []
+    for i, gap in enumerate(gaps):
+        words.append(Word(f"w{i}", at, at + gap))
+        at += gap
+    phrase = Phrase(" ".join(w.text for w in words), 0.0, max(at, 0.2), tuple(words))
+    layers = _caption_layers(style, [phrase])
+    frames = [(round(la.start * FPS), round(la.end * FPS)) for la in layers]
+    assert all(a < b for a, b in frames)  # every layer at least a frame long
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(frames))

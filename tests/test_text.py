@@ -373,6 +373,10 @@ def test_render_is_deterministic_and_reuses_the_file(tmp_path: Path) -> None:
 
 def _ocr(rendered: RenderedText, lang: str, tmp_path: Path) -> str:
     """Tesseract's reading of the layer, dark text put on white and scaled up."""
+    return _ocr_image(_open(rendered), lang, tmp_path)
+
+
+def _ocr_image(layer: Image.Image, lang: str, tmp_path: Path) -> str:
     tesseract = shutil.which("tesseract")
     if tesseract is None:
         if ON_CI:
@@ -387,7 +391,6 @@ def _ocr(rendered: RenderedText, lang: str, tmp_path: Path) -> str:
         if ON_CI:
             pytest.fail(f"tesseract has no {lang} data (apt-get install tesseract-ocr-{lang})")
         pytest.skip(f"tesseract has no {lang} data")
-    layer = _open(rendered)
     margin = 40
     page = Image.new("RGB", (layer.width + 2 * margin, layer.height + 2 * margin), "white")
     page.paste(layer, (margin, margin), layer)
@@ -429,3 +432,54 @@ def test_ffmpeg_syntax_text_renders_literally(tmp_path: Path) -> None:
     # Read back: every quote, colon, percent sign, bracket and backslash is drawn as itself.
     read = _ocr(rendered, "eng", tmp_path).strip()
     assert read.translate(str.maketrans("‘’“”", "''\"\"")) == FFMPEG_SYNTAX
+
+
+def _lit(image: Image.Image, colour: tuple[int, int, int]) -> tuple[int, int, int, int] | None:
+    """The bounding box of the opaque pixels in ``colour`` (left, top, right, bottom)."""
+    mask = Image.new("L", image.size, 0)
+    mask.putdata([255 if p[3] == 255 and p[:3] == colour else 0 for p in _pixels(image)])
+    return mask.getbbox()
+
+
+@pytest.mark.parametrize(
+    ("text", "index", "style"),
+    [
+        ("Fresh coffee roasted every morning in our studio", 6, TextStyle(stroke=5)),
+        # Upper-cased, and a word that cleans to nothing (an emoji) before the lit one.
+        ("Grab it 🎉 today only", 3, TextStyle(uppercase=True, stroke=5)),
+        (KOREAN, 3, TextStyle(stroke=5)),
+    ],
+)
+def test_karaoke_emphasis_lights_only_its_word(
+    text: str, index: int, style: TextStyle, tmp_path: Path
+) -> None:
+    box = (900, 260)
+    yellow = (0xFF, 0xD6, 0x0A)
+    plain = render_text(text, *box, style, tmp_path)
+    states = [
+        render_text(text, *box, style, tmp_path, emphasis=k) for k in range(len(text.split()))
+    ]
+    # Every state has the same layout: the caption never jumps as the words light up.
+    assert {(s.width, s.height, s.x, s.y, s.lines) for s in states} == {
+        (plain.width, plain.height, plain.x, plain.y, plain.lines)
+    }
+    assert _lit(_open(plain), yellow) is None
+    lit = _lit(_open(states[index]), yellow)
+    assert lit is not None
+    # The lit pixels sit on one word: narrower than a third of the line, inside one line's band.
+    left, top, right, bottom = lit
+    assert right - left < plain.width / 3
+    assert bottom - top < plain.height / max(1, len(plain.lines)) + 2 * 5
+    # And they spell that word: only the lit pixels, black on white, read as the word (OCR).
+    crop = _open(states[index]).crop((left - 4, top - 4, right + 4, bottom + 4))
+    layer = Image.new("RGBA", crop.size, (0, 0, 0, 0))
+    layer.putdata(
+        [
+            (0, 0, 0, 255) if p[3] == 255 and p[:3] == yellow else (0, 0, 0, 0)
+            for p in crop.getdata()
+        ]
+    )
+    word = text.split()[index]
+    ocr_lang = "kor" if word[0] >= "\uac00" else "eng"
+    read = _ocr_image(layer, ocr_lang, tmp_path).replace(" ", "").strip()
+    assert read.lower() == word.lower(), read

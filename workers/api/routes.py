@@ -24,7 +24,7 @@ from base.errors import CapacityError
 from media.errors import InputError, StorageError
 from media.folder import PREVIEW_FILE
 from media.images import check_image_count, safe_name, sniff_format
-from media.templates import ASPECTS, Template, catalogue, get_template
+from media.templates import ASPECTS, CaptionStyle, Template, catalogue, get_template
 from workers.api import ops
 from workers.api.deps import ApiContext, Ctx, Merchant, Presented, router
 from workers.api.errors import (
@@ -37,6 +37,9 @@ from workers.api.errors import (
 )
 from workers.api.limits import MB
 from workers.api.schemas import (
+    Caption,
+    Captions,
+    CaptionWord,
     ClientConfig,
     ErrorBody,
     Health,
@@ -139,8 +142,27 @@ def _job_view(record: JobRecord, ctx: ApiContext) -> Job:
             )
         )
     preview = links.url(record, PREVIEW_FILE) if PREVIEW_FILE in files else None
+    captions = None
+    if manifest.captions:
+        captions = Captions(
+            style=manifest.caption_style,
+            items=[
+                Caption(
+                    text=c.text,
+                    start=c.start,
+                    end=c.end,
+                    words=[CaptionWord(text=t, start=a, end=b) for t, a, b in c.words],
+                )
+                for c in manifest.captions
+            ],
+        )
     return view.model_copy(
-        update={"outputs": items, "preview_url": preview, "duration_s": manifest.duration_s}
+        update={
+            "outputs": items,
+            "preview_url": preview,
+            "duration_s": manifest.duration_s,
+            "captions": captions,
+        }
     )
 
 
@@ -190,6 +212,13 @@ def create_job(
         list[str] | None, Form(description="Repeat the field or comma-separate: 9:16, 1:1, 16:9")
     ] = None,
     captions: Annotated[bool | None, Form(description="Default true")] = None,
+    caption_style: Annotated[
+        CaptionStyle | None,
+        Form(
+            description="phrase, karaoke (the spoken word lit) or pop (one word at a time); "
+            "default: the template's"
+        ),
+    ] = None,
     music: Annotated[bool | None, Form(description="Default true")] = None,
     narration: Annotated[bool | None, Form(description="Voice-over; default true")] = None,
     logo: Annotated[UploadFile | None, File(description="Optional logo")] = None,
@@ -226,6 +255,7 @@ def create_job(
         language=language,
         formats=_formats(formats),
         captions=captions,
+        caption_style=caption_style,
         music=music,
         narration=narration,
     )

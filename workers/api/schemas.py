@@ -54,6 +54,24 @@ class WebhookSecret(BaseModel):
     secret: str = Field(description="whsec_...: verifies the webhook-signature header")
 
 
+class CaptionWord(BaseModel):
+    text: str
+    start: float = Field(description="Video seconds")
+    end: float
+
+
+class Caption(BaseModel):
+    text: str
+    start: float = Field(description="Video seconds (the same in every format)")
+    end: float
+    words: list[CaptionWord] = Field(default=[], description="Each word as it is spoken")
+
+
+class Captions(BaseModel):
+    style: str = Field(description="phrase, karaoke or pop")
+    items: list[Caption]
+
+
 class Job(BaseModel):
     id: str
     status: Status
@@ -68,6 +86,9 @@ class Job(BaseModel):
     outputs: list[JobOutput] = Field(default=[], description="One per format, once done")
     preview_url: str | None = None
     duration_s: float | None = None
+    captions: Captions | None = Field(
+        default=None, description="Once done: the captions shown, timed (e.g. for subtitles)"
+    )
     webhook: Webhook | None = Field(
         default=None, description="Where the job is announced when it ends, and each attempt"
     )

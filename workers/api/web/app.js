@@ -15,7 +15,7 @@
     failed: "Failed",
     cancelled: "Cancelled",
   };
-  const FIELDS = ["template", "headline", "price", "cta", "description", "store", "language", "webhook_url"];
+  const FIELDS = ["template", "headline", "price", "cta", "description", "store", "language", "caption_style", "webhook_url"];
 
   const $ = (id) => document.getElementById(id);
   const state = { config: null, jobId: null, timer: null, polling: false };
