@@ -23,7 +23,8 @@ say() { printf '[setup] %s\n' "$*"; }
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
-command -v fc-list >/dev/null && fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || need+=(fonts-noto-cjk fontconfig)
+# (Not `fc-list | grep -q`: under pipefail grep's early exit fails the pipe, every run.)
+[[ $(fc-list 2>/dev/null) == *"Noto Sans CJK"* ]] || need+=(fonts-noto-cjk fontconfig)
 # castwork serve starts a Redis of its own (with an append-only file) unless one that
 # persists answers on 6379: it needs the binary even where another Redis runs.
 command -v redis-server >/dev/null || need+=(redis-server)
