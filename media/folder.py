@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -126,6 +126,30 @@ class NarrationSummary(_Record):
     loudness_lufs: float | None = None
 
 
+class ManifestCopy(_Record):
+    """The copy on screen, and who wrote it ("merchant", "llm:<model>", "template")."""
+
+    source: str = "merchant"
+    note: str | None = None  # e.g. why the template's copy stands in for the copywriter's
+    headline: str = ""
+    subline: str = ""
+    cta: str = ""
+
+
+class QualityCheck(_Record):
+    """One line of an output's quality report (media.quality)."""
+
+    name: str
+    status: Literal["pass", "warn", "fail", "skipped"]
+    detail: str
+    hard: bool
+
+
+class ManifestQuality(_Record):
+    flagged: bool  # some output failed a hard check: look before sending it
+    outputs: dict[str, list[QualityCheck]]  # by format
+
+
 class ManifestCaption(_Record):
     """One caption as the videos show it (video seconds), with its words' times."""
 
@@ -161,6 +185,8 @@ class Manifest(_Record):
     language: str = ""
     narration: NarrationSummary = NarrationSummary()
     duration_s: float | None = None
+    quality: ManifestQuality | None = None  # None: not checked (switched off, or older job)
+    ad_copy: ManifestCopy | None = None  # None in manifests from before it was kept
     caption_style: str = ""
     captions: list[ManifestCaption] = []
     outputs: list[ManifestOutput]

@@ -21,7 +21,7 @@ MAX_IMAGES = 8
 _HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 
 
-def _clean(value: str) -> str:
+def clean_field(value: str) -> str:
     # NFC so that decomposed Hangul (from macOS uploads) renders and speaks as syllables;
     # control characters out, runs of whitespace to one space.
     value = unicodedata.normalize("NFC", value)
@@ -34,6 +34,8 @@ Price = Annotated[str, Field(max_length=24)]
 Cta = Annotated[str, Field(min_length=1, max_length=40)]
 Description = Annotated[str, Field(max_length=200)]
 Store = Annotated[str, Field(max_length=40)]
+Offer = Annotated[str, Field(max_length=60)]
+Script = Annotated[str, Field(max_length=600)]
 
 
 class JobSpec(BaseModel):
@@ -47,6 +49,13 @@ class JobSpec(BaseModel):
     cta: Cta = "Shop now"
     description: Description | None = None
     store: Store | None = None
+    # A promotion the copy may announce ("2 for 1 this week"); only AI copy uses it.
+    offer: Offer | None = None
+    # The narration read aloud, instead of the template's (a copy draft the merchant picked).
+    narration_script: Script | None = None
+    # Ask the copywriter (media.copywriting) for the headline, subline, call to action and
+    # narration from the facts; the template's copy is used when it cannot write one.
+    write_copy: bool = False
     language: Literal["auto", "en", "ko"] = "auto"
     images: Annotated[list[Path], Field(min_length=1, max_length=MAX_IMAGES)]
     logo: Path | None = None
@@ -60,15 +69,15 @@ class JobSpec(BaseModel):
     @field_validator("headline", "cta", mode="after")
     @classmethod
     def _required_text(cls, v: str) -> str:
-        v = _clean(v)
+        v = clean_field(v)
         if not v:
             raise ValueError("must not be blank")
         return v
 
-    @field_validator("price", "description", "store", mode="after")
+    @field_validator("price", "description", "store", "offer", "narration_script", mode="after")
     @classmethod
     def _optional_text(cls, v: str | None) -> str | None:
-        return (_clean(v) or None) if v is not None else None
+        return (clean_field(v) or None) if v is not None else None
 
     @field_validator("formats", mode="after")
     @classmethod

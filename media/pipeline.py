@@ -21,14 +21,20 @@ from typing import Any
 
 from base.files import atomic_path
 from media import ffmpeg
+from media.copywriting.brief import Brief, limits_for
+from media.copywriting.policy import Draft
+from media.copywriting.writer import Copywriter, build_copywriter
 from media.errors import InputError
 from media.folder import (
     PREVIEW_FILE,
     JobPaths,
     Manifest,
     ManifestCaption,
+    ManifestCopy,
     ManifestOutput,
+    ManifestQuality,
     NarrationSummary,
+    QualityCheck,
     thumbnail_file,
     video_file,
 )
@@ -38,10 +44,11 @@ from media.job import JobSpec
 from media.music import synthesize
 from media.narration import Narration, Phrase, narrate, phrases_from_rows
 from media.plan import FPS, RenderPlan, Timeline, plan_render, plan_timeline
+from media.quality.report import inspect
 from media.render import render_plan
 from media.settings import RenderSettings
 from media.soundtrack import MixSpec, mix
-from media.templates import Aspect, Template, get_template, render_all_copy
+from media.templates import Aspect, Copy, Template, get_template, render_all_copy
 from voice.engines.contracts import Synthesizer, Transcriber
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,15 @@ def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec
 
 
 @dataclass(frozen=True)
+class WrittenCopy:
+    """What the copywriter gave a job: a draft, or None and why."""
+
+    draft: Draft | None
+    source: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class NarrationInfo:
     """What later stages need from the narration (JSON in work/narration.json)."""
 
@@ -113,6 +129,11 @@ class NarrationInfo:
     # Every phrase's words in order, timed (files written before word captions have none:
     # their jobs get phrase captions).
     words: list[tuple[str, float, float]] = field(default_factory=list)
+    # The copy every stage shows (Copy's fields), and who wrote it: "merchant", "llm:<model>",
+    # or "template" (with why) when the copywriter was asked and could not.
+    copy: dict[str, str] = field(default_factory=dict)
+    copy_source: str = "merchant"
+    copy_note: str | None = None
 
     @property
     def phrase_list(self) -> list[Phrase]:
@@ -149,6 +170,10 @@ class NarrationEngines:
         tts = self._get("tts:en", lambda: build_tts(self._settings))
         return tts, self._get("tts:fallback", lambda: build_fallback_tts(self._settings))
 
+    def copywriter(self) -> Copywriter:
+        writer: Copywriter = self._get("copywriter", lambda: build_copywriter(self._settings))
+        return writer
+
     def aligner(self, language: str) -> Transcriber | None:
         if not self._settings.media.align_captions:
             return None
@@ -174,7 +199,8 @@ def narrate_job(
         return NarrationInfo.load(paths.narration_file)
     template = template_for(spec, settings)
     language = spec.resolved_language
-    copy = render_all_copy(template, language, spec.copy_fields())
+    written = write_copy(spec, template, engines) if spec.write_copy else None
+    copy = job_copy(spec, template, written)
     narration: Narration | None = None
     if spec.narration and copy.narration:
         synth, fallback = engines.voice(language)
@@ -184,6 +210,7 @@ def narrate_job(
     timeline = timeline_for(
         spec,
         template,
+        copy,
         narration.duration if narration else 0.0,
         narration.phrases if narration else (),
     )
@@ -228,17 +255,58 @@ def narrate_job(
         soundtrack=has_audio,
         loudness_lufs=report.integrated_lufs if report else None,
         peak_db=report.peak_db if report else None,
+        copy=copy.model_dump(),
+        copy_source=written.source if written else "merchant",
+        copy_note=written.reason if written else None,
     )
     write_json(paths.narration_file, asdict(info))
     return info
 
 
+def job_copy(spec: JobSpec, template: Template, written: WrittenCopy | None = None) -> Copy:
+    """The job's copy: the template's, over the merchant's fields or the copywriter's draft;
+    a narration script the merchant gave (a picked draft) is read as it is."""
+    fields = spec.copy_fields()
+    script = spec.narration_script
+    if written is not None and written.draft is not None:
+        d = written.draft
+        fields.update(headline=d.headline, description=d.subline, cta=d.cta)
+        script = d.narration
+    copy = render_all_copy(template, spec.resolved_language, fields)
+    return copy.model_copy(update={"narration": script}) if script else copy
+
+
+def write_copy(spec: JobSpec, template: Template, engines: NarrationEngines) -> WrittenCopy:
+    """Ask the copywriter for this job's copy: its best draft, or why there is none."""
+    brief = Brief(
+        product=spec.headline,
+        language=spec.resolved_language,
+        price=spec.price,
+        offer=spec.offer,
+        store=spec.store,
+        notes=spec.description,
+    )
+    result = engines.copywriter().write(brief, limits_for(template, brief.language), template, n=1)
+    if result.source == "template":
+        log.warning("copywriter: template copy used (%s)", result.reason)
+        return WrittenCopy(None, "template", result.reason)
+    return WrittenCopy(result.drafts[0], result.source, None)
+
+
+def saved_copy(spec: JobSpec, template: Template, info: NarrationInfo) -> Copy:
+    """The copy the narrate stage used (files from before it was saved: the same rule)."""
+    return Copy(**info.copy) if info.copy else job_copy(spec, template)
+
+
 def timeline_for(
-    spec: JobSpec, template: Template, narration_s: float, phrases: Sequence[Phrase]
+    spec: JobSpec,
+    template: Template,
+    copy: Copy,
+    narration_s: float,
+    phrases: Sequence[Phrase],
 ) -> Timeline:
     """The job's timeline: the same call when mixing the soundtrack and when rendering, so the
     audio and every format agree to the frame."""
-    copy = render_all_copy(template, spec.resolved_language, spec.copy_fields())
     return plan_timeline(
         template,
         copy,
@@ -256,9 +324,16 @@ def timeline_for(
 def plan_for(
     spec: JobSpec, paths: JobPaths, settings: RenderSettings, aspect: Aspect, info: NarrationInfo
 ) -> RenderPlan:
+    return _timeline_and_plan(spec, paths, settings, aspect, info)[1]
+
+
+def _timeline_and_plan(
+    spec: JobSpec, paths: JobPaths, settings: RenderSettings, aspect: Aspect, info: NarrationInfo
+) -> tuple[Timeline, RenderPlan]:
     template = template_for(spec, settings)
-    timeline = timeline_for(spec, template, info.duration_s, info.phrase_list)
-    return plan_render(
+    copy = saved_copy(spec, template, info)
+    timeline = timeline_for(spec, template, copy, info.duration_s, info.phrase_list)
+    return timeline, plan_render(
         timeline,
         template,
         aspect,
@@ -266,6 +341,33 @@ def plan_for(
         logo=spec.logo,
         audio=paths.soundtrack if info.soundtrack else None,
     )
+
+
+def quality_file(paths: JobPaths, video: Path) -> Path:
+    """Where the report of ``video`` is kept: named after it, so a report never outlives it."""
+    return paths.work / f"quality-{video.stem}.json"
+
+
+def check_output(
+    video: Path, paths: JobPaths, settings: RenderSettings, info: NarrationInfo,
+    timeline: Timeline, plan: RenderPlan,
+) -> None:  # fmt: skip
+    """The quality report of one rendered output (media.quality), kept beside the job's work
+    for finalize to gather. Idempotent like the render itself."""
+    target = quality_file(paths, video)
+    if target.exists():
+        return
+    offset = timeline.narration_offset_s
+    checks = inspect(
+        video,
+        plan,
+        captions=timeline.captions,
+        speech=(offset, offset + info.duration_s) if info.duration_s > 0 else None,
+        captions_aligned=info.aligned,
+        language=info.language,
+        ocr=settings.media.quality_ocr,
+    )
+    write_json(target, [asdict(c) for c in checks])
 
 
 def output_path(paths: JobPaths, aspect: Aspect, plan: RenderPlan, options: EncodeOptions) -> Path:
@@ -295,7 +397,7 @@ def render_format(
     should_cancel: Cancel | None = None,
 ) -> Path:
     info = NarrationInfo.load(paths.narration_file)
-    plan = plan_for(spec, paths, settings, aspect, info)
+    timeline, plan = _timeline_and_plan(spec, paths, settings, aspect, info)
     options = encode_options(settings)
     out = output_path(paths, aspect, plan, options)
     render_plan(
@@ -307,6 +409,8 @@ def render_format(
         on_progress=on_progress,
         should_cancel=should_cancel,
     )
+    if settings.media.quality_report:
+        check_output(out, paths, settings, info, timeline, plan)
     return out
 
 
@@ -319,14 +423,20 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> Manife
         return Manifest.model_validate(read_json(paths.manifest))
     info = NarrationInfo.load(paths.narration_file)
     template = template_for(spec, settings)
-    timeline = timeline_for(spec, template, info.duration_s, info.phrase_list)
+    timeline = timeline_for(
+        spec, template, saved_copy(spec, template, info), info.duration_s, info.phrase_list
+    )
     options = encode_options(settings)
     outputs: list[ManifestOutput] = []
+    reports: dict[str, list[QualityCheck]] = {}
     for aspect in spec.formats:
         plan = plan_for(spec, paths, settings, aspect, info)
         video = output_path(paths, aspect, plan, options)
         if not video.exists():
             raise InputError(f"format {aspect} was not rendered")  # an ordering bug, not input
+        report = quality_file(paths, video)
+        if report.exists():
+            reports[aspect] = [QualityCheck(**c) for c in read_json(report)]
         probe = ffmpeg.probe(video)
         thumb = paths.out / thumbnail_file(aspect)
         if not thumb.exists():
@@ -361,6 +471,19 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> Manife
             loudness_lufs=info.loudness_lufs,
         ),
         duration_s=round(timeline.duration, 3),
+        ad_copy=ManifestCopy(
+            source=info.copy_source,
+            note=info.copy_note,
+            headline=timeline.copy.headline,
+            subline=timeline.copy.subline,
+            cta=timeline.copy.cta,
+        ),
+        quality=ManifestQuality(
+            flagged=any(c.hard and c.status == "fail" for cs in reports.values() for c in cs),
+            outputs=reports,
+        )
+        if reports
+        else None,
         caption_style=timeline.caption_style if timeline.captions else "",
         captions=[
             ManifestCaption(

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from base.settings import Seconds, Section
-from voice.settings import VoiceSettings
+from voice.settings import LlmBackend, VoiceSettings
 
 
 class MediaSettings(Section):
@@ -33,9 +33,29 @@ class MediaSettings(Section):
     max_images: Annotated[int, Field(ge=1, le=8)] = 8
     max_image_mb: Annotated[int, Field(ge=1, le=200)] = 20
     max_image_pixels: Annotated[int, Field(ge=1_000_000, le=200_000_000)] = 50_000_000
+    # A quality report per output (media.quality): loudness, true peak, black and frozen
+    # frames, captions against the speech, feed safe zones, and (quality_ocr) the end card
+    # read back by Tesseract. ~1-3 s per output on 2 cores, in the render stage.
+    quality_report: bool = True
+    quality_ocr: bool = True
     # Extra templates (YAML) beside the bundled ones; same id here wins.
     templates_dir: Path | None = None
 
 
+class CopywriterSettings(Section):
+    """AI-written ad copy (media.copywriting)."""
+
+    # The chat chain that writes drafts, in order (local GGUF or OpenAI-compatible, as for
+    # ``llm.backends``; give a local one ``parallel = 1``: one request at a time). Empty: no
+    # copywriter, the template's copy is offered. Empty by default because the embedded models
+    # write copy not good enough to ship (bench/copywriter.py, README "Copy drafts").
+    backends: list[LlmBackend] = []
+    drafts: Annotated[int, Field(ge=1, le=5)] = 3
+    timeout_s: Seconds = 60.0
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.8
+    max_tokens: Annotated[int, Field(ge=64, le=2048)] = 320
+
+
 class RenderSettings(VoiceSettings):
     media: MediaSettings = MediaSettings()
+    copywriter: CopywriterSettings = CopywriterSettings()

@@ -39,6 +39,8 @@ def worker_env(redis_url: str, jobs_dir: Path, **extra: str) -> dict[str, str]:
             "CASTWORK_JOBS__HEARTBEAT_TIMEOUT_S": "2",
             "CASTWORK_JOBS__MIN_BACKOFF_MS": "100",
             "CASTWORK_JOBS__MAX_BACKOFF_MS": "500",
+            # Seconds per output; the tests of the report turn it on (the farm test does).
+            "CASTWORK_MEDIA__QUALITY_REPORT": "false",
             **extra,
         }
     )

@@ -101,7 +101,10 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
     files.append(("logo", ("logo.png", _logo(), "image/png")))
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
     hooks = {"CASTWORK_WEBHOOKS__ALLOW_PRIVATE": "true", **s3.env(BUCKET_URL)}
-    env = [worker_env(redis_url, d, **hooks) for d in worker_dirs]
+    env = [
+        worker_env(redis_url, d, **hooks, CASTWORK_MEDIA__QUALITY_REPORT="true")
+        for d in worker_dirs
+    ]
     with (
         worker_process(env[0], threads=1, log=logs[0]),
         worker_process(env[1], threads=1, log=logs[1]),
@@ -138,6 +141,17 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
     assert (event["type"], event["data"]["id"]) == ("job.done", job_id)
     delivered = client.get(f"/v1/jobs/{job_id}").json()["webhook"]["deliveries"]
     assert [(d["event"], d["ok"]) for d in delivered] == [("done", True)]
+    # Each output's quality report, in the view and in the webhook: nothing flagged, hard
+    # checks measured on the real files (loudness of the AAC mix, frames, captions).
+    quality = job["quality"]
+    assert quality == event["data"]["quality"] and quality["flagged"] is False, quality  # type: ignore[index]
+    assert set(quality["outputs"]) == {"9:16", "1:1", "16:9"}  # type: ignore[index]
+    for aspect, checks in quality["outputs"].items():  # type: ignore[index]
+        status = {c["name"]: c["status"] for c in checks}
+        for name in ("loudness", "true_peak", "black_frames", "frozen_frames", "captions"):
+            assert status[name] == "pass", (aspect, checks)
+        assert status["text"] in {"pass", "warn"}, (aspect, checks)  # OCR: soft
+    assert job["copy"]["source"] == "merchant"  # type: ignore[index]
     assert any(0 < p < 100 for p in seen_percents)  # progress was visible while it ran
     assert seen_percents == sorted(seen_percents)  # and never went backwards
 

@@ -600,3 +600,29 @@ def test_the_talk_page_is_found_from_the_page_server(make_api: MakeApi) -> None:
     api = make_api(voice={"port": 8799})
     r = api.client.get("/talk", follow_redirects=False)
     assert r.status_code == 307 and r.headers["location"] == "http://127.0.0.1:8799/talk"
+
+
+def test_copy_drafts_endpoint(make_api: MakeApi) -> None:
+    from media.copywriting.writer import Copywriter
+    from tests.test_copywriting import GOOD, _writing
+
+    api = make_api()
+    api_client = api.client
+    body = {"product": "Handmade ceramic mug", "price": "$24", "store": "Clay and Co"}
+    desk = api_client.app.state.castwork.copydesk  # type: ignore[attr-defined]
+    desk._writer = Copywriter([_writing(GOOD)])  # the embedded model: test_copywriting.py
+    got = api_client.post("/v1/copy/drafts", json={**body, "drafts": 1})
+    assert got.status_code == 200, got.text
+    assert got.json()["source"] == "llm:fake-llm"
+    assert got.json()["drafts"][0]["narration"] == GOOD.narration
+    bad = api_client.post("/v1/copy/drafts", json={**body, "product": "  "})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "product"
+    unknown = api_client.post("/v1/copy/drafts", json={**body, "template": "nope"})
+    assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "template"
+    extra = api_client.post("/v1/copy/drafts", json={**body, "claims": "best"})
+    assert extra.status_code == 422
+
+    # No copywriter configured (the default): the template's copy, and why.
+    off = make_api().client.post("/v1/copy/drafts", json=body)
+    assert off.status_code == 200 and off.json()["source"] == "template"
+    assert off.json()["reason"] == "no copywriter model is configured"

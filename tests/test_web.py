@@ -219,6 +219,15 @@ def test_merchant_makes_an_ad_in_the_browser(
             page.get_by_label("Price").fill("$12")
             page.get_by_label("Call to action").fill("Order today")
             page.get_by_label("Store name").fill("Blue Door")
+            # Copy drafts from the facts: no copywriter model is configured here, so the
+            # template's copy is the one draft, and the page says why; picking it fills the form.
+            page.get_by_role("button", name="Suggest copy from these facts").click()
+            expect(page.locator("#suggest-status")).to_contain_text("template's copy")
+            page.locator("#drafts .draft").first.click()
+            expect(page.get_by_label("Narration")).to_have_value(
+                "Fresh roasted coffee. Yours for $12. Shop now."
+            )
+            page.get_by_label("Call to action").fill("Order today")
             page.get_by_label("9:16").uncheck()
             page.get_by_label("16:9").uncheck()
             page.get_by_label("Product photos").set_input_files([str(p) for p in photos])

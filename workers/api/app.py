@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from workers.actors import QUEUE
 from workers.api import ops
 from workers.api.auth import Keys, Links, keys_required, link_secret
+from workers.api.copydesk import CopyDesk
 from workers.api.deps import ApiContext, router
 from workers.api.errors import (
     ApiError,
@@ -67,7 +68,9 @@ def create_app(
     # A broker only enqueues to queues it knows (StubBroker raises, others declare lazily).
     broker.declare_queue(QUEUE)
     job_storage = storage or open_storage(settings)
-    app.state.castwork = ApiContext(settings, store, broker, keys, links, job_storage)
+    app.state.castwork = ApiContext(
+        settings, store, broker, keys, links, job_storage, CopyDesk(settings)
+    )
     app.add_middleware(
         RequestGate,
         keys=keys,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import dramatiq
 from fastapi import (
@@ -20,6 +20,9 @@ from workers.settings import Settings
 from workers.storage import JobStorage
 from workers.store import JobStore
 
+if TYPE_CHECKING:
+    from workers.api.copydesk import CopyDesk
+
 
 @dataclass(frozen=True)
 class ApiContext:
@@ -31,6 +34,7 @@ class ApiContext:
     keys: Keys
     links: Links
     storage: JobStorage
+    copydesk: CopyDesk
 
 
 async def _context(request: Request) -> ApiContext:

@@ -44,8 +44,10 @@ from workers.api.schemas import (
     ErrorBody,
     Health,
     Job,
+    JobCopy,
     JobList,
     JobOutput,
+    JobQuality,
     TemplateInfo,
     TemplateList,
     Webhook,
@@ -156,8 +158,15 @@ def _job_view(record: JobRecord, ctx: ApiContext) -> Job:
                 for c in manifest.captions
             ],
         )
+    written = manifest.ad_copy
     return view.model_copy(
         update={
+            "copy_": JobCopy.model_validate(written.model_dump()) if written else None,
+            "quality": (
+                JobQuality.model_validate(manifest.quality.model_dump())
+                if manifest.quality
+                else None
+            ),
             "outputs": items,
             "preview_url": preview,
             "duration_s": manifest.duration_s,
@@ -208,6 +217,20 @@ def create_job(
         str | None, Form(alias="store", description="Up to 40 characters")
     ] = None,
     language: Annotated[Literal["auto", "en", "ko"] | None, Form()] = None,
+    offer: Annotated[
+        str | None, Form(description="A promotion AI copy may announce; up to 60")
+    ] = None,
+    narration_script: Annotated[
+        str | None,
+        Form(description="Read aloud instead of the template's narration (a picked draft)"),
+    ] = None,
+    write_copy: Annotated[
+        bool | None,
+        Form(
+            description="The copywriter writes headline, subline, call to action and "
+            "narration from the facts; the template's copy if it cannot (the job says so)"
+        ),
+    ] = None,
     formats: Annotated[
         list[str] | None, Form(description="Repeat the field or comma-separate: 9:16, 1:1, 16:9")
     ] = None,
@@ -253,6 +276,9 @@ def create_job(
         description=description,
         store=store_name,
         language=language,
+        offer=offer,
+        narration_script=narration_script,
+        write_copy=write_copy,
         formats=_formats(formats),
         captions=captions,
         caption_style=caption_style,

@@ -72,6 +72,26 @@ class Captions(BaseModel):
     items: list[Caption]
 
 
+class QualityLine(BaseModel):
+    name: str = Field(description="loudness, true_peak, black_frames, frozen_frames, text, ...")
+    status: str = Field(description="pass, warn, fail or skipped")
+    detail: str
+    hard: bool = Field(description="A hard check that fails flags the job")
+
+
+class JobQuality(BaseModel):
+    flagged: bool = Field(description="Some output failed a hard check: look before sending")
+    outputs: dict[str, list[QualityLine]] = Field(description="By format")
+
+
+class JobCopy(BaseModel):
+    source: str = Field(description='"merchant", "llm:<model>", or "template"')
+    note: str | None = Field(default=None, description="Why the template's copy was used")
+    headline: str
+    subline: str
+    cta: str
+
+
 class Job(BaseModel):
     id: str
     status: Status
@@ -86,6 +106,12 @@ class Job(BaseModel):
     outputs: list[JobOutput] = Field(default=[], description="One per format, once done")
     preview_url: str | None = None
     duration_s: float | None = None
+    copy_: JobCopy | None = Field(
+        default=None, alias="copy", description="Once done: the copy shown, and who wrote it"
+    )
+    quality: JobQuality | None = Field(
+        default=None, description="Once done: each output's quality report"
+    )
     captions: Captions | None = Field(
         default=None, description="Once done: the captions shown, timed (e.g. for subtitles)"
     )

@@ -1,7 +1,7 @@
 """One attempt at announcing a finished job at its webhook: sign, POST, log the attempt.
 
-The body is the job as the API shows it (``JobRecord.public()``, the formats' file names and
-the job's API path; download links come from ``GET /v1/jobs/{id}`` with the merchant's key),
+The body is the job as the API shows it (``JobRecord.public()``, the formats' file names, its
+quality report with ``flagged`` at the top, and the job's API path; download links come from ``GET /v1/jobs/{id}`` with the merchant's key),
 ``webhook-id`` is ``<job id>-<status>`` (the same for every retry: receivers drop repeats),
 the signature the Standard Webhooks library's. Each attempt is kept in the job's delivery log
 (the last 20), which the job view shows.
@@ -52,6 +52,10 @@ def payload(record: JobRecord, status: str) -> dict[str, Any]:
     data: dict[str, Any] = {**record.public(), "status": status, "url": f"/v1/jobs/{record.id}"}
     if record.manifest is not None:
         data["files"] = sorted(record.manifest.downloads())
+        # A receiver that sends ads on by itself must see a flagged one (media.quality).
+        quality = record.manifest.quality
+        data["quality"] = quality.model_dump(mode="json") if quality else None
+        data["flagged"] = bool(quality and quality.flagged)
     return {
         "type": f"job.{status}",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),

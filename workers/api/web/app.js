@@ -15,7 +15,7 @@
     failed: "Failed",
     cancelled: "Cancelled",
   };
-  const FIELDS = ["template", "headline", "price", "cta", "description", "store", "language", "caption_style", "webhook_url"];
+  const FIELDS = ["template", "headline", "price", "cta", "description", "store", "language", "caption_style", "narration_script", "webhook_url"];
 
   const $ = (id) => document.getElementById(id);
   const state = { config: null, jobId: null, timer: null, polling: false };
@@ -80,6 +80,7 @@
     $("images").addEventListener("change", showPreviews);
     $("template").addEventListener("change", describeTemplate);
     $("cancel").addEventListener("click", onCancel);
+    $("suggest").addEventListener("click", onSuggest);
     $("refresh").addEventListener("click", () => loadRecent());
     $("api-key").value = apiKey();
     try {
@@ -319,7 +320,94 @@
       figure.append(video, caption);
       return figure;
     });
-    $("results").replaceChildren(...figures);
+    $("results").replaceChildren(...figures, ...qualityReport(job));
+  }
+
+  // Each output's quality report: what failed or needs a look, in plain words.
+  function qualityReport(job) {
+    if (!job.quality) return [];
+    const box = document.createElement("section");
+    box.className = job.quality.flagged ? "quality flagged" : "quality";
+    const title = document.createElement("h3");
+    title.textContent = job.quality.flagged
+      ? "Quality check: look before you send this ad"
+      : "Quality check: passed";
+    const list = document.createElement("ul");
+    for (const [format, checks] of Object.entries(job.quality.outputs)) {
+      for (const check of checks) {
+        if (check.status === "pass" || check.status === "skipped") continue;
+        const item = document.createElement("li");
+        item.dataset.status = check.status;
+        item.textContent = `${format} ${check.name} (${check.status}): ${check.detail}`;
+        list.append(item);
+      }
+    }
+    const passed = Object.values(job.quality.outputs).flat().filter((c) => c.status === "pass").length;
+    const summary = document.createElement("p");
+    summary.textContent = `${passed} checks passed (loudness, true peak, black and frozen frames, captions, end-card text).`;
+    box.append(title, summary, list);
+    return [box];
+  }
+
+  // --- Copy drafts ---------------------------------------------------------------------
+
+  async function onSuggest() {
+    clearErrors();
+    const product = $("headline").value.trim();
+    if (!product) {
+      showFieldError("headline", "Enter the product's name first: drafts are written from it.");
+      return;
+    }
+    const body = { product, template: $("template").value, language: $("language").value };
+    for (const [name, id] of [["price", "price"], ["store", "store"], ["notes", "description"]]) {
+      const value = $(id).value.trim();
+      if (value) body[name] = value;
+    }
+    $("suggest").disabled = true;
+    $("suggest-status").textContent = "Writing drafts…";
+    $("drafts").replaceChildren();
+    try {
+      showDrafts(await api("/v1/copy/drafts", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      }));
+    } catch (err) {
+      $("suggest-status").textContent = `No drafts: ${err.message}`;
+    } finally {
+      $("suggest").disabled = false;
+    }
+  }
+
+  function showDrafts(result) {
+    $("suggest-status").textContent = result.source === "template"
+      ? `No model wrote a usable draft (${result.reason}); here is the template's copy.`
+      : `${result.drafts.length} draft(s) by ${result.source.replace(/^llm:/, "")} in ${result.seconds} s. Pick one:`;
+    const cards = result.drafts.map((draft, i) => {
+      const card = document.createElement("button");
+      card.type = "button";
+      card.className = "draft";
+      card.dataset.draft = String(i);
+      for (const [label, text] of [["Headline", draft.headline], ["Subline", draft.subline],
+        ["Call to action", draft.cta], ["Narration", draft.narration]]) {
+        const line = document.createElement("span");
+        const name = document.createElement("strong");
+        name.textContent = `${label}: `;
+        line.append(name, text);
+        card.append(line);
+      }
+      card.addEventListener("click", () => pickDraft(draft, card));
+      return card;
+    });
+    $("drafts").replaceChildren(...cards);
+  }
+
+  function pickDraft(draft, card) {
+    $("headline").value = draft.headline;
+    $("description").value = draft.subline;
+    $("cta").value = draft.cta;
+    $("narration_script").value = draft.narration;
+    for (const other of document.querySelectorAll(".draft")) other.classList.toggle("picked", other === card);
   }
 
   function link(href, filename, text) {
