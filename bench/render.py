@@ -247,7 +247,16 @@ def castwork_worker(
     t0 = time.perf_counter()
     render_module.render_plan(plan, out, asset_dir=assets, options=options)
     wall = time.perf_counter() - t0
+    # What the job's quality report adds per output (media.quality; outside the render's
+    # clock, as in a job, where it follows the render in the same stage).
+    from media.quality.report import inspect
+
+    t1 = time.perf_counter()
+    checks = inspect(out, plan, captions=(), speech=None, captions_aligned=True, language="en")
+    quality_s = time.perf_counter() - t1
     return {
+        "quality_s": quality_s,
+        "quality": {c.name: c.status for c in checks},
         "wall_s": wall,
         "text_s": stages.get("text_s", 0.0),
         "ffmpeg_s": wall - stages.get("text_s", 0.0),
@@ -699,7 +708,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         results.append(r)
         print(
             f"  castwork run {i}: {r['wall_s']:.2f} s (text PNGs {r['text_s']:.2f} s, "
-            f"ffmpeg {r['ffmpeg_s']:.2f} s), peak {r['peak_tree_mb']:.0f} MB; {_busy(r)}",
+            f"ffmpeg {r['ffmpeg_s']:.2f} s), peak {r['peak_tree_mb']:.0f} MB; {_busy(r)}; "
+            f"then its quality report {r['quality_s']:.2f} s ({r['quality']})",
             flush=True,
         )
     castwork = list(results)
