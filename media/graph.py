@@ -3,6 +3,7 @@
 Pure (no I/O), so the graph can be read and tested as text. Shape of the graph::
 
     photo_i ─ scale(cover, oversampled) ─ crop ─ zoompan(Ken Burns) ─┐
+    clip_i  ─ (looped) fps ─ scale(cover) ─ crop ─ trim ─────────────┤
     card    ─ loop ──────────────────────────────────────────────────┴─ xfade ... xfade ─┐
     layer_j ─ loop(its frames) ─ setpts(its start) ─ fade(alpha) ─────── overlay ... overlay ─ x264
     soundtrack.wav ───────────────────────────────────────────────────────────────────────── aac
@@ -93,6 +94,17 @@ def _photo_chain(idx: int, clip: Clip, plan: RenderPlan, opts: EncodeOptions) ->
         f"zoompan=z='{z}':x='{x}':y='{y}':d={clip.frames}:s={plan.width}x{plan.height}"
         f":fps={plan.fps},"
         f"settb=1/{plan.fps},setpts=N"
+    )
+
+
+def _video_chain(idx: int, clip: Clip, plan: RenderPlan) -> str:
+    """A clip fills the frame (cover, centred), at the plan's rate; one shorter than its scene
+    plays again from the start (its input loops: a held last frame would read as a freeze)."""
+    w, h = plan.width, plan.height
+    return (
+        f"[{idx}:v]fps={plan.fps},scale={w}:{h}:force_original_aspect_ratio=increase"
+        f":flags=bicubic,crop={w}:{h},setsar=1,format=yuv420p,"
+        f"trim=end_frame={clip.frames},settb=1/{plan.fps},setpts=N"
     )
 
 
@@ -209,6 +221,13 @@ def build_args(
         if clip.kind == "photo":
             assert clip.source is not None
             chain = _photo_chain(add_input(clip.source), clip, plan, options)
+        elif clip.kind == "video":
+            assert clip.source is not None
+            # Decoded only as far as its scene reaches; its sound is not used (muted).
+            seconds = _num(clip.frames / plan.fps + 0.5)
+            inputs.extend(["-stream_loop", "-1", "-t", seconds, "-i", str(clip.source)])
+            n_inputs += 1
+            chain = _video_chain(n_inputs - 1, clip, plan)
         else:
             chain = _card_chain(add_input(card_image), clip, plan)
         chains.append(f"{chain}[c{k}]")

@@ -21,6 +21,7 @@ from typing import Any
 
 from base.files import atomic_path
 from media import ffmpeg
+from media.clips import ClipLimits, prepare_clip, sniff_video
 from media.copywriting.brief import Brief, limits_for
 from media.copywriting.policy import Draft
 from media.copywriting.writer import Copywriter, build_copywriter
@@ -74,8 +75,13 @@ def template_for(spec: JobSpec, settings: RenderSettings) -> Template:
 # --- Stage 1: prepare -------------------------------------------------------------------
 
 
+def _starts_like_a_video(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return sniff_video(fh.read(1024)) is not None
+
+
 def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec:
-    """Normalize photos and logo into ``inputs/``; store the job with those paths."""
+    """Normalize photos, clips and logo into ``inputs/``; store the job with those paths."""
     if paths.spec_file.exists():
         return paths.read_spec(paths.spec_file)
     paths.make()
@@ -86,8 +92,13 @@ def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec
     for label, path in [*(("images", p) for p in spec.images), ("logo", spec.logo)]:
         if path is not None and not path.is_file():
             raise InputError(f"{label}: no such file: {path}", field=label)
+    clip_limits = ClipLimits(
+        max_bytes=m.max_clip_mb << 20, max_seconds=m.max_clip_s, keep_s=m.clip_keep_s
+    )
     images = [
-        prepare_image(p, paths.inputs, name=p.name, kind="photo", limits=limits).path
+        prepare_clip(p, paths.inputs, name=p.name, limits=clip_limits).path
+        if _starts_like_a_video(p)
+        else prepare_image(p, paths.inputs, name=p.name, kind="photo", limits=limits).path
         for p in spec.images
     ]
     logo = None

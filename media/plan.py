@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
 
+from media.clips import is_clip
 from media.errors import InputError
 from media.narration import Phrase
 from media.templates import (
@@ -79,8 +80,8 @@ class Timeline:
 class Clip:
     """A video segment before transitions: a photo with motion, or the end card."""
 
-    kind: str  # "photo" | "card"
-    source: Path | None  # the photo (None for the card: media.render draws its background)
+    kind: str  # "photo" | "video" | "card"
+    source: Path | None  # the photo or clip (None for the card: media.render draws it)
     start: float
     frames: int
     motion: Motion = "none"
@@ -318,9 +319,11 @@ def plan_render(
     for k, scene in enumerate(timeline.scenes):
         start = scene.start_frame / FPS
         end = (scene.start_frame + scene.frames) / FPS
-        clips.append(
-            Clip("photo", images[scene.image], start, scene.frames, scene.motion, scene.zoom)
-        )
+        source = images[scene.image]
+        if is_clip(source):  # a video clip plays as it is: no Ken Burns motion over it
+            clips.append(Clip("video", source, start, scene.frames))
+        else:
+            clips.append(Clip("photo", source, start, scene.frames, scene.motion, scene.zoom))
         # Texts leave with their photo: they fade out during the transition to the next clip.
         for name in scene.text:
             box = layout.scene[name].pixels(width, height)

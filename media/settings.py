@@ -33,6 +33,11 @@ class MediaSettings(Section):
     max_images: Annotated[int, Field(ge=1, le=8)] = 8
     max_image_mb: Annotated[int, Field(ge=1, le=200)] = 20
     max_image_pixels: Annotated[int, Field(ge=1_000_000, le=200_000_000)] = 50_000_000
+    # Video clips among the photos (media/clips.py): upload size, length, and how much of a
+    # clip is kept (a scene is a few seconds; the rest would only cost decoding time).
+    max_clip_mb: Annotated[int, Field(ge=1, le=2000)] = 100
+    max_clip_s: Annotated[float, Field(gt=0, le=600)] = 60.0
+    clip_keep_s: Annotated[float, Field(ge=1, le=60)] = 10.0
     # A quality report per output (media.quality): loudness, true peak, black and frozen
     # frames, captions against the speech, feed safe zones, and (quality_ocr) the end card
     # read back by Tesseract. ~1-3 s per output on 2 cores, in the render stage.

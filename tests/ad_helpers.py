@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image
 
+from media.quality.measure import inner_panel
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -98,26 +100,6 @@ def wait_for(predicate: object, timeout_s: float, what: str, every_s: float = 0.
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def _inner_panel(gray: Image.Image) -> Image.Image | None:
-    """The block that stands out from the crop's border colour (a pill or button), inset so its
-    rounded edge is gone, on a margin of its own colour: Tesseract reads text on a coloured
-    pill poorly while the pill's outline is in view."""
-    import numpy as np
-    from PIL import ImageOps
-
-    a = np.asarray(gray).astype(int)
-    border = float(np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])))
-    ys, xs = np.nonzero(np.abs(a - border) > 60)
-    if xs.size == 0:
-        return None
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-    dx, dy = (x1 - x0) // 12, (y1 - y0) // 8
-    if x1 - x0 < 8 or y1 - y0 < 8:
-        return None
-    inner = gray.crop((x0 + dx, y0 + dy, x1 - dx, y1 - dy))
-    return ImageOps.expand(inner, 20, fill=int(np.median(np.asarray(inner))))
-
-
 def ocr(
     image: Image.Image, *, lang: str = "eng", until: str | Callable[[str], bool] | None = None
 ) -> str:
@@ -134,7 +116,7 @@ def ocr(
         raise RuntimeError("tesseract is not installed (./setup.sh installs tesseract-ocr)")
     gray = ImageOps.grayscale(image)
     variants = [gray, ImageOps.invert(gray)]
-    panel = _inner_panel(gray)
+    panel = inner_panel(gray)
     if panel is not None:
         variants += [panel, ImageOps.invert(panel)]
     texts = []

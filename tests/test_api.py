@@ -626,3 +626,23 @@ def test_copy_drafts_endpoint(make_api: MakeApi) -> None:
     off = make_api().client.post("/v1/copy/drafts", json=body)
     assert off.status_code == 200 and off.json()["source"] == "template"
     assert off.json()["reason"] == "no copywriter model is configured"
+
+
+def test_clips_are_accepted_among_the_photos_up_to_their_own_limit(
+    make_api: MakeApi, tmp_path: Path
+) -> None:
+    from tests.test_clips import make_clip
+
+    api = make_api(media={"max_image_mb": 1, "max_clip_mb": 2})
+    clip = make_clip(tmp_path / "c.mp4", seconds=1, size="160x120").read_bytes()
+    files = [*_photos(), ("images", ("c.mp4", clip, "video/mp4"))]
+    made = api.submit(files=files)
+    assert made.status_code == 201, made.text
+    assert api.client.get("/v1/config").json()["max_clip_mb"] == 2
+    # Its own limit (2 MB), not the photos' (1 MB); and a renamed non-video is still refused.
+    padded = clip + b"\x00" * (3 << 20)
+    big = api.submit(files=[("images", ("c.mp4", padded, "video/mp4"))])
+    assert big.status_code == 413 and "2 MB" in big.json()["error"]["message"]
+    avi = b"RIFF\x00\x00\x00\x00AVI LIST" + b"\x00" * 100
+    odd = api.submit(files=[("images", ("c.avi", avi, "video/x-msvideo"))])
+    assert odd.status_code == 415 and "WebM clip" in odd.json()["error"]["message"]

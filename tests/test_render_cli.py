@@ -7,27 +7,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from media import ffmpeg
+from media.folder import JobPaths
+from media.pipeline import NarrationInfo, plan_for
 from media.templates import FRAME_SIZES, get_template
 from tests.ad_helpers import ROOT, ocr, photo_bytes
+from tests.test_clips import make_clip
+from workers.settings import load_settings
 
 pytestmark = pytest.mark.models
 
 
 def test_render_korean_job_from_yaml(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(photo_bytes("chelsea"))
-    (tmp_path / "b.jpg").write_bytes(photo_bytes("coffee"))
+    make_clip(tmp_path / "b.mov", seconds=2.0)  # a video clip among the photos
     job = {
         "template": "news",
         "headline": "신메뉴 출시 기념 전 품목 할인 행사를 진행합니다",
         "price": "4,500원",
         "cta": "지금 주문하기",
         "store": "블루도어 카페",
-        "images": ["a.jpg", "b.jpg"],
+        "images": ["a.jpg", "b.mov"],
         "formats": ["1:1"],
     }
     job_file = tmp_path / "job.yaml"
@@ -55,11 +60,29 @@ def test_render_korean_job_from_yaml(tmp_path: Path) -> None:
     box = get_template("news").layouts["1:1"].end_card["headline"].pixels(*FRAME_SIZES["1:1"])
     x, y, w, h = box
     # The long Korean headline wrapped (and shrank) inside its box: its words are all there.
-    words = ("신메뉴", "출시", "할인")
+    # (Not 출시: Tesseract reads its 출 as 줄 in some encodes of this same frame.)
+    words = ("신메뉴", "기념", "할인")
     crop = frame.crop((x, y, x + w, y + h))
     read = ocr(crop, lang="kor", until=lambda t: all(w in t.replace(" ", "") for w in words))
     for word in words:
         assert word in read.replace(" ", ""), read
+    # The clip is the second scene and plays there (two moments of it differ), muted; the
+    # quality report measured the file: nothing black, frozen or loud, not flagged.
+    paths = JobPaths(out)
+    spec = paths.read_spec(paths.spec_file)
+    info = NarrationInfo.load(paths.narration_file)
+    plan = plan_for(spec, paths, load_settings(), "1:1", info)
+    scene = plan.clips[1]
+    assert scene.kind == "video"
+    stills = []
+    for k, at in enumerate((0.6, 1.0)):
+        ffmpeg.frame(video, tmp_path / f"clip{k}.png", at_s=scene.start + at)
+        stills.append(np.asarray(Image.open(tmp_path / f"clip{k}.png").convert("L"), dtype=float))
+    assert np.abs(stills[0] - stills[1]).mean() > 2.0
+    quality = manifest["quality"]
+    status = {c["name"]: c["status"] for c in quality["outputs"]["1:1"]}
+    assert not quality["flagged"] and status["frozen_frames"] == "pass", quality
+    assert status["loudness"] == "pass" and status["black_frames"] == "pass", quality
 
 
 def test_render_refuses_a_bad_job_file_clearly(tmp_path: Path) -> None:

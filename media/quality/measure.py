@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from media import ffmpeg
@@ -71,6 +72,23 @@ def analyse(video: Path, *, has_audio: bool, timeout_s: float = 120.0) -> Measur
     )
 
 
+def inner_panel(gray: Image.Image) -> Image.Image | None:
+    """The block that stands out from the crop's border colour (a pill or button), inset so its
+    rounded edge is gone, on a margin of its own colour: Tesseract reads text on a coloured
+    pill poorly while the pill's outline is in view. None when there is no such block."""
+    a = np.asarray(gray).astype(int)
+    border = float(np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])))
+    ys, xs = np.nonzero(np.abs(a - border) > 60)
+    if xs.size == 0:
+        return None
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
+    dx, dy = (x1 - x0) // 12, (y1 - y0) // 8
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    inner = gray.crop((x0 + dx, y0 + dy, x1 - dx, y1 - dy))
+    return ImageOps.expand(inner, 20, fill=int(np.median(np.asarray(inner))))
+
+
 def read_texts(
     video: Path,
     at_s: float,
@@ -96,9 +114,14 @@ def read_texts(
         for name, ((x, y, w, h), shown) in boxes.items():
             crop = frame.crop((x, y, x + w, y + h))
             readings: list[str] = []
-            for k, variant in enumerate((crop, ImageOps.invert(crop))):
+            variants = [crop, ImageOps.invert(crop)]
+            panel = inner_panel(crop)
+            if panel is not None:
+                variants += [panel, ImageOps.invert(panel)]
+            for k, variant in enumerate(variants):
                 path = Path(tmp) / f"{name}-{k}.png"
-                variant.resize((w * 2, h * 2), Image.Resampling.LANCZOS).save(path)
+                size = (variant.width * 2, variant.height * 2)
+                variant.resize(size, Image.Resampling.LANCZOS).save(path)
                 proc = subprocess.run(
                     [tesseract, str(path), "-", "-l", lang, "--psm", "6"],
                     capture_output=True,

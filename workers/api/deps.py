@@ -15,7 +15,7 @@ from fastapi import (
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from workers.api.auth import Keys, Links
-from workers.api.errors import unauthorized
+from workers.api.errors import error_responses, unauthorized
 from workers.settings import Settings
 from workers.storage import JobStorage
 from workers.store import JobStore
@@ -65,4 +65,6 @@ async def _merchant(who: Annotated[str | None, Depends(_presented)]) -> str:
 Merchant = Annotated[str, Depends(_merchant)]
 Presented = Annotated[str | None, Depends(_presented)]
 
-router = APIRouter()
+# Any route may answer 400: the request gate refuses a malformed Content-Length or an
+# untrusted Host before a route runs (workers/api/limits.py).
+router = APIRouter(responses=error_responses(400))

@@ -30,6 +30,7 @@ from base.access import bearer_token, is_key, page_csp
 from base.metrics import metrics_text
 from voice.monitoring import turnstats
 from voice.monitoring.turnlog_reader import TurnLogTail
+from workers.api.errors import error_responses
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # Same rules as the merchant page: our own script and styles only.
@@ -97,7 +98,8 @@ def _ops(request: Request) -> OpsContext:
 
 
 Ops = Annotated[OpsContext, Depends(_ops)]
-router = APIRouter()
+# Any route may answer 400 (the request gate, workers/api/limits.py).
+router = APIRouter(responses=error_responses(400))
 
 
 def page(name: str, csp: str) -> FileResponse:

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Stre
 
 from base.access import page_csp
 from base.errors import CapacityError
+from media.clips import sniff_video
 from media.errors import InputError, StorageError
 from media.folder import PREVIEW_FILE
 from media.images import check_image_count, safe_name, sniff_format
@@ -82,23 +83,31 @@ def _check_template(settings: Settings, template_id: str | None) -> None:
         get_template(template_id, settings.media.templates_dir)
 
 
-def _read_upload(upload: UploadFile, label: str, field: str, max_mb: int) -> Upload:
-    """The upload's bytes, after its size (413) and its real type (415) are checked."""
+def _read_upload(
+    upload: UploadFile, label: str, field: str, max_mb: int, *, clip_mb: int | None = None
+) -> Upload:
+    """The upload's bytes, after its size (413) and its real type (415) are checked.
+    ``clip_mb``: video clips are welcome too, up to that size (photos stay within max_mb)."""
     name = safe_name(upload.filename or "upload")
-    limit = max_mb * MB
+    head = upload.file.read(1024)
+    upload.file.seek(0)
+    video = clip_mb is not None and sniff_video(head) is not None
+    limit_mb = clip_mb if video and clip_mb is not None else max_mb
+    limit = limit_mb * MB
     too_big = ApiError(
-        413, "file_too_large", f"{label} ({name}): larger than the {max_mb} MB limit", field=field
+        413, "file_too_large", f"{label} ({name}): larger than the {limit_mb} MB limit", field=field
     )
     if upload.size is not None and upload.size > limit:
         raise too_big
     data = upload.file.read(limit + 1)
     if len(data) > limit:
         raise too_big
-    if sniff_format(data) is None:
+    if not video and sniff_format(data) is None:
+        accepted = f"{_ACCEPTED}, or an MP4, MOV or WebM clip" if clip_mb else _ACCEPTED
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"{label} ({name}): not an image; send {_ACCEPTED}",
+            f"{label} ({name}): not an image; send {accepted}",
             field=field,
         )
     return Upload(name, data)
@@ -264,7 +273,7 @@ def create_job(
     except InputError as exc:
         raise input_error(exc) from None
     photos = [
-        _read_upload(up, f"images[{i}]", "images", media.max_image_mb)
+        _read_upload(up, f"images[{i}]", "images", media.max_image_mb, clip_mb=media.max_clip_mb)
         for i, up in enumerate(images)
     ]
     logo_upload = _read_upload(logo, "logo", "logo", media.max_image_mb) if logo else None
@@ -496,6 +505,7 @@ async def client_config(ctx: Ctx) -> ClientConfig:
         auth_required=not ctx.keys.open,
         max_images=ctx.settings.media.max_images,
         max_image_mb=ctx.settings.media.max_image_mb,
+        max_clip_mb=ctx.settings.media.max_clip_mb,
         max_request_mb=ctx.settings.api.max_request_mb,
         formats=list(ASPECTS),
         languages=["auto", "en", "ko"],

@@ -140,6 +140,7 @@ class ClientConfig(BaseModel):
     auth_required: bool
     max_images: int
     max_image_mb: int
+    max_clip_mb: int
     max_request_mb: int
     formats: list[str]
     languages: list[str]

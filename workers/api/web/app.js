@@ -142,14 +142,17 @@
 
   function showPreviews() {
     const list = $("photo-previews");
-    for (const img of list.querySelectorAll("img")) URL.revokeObjectURL(img.src);
+    for (const el of list.querySelectorAll("img, video")) URL.revokeObjectURL(el.src);
     list.replaceChildren(
       ...Array.from($("images").files, (file) => {
         const item = document.createElement("li");
-        const img = document.createElement("img");
-        img.src = URL.createObjectURL(file);
-        img.alt = file.name;
-        item.append(img);
+        // A clip previews as a silent, looping video; a photo as an image.
+        const clip = file.type.startsWith("video/");
+        const el = document.createElement(clip ? "video" : "img");
+        el.src = URL.createObjectURL(file);
+        if (clip) Object.assign(el, { muted: true, loop: true, autoplay: true, playsInline: true });
+        else el.alt = file.name;
+        item.append(el);
         return item;
       }),
     );
@@ -193,8 +196,9 @@
     }
     const logo = $("logo").files[0];
     const all = logo ? [...files, logo] : files;
-    const big = all.find((f) => f.size > config.max_image_mb * 1024 * 1024);
-    if (big) return [big === logo ? "logo" : "images", `${big.name} is larger than ${config.max_image_mb} MB.`];
+    const limitOf = (f) => (f.type.startsWith("video/") ? config.max_clip_mb || 100 : config.max_image_mb);
+    const big = all.find((f) => f.size > limitOf(f) * 1024 * 1024);
+    if (big) return [big === logo ? "logo" : "images", `${big.name} is larger than ${limitOf(big)} MB.`];
     const total = all.reduce((sum, f) => sum + f.size, 0);
     if (total > config.max_request_mb * 1024 * 1024) {
       return ["images", `Together the files are larger than ${config.max_request_mb} MB.`];
