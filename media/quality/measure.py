@@ -34,14 +34,18 @@ def analyse(video: Path, *, has_audio: bool, timeout_s: float = 120.0) -> Measur
     """One decoding pass over ``video``."""
     filters = [
         "-vf",
-        f"scale={ANALYSIS_WIDTH}:-2,blackdetect=d=0.2:pix_th=0.10,freezedetect=n=0.001:d=1.5",
+        f"scale={ANALYSIS_WIDTH}:-2:flags=fast_bilinear,blackdetect=d=0.2:pix_th=0.10,"
+        "freezedetect=n=0.001:d=1.5",
     ]
     if has_audio:
         filters += ["-af", "ebur128=peak=true:framelog=verbose"]
+    # Decoded without the deblocking filter: black and frozen stretches show as well, sooner.
     cmd = [
         ffmpeg.binary(),
         "-hide_banner",
         "-nostdin",
+        "-skip_loop_filter",
+        "all",
         "-i",
         str(video),
         *filters,
