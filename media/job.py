@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from media.brand import Brand
 from media.errors import InputError, first_error
 from media.templates import ASPECTS, Aspect, CaptionStyle, Language
 
@@ -56,6 +57,8 @@ class JobSpec(BaseModel):
     # Ask the copywriter (media.copywriting) for the headline, subline, call to action and
     # narration from the facts; the template's copy is used when it cannot write one.
     write_copy: bool = False
+    # The merchant's colours over the template's (media.brand); None: the template's own.
+    brand: Brand | None = None
     language: Literal["auto", "en", "ko"] = "auto"
     images: Annotated[list[Path], Field(min_length=1, max_length=MAX_IMAGES)]
     logo: Path | None = None

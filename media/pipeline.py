@@ -21,6 +21,7 @@ from typing import Any
 
 from base.files import atomic_path
 from media import ffmpeg
+from media.brand import apply_brand
 from media.clips import ClipLimits, prepare_clip, sniff_video
 from media.copywriting.brief import Brief, limits_for
 from media.copywriting.policy import Draft
@@ -68,8 +69,9 @@ def read_json(path: Path) -> Any:
 
 
 def template_for(spec: JobSpec, settings: RenderSettings) -> Template:
-    """The job's template, from :func:`media.templates.catalogue`."""
-    return get_template(spec.template, settings.media.templates_dir)
+    """The job's template, from :func:`media.templates.catalogue`, in its brand's colours."""
+    template = get_template(spec.template, settings.media.templates_dir)
+    return apply_brand(template, spec.brand) if spec.brand else template
 
 
 # --- Stage 1: prepare -------------------------------------------------------------------

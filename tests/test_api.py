@@ -646,3 +646,29 @@ def test_clips_are_accepted_among_the_photos_up_to_their_own_limit(
     avi = b"RIFF\x00\x00\x00\x00AVI LIST" + b"\x00" * 100
     odd = api.submit(files=[("images", ("c.avi", avi, "video/x-msvideo"))])
     assert odd.status_code == 415 and "WebM clip" in odd.json()["error"]["message"]
+
+
+def test_brand_colours_are_kept_and_given_to_each_job(api: Api) -> None:
+    assert api.client.get("/v1/brand", headers=AUTH_A).status_code == 404
+    brand = {"primary": "#1D3557", "accent": "#E63946"}
+    assert api.client.put("/v1/brand", json=brand, headers=AUTH_A).json() == brand
+    bad = api.client.put("/v1/brand", json={"primary": "red", "accent": "#E63946"}, headers=AUTH_A)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "primary"
+
+    def spec_of(response: Response, merchant: str = "alice") -> dict[str, Any]:
+        assert response.status_code == 201, response.text
+        paths = job_root(api.settings, merchant, response.json()["id"])
+        return dict(json.loads(paths.request_file.read_text()))
+
+    assert spec_of(api.submit(AUTH_A)).get("brand") == brand  # the kept brand
+    own = {**FIELDS, "brand_primary": "#FFFFFF", "brand_accent": "#000000"}
+    assert spec_of(api.submit(AUTH_A, fields=own))["brand"] == {
+        "primary": "#FFFFFF",
+        "accent": "#000000",
+    }
+    assert spec_of(api.submit(AUTH_A, fields={**FIELDS, "brand": "false"})).get("brand") is None
+    assert spec_of(api.submit(AUTH_B), "bob").get("brand") is None  # bob kept none
+    odd = api.submit(AUTH_A, fields={**FIELDS, "brand_primary": "#12345"})
+    assert odd.status_code == 422 and odd.json()["error"]["field"] == "brand"
+    assert api.client.delete("/v1/brand", headers=AUTH_A).status_code == 204
+    assert api.client.get("/v1/brand", headers=AUTH_A).status_code == 404

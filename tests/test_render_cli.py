@@ -33,6 +33,7 @@ def test_render_korean_job_from_yaml(tmp_path: Path) -> None:
         "cta": "지금 주문하기",
         "store": "블루도어 카페",
         "images": ["a.jpg", "b.mov"],
+        "brand": {"primary": "#F1FAEE", "accent": "#2A9D8F"},
         "formats": ["1:1"],
     }
     job_file = tmp_path / "job.yaml"
@@ -66,6 +67,16 @@ def test_render_korean_job_from_yaml(tmp_path: Path) -> None:
     read = ocr(crop, lang="kor", until=lambda t: all(w in t.replace(" ", "") for w in words))
     for word in words:
         assert word in read.replace(" ", ""), read
+    # In the brand's colours: the light primary behind the (light) end card, the accent pill
+    # behind the price.
+    pixels = np.asarray(frame, dtype=int)
+    assert np.abs(pixels[5, 5] - [0xF1, 0xFA, 0xEE]).max() < 12, pixels[5, 5]
+    px, py, pw, ph = (
+        get_template("news").layouts["1:1"].end_card["price"].pixels(*FRAME_SIZES["1:1"])
+    )
+    pill = pixels[py : py + ph, px : px + pw]
+    near = (np.abs(pill - [0x2A, 0x9D, 0x8F]).max(axis=2) < 16).mean()
+    assert near > 0.15, near
     # The clip is the second scene and plays there (two moments of it differ), muted; the
     # quality report measured the file: nothing black, frozen or loud, not flagged.
     paths = JobPaths(out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import json
 import os
 import shutil
 import socket
@@ -41,6 +42,7 @@ from workers.api import create_app
 from workers.broker import make_broker
 from workers.settings import Settings, load_settings
 from workers.storage import open_storage
+from workers.storage.local import job_root
 from workers.store import JobStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
@@ -228,6 +230,7 @@ def test_merchant_makes_an_ad_in_the_browser(
                 "Fresh roasted coffee. Yours for $12. Shop now."
             )
             page.get_by_label("Call to action").fill("Order today")
+            page.get_by_label("Brand colours").check()  # the page's default pair
             page.get_by_label("9:16").uncheck()
             page.get_by_label("16:9").uncheck()
             page.get_by_label("Product photos").set_input_files([str(p) for p in photos])
@@ -264,6 +267,12 @@ def test_merchant_makes_an_ad_in_the_browser(
             assert download.body()[4:8] == b"ftyp"
             thumb = page.get_by_role("img", name="1:1 thumbnail")
             assert thumb.evaluate("img => img.naturalWidth") > 0
+
+            # The job was made in the brand colours picked on the page (its kept request).
+            job_id = page.get_attribute("#job", "data-job-id") or ""
+            request = job_root(stack.settings, "shop", job_id).request_file
+            kept = json.loads(request.read_text())["brand"]
+            assert kept == {"primary": "#1D3557", "accent": "#E63946"}, kept
 
             page.get_by_role("button", name="Refresh").click()
             recent = page.locator("#recent-list li")

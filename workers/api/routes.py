@@ -27,6 +27,7 @@ from media.folder import PREVIEW_FILE
 from media.images import check_image_count, safe_name, sniff_format
 from media.templates import ASPECTS, CaptionStyle, Template, catalogue, get_template
 from workers.api import ops
+from workers.api.brand import saved_brand
 from workers.api.deps import ApiContext, Ctx, Merchant, Presented, router
 from workers.api.errors import (
     RETRY_AFTER_S,
@@ -233,6 +234,13 @@ def create_job(
         str | None,
         Form(description="Read aloud instead of the template's narration (a picked draft)"),
     ] = None,
+    brand_primary: Annotated[
+        str | None, Form(description="#RRGGBB: this job's brand colours, with brand_accent")
+    ] = None,
+    brand_accent: Annotated[str | None, Form(description="#RRGGBB")] = None,
+    brand: Annotated[
+        bool | None, Form(description="false: the template's colours, not the kept brand")
+    ] = None,
     write_copy: Annotated[
         bool | None,
         Form(
@@ -294,6 +302,10 @@ def create_job(
         music=music,
         narration=narration,
     )
+    if brand_primary or brand_accent:
+        fields["brand"] = {"primary": brand_primary, "accent": brand_accent}
+    elif brand is not False and (kept := saved_brand(ctx.store, merchant)) is not None:
+        fields["brand"] = kept.model_dump()
     record, created = _submit(
         ctx, merchant, fields, photos, logo_upload, idempotency_key, webhook_url or None
     )

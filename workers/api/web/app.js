@@ -219,6 +219,11 @@
     for (const format of checkedFormats()) form.append("formats", format);
     // Unchecked boxes are not sent by the browser; the API must hear "false".
     for (const name of ["captions", "music", "narration"]) form.append(name, String($(name).checked));
+    // Colours picked here win over the brand kept on the server for this ad only.
+    if ($("use_brand").checked) {
+      form.append("brand_primary", $("brand_primary").value.toUpperCase());
+      form.append("brand_accent", $("brand_accent").value.toUpperCase());
+    }
     for (const file of $("images").files) form.append("images", file, file.name);
     if ($("logo").files[0]) form.append("logo", $("logo").files[0], $("logo").files[0].name);
     return form;
@@ -261,6 +266,7 @@
     state.jobId = job.id;
     $("job").hidden = false;
     $("job").dataset.status = job.status;
+    $("job").dataset.jobId = job.id;
     $("job-headline").textContent = job.fields.headline || "";
     $("stage").textContent = stageLabel(job);
     $("percent").textContent = `${Math.round(job.percent)}%`;
