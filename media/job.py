@@ -19,7 +19,12 @@ from media.errors import InputError, first_error
 from media.templates import ASPECTS, Aspect, CaptionStyle, Language
 
 MAX_IMAGES = 8
-_HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
+HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
+
+
+def text_language(text: str) -> Language:
+    """The language "auto" means for ``text``: Korean when it has Hangul, else English."""
+    return "ko" if HANGUL.search(text) else "en"
 
 
 def clean_field(value: str) -> str:
@@ -93,7 +98,7 @@ class JobSpec(BaseModel):
         if self.language != "auto":
             return self.language
         text = " ".join(filter(None, [self.headline, self.description, self.cta, self.price]))
-        return "ko" if _HANGUL.search(text) else "en"
+        return text_language(text)
 
     def copy_fields(self) -> dict[str, Any]:
         """The names a template's Jinja2 copy can use."""

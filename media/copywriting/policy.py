@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass, fields
 
 from media.copywriting.brief import Brief, Limits
-from media.job import clean_field
+from media.job import HANGUL, clean_field
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_HANGUL = re.compile(r"[\uac00-\ud7af]")
 _LATIN = re.compile(r"[A-Za-z]")
 _UNFINISHED = re.compile(r"([,;:\-—]|\b(and|or|the|a|an|of|with|to))$", re.IGNORECASE)
 _LINK = re.compile(r"https?:|www\.|\S@\S|[<>{}\[\]`]", re.IGNORECASE)
@@ -62,7 +61,7 @@ def _numbers(text: str) -> set[str]:
 
 def _has(text: str, phrase: str) -> bool:
     """``phrase`` in ``text`` as a word (Latin) or anywhere (Hangul, which glues particles on)."""
-    if _HANGUL.search(phrase) or not phrase[0].isalnum():
+    if HANGUL.search(phrase) or not phrase[0].isalnum():
         return phrase in text
     return re.search(rf"(?<![\w]){re.escape(phrase)}(?![\w])", text) is not None
 
@@ -104,10 +103,10 @@ def check(draft: Draft, brief: Brief, limits: Limits) -> Draft:
     if len(set(sentences)) < len(sentences):
         raise Rejected("repetition", "narration: says the same sentence twice")
     spoken = cleaned.headline + " " + cleaned.narration
-    if brief.language == "ko" and not _HANGUL.search(cleaned.narration):
+    if brief.language == "ko" and not HANGUL.search(cleaned.narration):
         raise Rejected("language", "narration: not in Korean")
     if brief.language == "en" and (
-        _HANGUL.search(spoken) or len(_LATIN.findall(spoken)) < len(spoken.replace(" ", "")) // 2
+        HANGUL.search(spoken) or len(_LATIN.findall(spoken)) < len(spoken.replace(" ", "")) // 2
     ):
         raise Rejected("language", "headline or narration: not in English")
     if not _names_product(spoken, brief.product):
@@ -118,5 +117,5 @@ def check(draft: Draft, brief: Brief, limits: Limits) -> Draft:
 def _names_product(text: str, product: str) -> bool:
     """Some word of the product's name (3+ characters) is in ``text``."""
     lowered = text.lower()
-    words = [w for w in re.findall(r"\w+", product.lower()) if len(w) >= 3 or _HANGUL.search(w)]
+    words = [w for w in re.findall(r"\w+", product.lower()) if len(w) >= 3 or HANGUL.search(w)]
     return not words or any(w in lowered for w in words)

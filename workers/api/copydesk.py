@@ -7,7 +7,6 @@ that cannot get the copywriter within a few seconds is told to retry (503, Retry
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import Annotated, Literal
 
@@ -17,13 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from media.copywriting.brief import Brief, limits_for
 from media.copywriting.writer import Copywriter, build_copywriter
 from media.errors import InputError
-from media.job import clean_field
+from media.job import clean_field, text_language
 from media.templates import get_template
 from workers.api.deps import Ctx, Merchant, router
 from workers.api.errors import ApiError, error_responses, input_error
 from workers.settings import Settings
 
-_HANGUL = re.compile(r"[\uac00-\ud7af]")
 # How long a request waits for the copywriter another request holds.
 WAIT_S = 5.0
 
@@ -99,7 +97,7 @@ def _brief(req: CopyRequest) -> Brief:
         raise InputError("product: must not be blank", field="product")
     language = req.language
     if language == "auto":
-        language = "ko" if _HANGUL.search(f"{product} {req.notes or ''}") else "en"
+        language = text_language(f"{product} {req.notes or ''}")
     return Brief(
         product=product,
         language=language,
