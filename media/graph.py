@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from media import ffmpeg
 from media.plan import Clip, Layer, RenderPlan
 
 # Photos are scaled to this multiple of the frame before zoompan, whose crop offsets are whole
@@ -255,16 +256,7 @@ def build_args(
         inputs.extend(["-i", str(plan.audio)])
         audio_idx = n_inputs
         n_inputs += 1
-        audio_args = [
-            "-map",
-            f"{audio_idx}:a",
-            "-c:a",
-            "aac",
-            "-b:a",
-            options.audio_bitrate,
-            "-ar",
-            "48000",
-        ]
+        audio_args = ["-map", f"{audio_idx}:a", *ffmpeg.aac_args(options.audio_bitrate)]
     progress_args = ["-progress", "pipe:1", "-nostats"] if progress else []
     return [
         *progress_args,

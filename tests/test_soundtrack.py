@@ -389,3 +389,27 @@ def test_a_clip_too_short_to_measure_still_has_its_peaks_held(tmp_path: Path) ->
     assert len(samples) == round(0.3 * RATE)
     assert 20 * np.log10(np.abs(samples).max()) <= -1.0
     assert report.integrated_lufs == soundtrack.SILENCE_LUFS  # below one 400 ms gating block
+
+
+def test_delivered_soundtrack_keeps_the_ceiling_once_encoded_to_aac(
+    tmp_path: Path, narration: F32, pulse_music: F32
+) -> None:
+    # Mixed at -0.1 dBTP, AAC's overshoot takes the encoded audio over -1 dBTP: the delivery
+    # check mixes again under a lower ceiling until the encoded audio is under it.
+    from media import ffmpeg
+    from media.pipeline import DELIVERY_PEAK_DB, mix_for_delivery
+
+    ceilings: list[float] = []
+
+    def mix_with(spec: MixSpec) -> soundtrack.MixReport:
+        ceilings.append(spec.true_peak_db)
+        return soundtrack.mix(narration, PIPER_RATE, pulse_music, RATE, spec, tmp_path / "d.wav")
+
+    start = MixSpec(total_s=14.0, narration_offset_s=1.5, true_peak_db=-0.1)
+    assert ffmpeg.encoded_true_peak(mix_with(start).path, "160k") > DELIVERY_PEAK_DB
+    ceilings.clear()
+    report = mix_for_delivery(mix_with, start, "160k")
+    assert len(ceilings) >= 2 and ceilings == sorted(ceilings, reverse=True)
+    assert ffmpeg.encoded_true_peak(report.path, "160k") <= DELIVERY_PEAK_DB
+    lufs, _ = _ffmpeg_r128(report.path)
+    assert lufs == pytest.approx(-14.0, abs=0.5)  # the loudness target holds: the limiter works

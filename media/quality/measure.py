@@ -23,7 +23,6 @@ _BLACK = re.compile(r"black_start:\s*([\d.]+)\s+black_end:\s*([\d.]+)")
 _FREEZE_START = re.compile(r"freeze_start:\s*([\d.]+)")
 _FREEZE_END = re.compile(r"freeze_end:\s*([\d.]+)")
 _LUFS = re.compile(r"I:\s+(-?[\d.]+|-inf) LUFS")
-_PEAK = re.compile(r"True peak:\s+Peak:\s+(-?[\d.]+|-inf) dBFS")
 
 
 def _number(text: str) -> float:
@@ -66,7 +65,7 @@ def analyse(video: Path, *, has_audio: bool, timeout_s: float = 120.0) -> Measur
     # A freeze still running at the end has no end line: it lasts to the end.
     frozen = [(a, ends[i] if i < len(ends) else duration) for i, a in enumerate(freezes)]
     lufs = _LUFS.findall(log)
-    peak = _PEAK.findall(re.sub(r"\s+", " ", log))
+    peak = ffmpeg.TRUE_PEAK.findall(re.sub(r"\s+", " ", log))
     return Measures(
         duration_s=duration,
         loudness_lufs=_number(lufs[-1]) if lufs else None,
