@@ -96,21 +96,28 @@ class JobPaths:
         whose workers find them in their own copy."""
         data = spec.model_dump(mode="json")
         data["images"] = [self._relative(p) for p in spec.images]
-        data["logo"] = self._relative(spec.logo) if spec.logo is not None else None
+        for name in _SINGLE_FILES:
+            path = getattr(spec, name)
+            data[name] = self._relative(path) if path is not None else None
         write_atomic(file, json.dumps(data, indent=2, ensure_ascii=False))
 
     def read_spec(self, file: Path) -> JobSpec:
         """The spec :meth:`write_spec` wrote, its relative paths taken from this folder."""
         data = json.loads(file.read_text(encoding="utf-8"))
         data["images"] = [str(self.root / p) for p in data["images"]]
-        if data.get("logo"):
-            data["logo"] = str(self.root / data["logo"])
+        for name in _SINGLE_FILES:
+            if data.get(name):
+                data[name] = str(self.root / data[name])
         return JobSpec.model_validate(data)
 
     def _relative(self, path: Path) -> str:
         # An absolute path stays one (`castwork render` photos outside the folder; records
         # written before relative names): root / an absolute path is that path.
         return str(path.relative_to(self.root) if path.is_relative_to(self.root) else path)
+
+
+# The spec's fields that name one file each, beside its photos.
+_SINGLE_FILES = ("logo", "font", "music_track")
 
 
 class _Record(BaseModel):
@@ -159,6 +166,15 @@ class ManifestCaption(_Record):
     words: list[tuple[str, float, float]] = []
 
 
+class ManifestBrand(_Record):
+    """The brand kit's files in this job: whether its font set the text (and why not)."""
+
+    font: bool = False  # the job had a brand font
+    font_used: bool = False
+    font_note: str | None = None
+    music_track: bool = False  # the job's music is the merchant's track
+
+
 class ManifestOutput(_Record):
     format: Annotated[str, Field(pattern=r"^[0-9]{1,2}:[0-9]{1,2}$")]
     video: FileName
@@ -189,6 +205,7 @@ class Manifest(_Record):
     ad_copy: ManifestCopy | None = None  # None in manifests from before it was kept
     caption_style: str = ""
     captions: list[ManifestCaption] = []
+    brand: ManifestBrand | None = None  # None: no brand font or music track in this job
     outputs: list[ManifestOutput]
     preview: FileName
 

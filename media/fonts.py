@@ -114,7 +114,10 @@ def font_path(weight: FontWeight = "bold") -> tuple[Path, int]:
 
 
 @lru_cache(maxsize=256)
-def load_font(weight: FontWeight, size: int) -> ImageFont.FreeTypeFont:
-    """Noto Sans CJK KR in ``weight`` at ``size`` px; cached, as layout tries many sizes."""
+def load_font(weight: FontWeight, size: int, file: str | None = None) -> ImageFont.FreeTypeFont:
+    """Noto Sans CJK KR in ``weight`` at ``size`` px, or the font ``file`` (a merchant's, see
+    :mod:`media.brandkit.font`: it has one weight); cached, as layout tries many sizes."""
+    if file is not None:
+        return ImageFont.truetype(file, size)
     path, index = font_path(weight)
     return ImageFont.truetype(str(path), size, index=index)

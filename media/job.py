@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from media.brand import Brand
+from media.brandkit.colours import Brand
 from media.errors import InputError, first_error
 from media.templates import ASPECTS, Aspect, CaptionStyle, Language
 
@@ -62,11 +62,15 @@ class JobSpec(BaseModel):
     # Ask the copywriter (media.copywriting) for the headline, subline, call to action and
     # narration from the facts; the template's copy is used when it cannot write one.
     write_copy: bool = False
-    # The merchant's colours over the template's (media.brand); None: the template's own.
+    # The merchant's colours over the template's (media.brandkit.colours); None: the template's own.
     brand: Brand | None = None
     language: Literal["auto", "en", "ko"] = "auto"
     images: Annotated[list[Path], Field(min_length=1, max_length=MAX_IMAGES)]
     logo: Path | None = None
+    # The merchant's font (TTF/OTF) for every text layer, and music track in place of the
+    # template's music (media.brandkit); None: the house font and music.
+    font: Path | None = None
+    music_track: Path | None = None
     formats: Annotated[list[Aspect], Field(min_length=1, max_length=3)] = list(ASPECTS)
     captions: bool = True
     # None: the template's own caption style.
@@ -118,8 +122,9 @@ def parse_job(data: dict[str, Any], *, base_dir: Path | None = None) -> JobSpec:
         data = dict(data)
         if isinstance(data.get("images"), list):
             data["images"] = [_resolve(base_dir, p) for p in data["images"]]
-        if isinstance(data.get("logo"), str):
-            data["logo"] = _resolve(base_dir, data["logo"])
+        for name in ("logo", "font", "music_track"):
+            if isinstance(data.get(name), str):
+                data[name] = _resolve(base_dir, data[name])
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:

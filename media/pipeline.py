@@ -11,6 +11,7 @@ The job folder, its file names and the manifest are :mod:`media.folder`'s.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -19,9 +20,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from base.files import atomic_path
+from base.files import atomic_open, atomic_path
 from media import ffmpeg
-from media.brand import apply_brand
+from media.brandkit.colours import apply_brand
+from media.brandkit.font import FontChoice, choose_font, inspect_font
+from media.brandkit.track import TrackLimits, load_track, prepare_track
 from media.clips import ClipLimits, prepare_clip, sniff_video
 from media.copywriting.brief import Brief, limits_for
 from media.copywriting.policy import Draft
@@ -31,6 +34,7 @@ from media.folder import (
     PREVIEW_FILE,
     JobPaths,
     Manifest,
+    ManifestBrand,
     ManifestCaption,
     ManifestCopy,
     ManifestOutput,
@@ -48,9 +52,10 @@ from media.narration import Narration, Phrase, narrate, phrases_from_rows
 from media.plan import FPS, RenderPlan, Timeline, plan_render, plan_timeline
 from media.quality.report import inspect
 from media.render import render_plan
-from media.settings import RenderSettings
+from media.settings import MediaSettings, RenderSettings
 from media.soundtrack import MixReport, MixSpec, mix
 from media.templates import Aspect, Copy, Template, get_template, render_all_copy
+from media.text import has_glyph
 from voice.engines.contracts import Synthesizer, Transcriber
 
 log = logging.getLogger(__name__)
@@ -91,7 +96,8 @@ def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec
     check_image_count(len(spec.images), m.max_images)
     limits = ImageLimits(max_bytes=m.max_image_mb << 20, max_pixels=m.max_image_pixels)
     template_for(spec, settings)  # an unknown template fails before any work
-    for label, path in [*(("images", p) for p in spec.images), ("logo", spec.logo)]:
+    singles = [("logo", spec.logo), ("font", spec.font), ("music_track", spec.music_track)]
+    for label, path in [*(("images", p) for p in spec.images), *singles]:
         if path is not None and not path.is_file():
             raise InputError(f"{label}: no such file: {path}", field=label)
     clip_limits = ClipLimits(
@@ -108,9 +114,35 @@ def prepare(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> JobSpec
         logo = prepare_image(
             spec.logo, paths.inputs, name=spec.logo.name, kind="logo", limits=limits
         ).path
-    prepared = spec.model_copy(update={"images": images, "logo": logo})
+    prepared = spec.model_copy(
+        update={
+            "images": images,
+            "logo": logo,
+            "font": _prepare_font(spec.font, paths, m) if spec.font else None,
+            "music_track": _prepare_track(spec.music_track, paths, m) if spec.music_track else None,
+        }
+    )
     paths.write_spec(paths.spec_file, prepared)
     return prepared
+
+
+def _prepare_font(source: Path, paths: JobPaths, m: MediaSettings) -> Path:
+    """The checked font, copied into ``inputs/`` (its own name, and the suffix its format has)."""
+    data = source.read_bytes()
+    info = inspect_font(data, source.name, max_bytes=m.max_font_mb << 20)
+    suffix = ".otf" if info.format.startswith("OpenType") else ".ttf"
+    target = paths.inputs / f"font-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+    if not target.exists():
+        with atomic_open(target) as fh:
+            fh.write(data)
+    return target
+
+
+def _prepare_track(source: Path, paths: JobPaths, m: MediaSettings) -> Path:
+    limits = TrackLimits(
+        max_bytes=m.max_track_mb << 20, max_seconds=m.max_track_s, keep_s=m.track_keep_s
+    )
+    return prepare_track(source, paths.inputs, name=source.name, limits=limits).path
 
 
 # --- Stage 2: narrate -------------------------------------------------------------------
@@ -231,7 +263,9 @@ def narrate_job(
     has_audio = narration is not None or spec.music
     if has_audio:
         music = None
-        if spec.music:
+        if spec.music and spec.music_track is not None:
+            music = load_track(spec.music_track, timeline.duration)
+        elif spec.music:
             music = synthesize(template.music.style, timeline.duration, sample_rate=48_000)
         mix_spec = MixSpec(
             total_s=timeline.duration,
@@ -390,7 +424,15 @@ def _timeline_and_plan(
         images=spec.images,
         logo=spec.logo,
         audio=paths.soundtrack if info.soundtrack else None,
+        font=font_for(spec, copy).path,
     )
+
+
+def font_for(spec: JobSpec, copy: Copy) -> FontChoice:
+    """The job's font: the merchant's where it covers every text the ad draws (the same answer
+    for every format, and in the manifest)."""
+    texts = [copy.headline, copy.subline, copy.price, copy.cta, copy.store, copy.narration]
+    return choose_font(spec.font, texts, house_draws=has_glyph)
 
 
 def quality_file(paths: JobPaths, video: Path) -> Path:
@@ -535,6 +577,7 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> Manife
         if reports
         else None,
         caption_style=timeline.caption_style if timeline.captions else "",
+        brand=_brand_summary(spec, timeline.copy),
         captions=[
             ManifestCaption(
                 text=c.text,
@@ -549,6 +592,18 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> Manife
     )
     write_json(paths.manifest, manifest.model_dump(mode="json"))
     return manifest
+
+
+def _brand_summary(spec: JobSpec, copy: Copy) -> ManifestBrand | None:
+    if spec.font is None and spec.music_track is None:
+        return None
+    font = font_for(spec, copy)
+    return ManifestBrand(
+        font=spec.font is not None,
+        font_used=font.path is not None,
+        font_note=font.note,
+        music_track=spec.music and spec.music_track is not None,
+    )
 
 
 def _thumbnail_time(timeline: Timeline) -> float:

@@ -120,6 +120,7 @@ class RenderPlan:
     layers: tuple[Layer, ...]
     card_background: tuple[str, str | None]
     audio: Path | None
+    font: Path | None = None  # the merchant's font for every text layer; None: the house font
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -309,6 +310,7 @@ def plan_render(
     images: Sequence[Path],
     logo: Path | None,
     audio: Path | None,
+    font: Path | None = None,
 ) -> RenderPlan:
     """Pixels for one aspect ratio: clips, and every overlay with its box and time."""
     width, height = FRAME_SIZES[aspect]
@@ -388,4 +390,5 @@ def plan_render(
         layers=tuple(layers),
         card_background=(card.background, card.background_to),
         audio=audio,
+        font=font,
     )

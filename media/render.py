@@ -30,7 +30,7 @@ class RenderResult:
     reused: bool  # the file was already there (a redelivered message): nothing was rendered
 
 
-def text_style(look: TextLook) -> TextStyle:
+def text_style(look: TextLook, font: Path | None = None) -> TextStyle:
     return TextStyle(
         weight=look.weight,
         color=look.color,
@@ -48,6 +48,7 @@ def text_style(look: TextLook) -> TextStyle:
         radius=look.radius,
         uppercase=look.uppercase,
         highlight=look.highlight,
+        font=str(font) if font is not None else None,
     )
 
 
@@ -100,7 +101,7 @@ def materialize(plan: RenderPlan, asset_dir: Path) -> list[Placed]:
         assert layer.look is not None
         x, y, w, h = layer.box
         text = render_text(
-            layer.text, w, h, text_style(layer.look), asset_dir, emphasis=layer.emphasis
+            layer.text, w, h, text_style(layer.look, plan.font), asset_dir, emphasis=layer.emphasis
         )
         placed.append(Placed(layer, text.path, x + text.x, y + text.y, text.width, text.height))
     return placed

@@ -38,6 +38,12 @@ class MediaSettings(Section):
     max_clip_mb: Annotated[int, Field(ge=1, le=2000)] = 100
     max_clip_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     clip_keep_s: Annotated[float, Field(ge=1, le=60)] = 10.0
+    # A brand kit's font (TTF/OTF) and music track (media/brandkit): upload sizes, and the
+    # track's length (its first track_keep_s seconds are used).
+    max_font_mb: Annotated[int, Field(ge=1, le=100)] = 20
+    max_track_mb: Annotated[int, Field(ge=1, le=500)] = 30
+    max_track_s: Annotated[float, Field(gt=0, le=3600)] = 900.0
+    track_keep_s: Annotated[float, Field(ge=10, le=600)] = 120.0
     # A quality report per output (media.quality): loudness, true peak, black and frozen
     # frames, captions against the speech, feed safe zones, and (quality_ocr) the end card
     # read back by Tesseract. ~1-3 s per output on 2 cores, in the render stage.

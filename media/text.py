@@ -101,6 +101,7 @@ class TextStyle:
     radius: int = 0  # corner radius of the background
     uppercase: bool = False
     highlight: str = "#FFD60A"  # the emphasised word's colour (karaoke captions)
+    font: str | None = None  # a merchant's font file (media.brandkit.font); None: Noto
 
 
 @dataclass(frozen=True)
@@ -310,10 +311,14 @@ def _ink(font: ImageFont.FreeTypeFont, text: str, stroke: int) -> Box:
     return math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom)
 
 
+def _face(style: TextStyle, size: int) -> ImageFont.FreeTypeFont:
+    return load_font(style.weight, size, style.font)
+
+
 @lru_cache(maxsize=1024)
-def _exact_ink(weight: FontWeight, size: int, text: str, stroke: int) -> Box:
+def _exact_ink(weight: FontWeight, file: str | None, size: int, text: str, stroke: int) -> Box:
     """The ink box of ``text`` as drawn, pixel-exact: for the final, tight layout only."""
-    font = load_font(weight, size)
+    font = load_font(weight, size, file)
     left, top, right, bottom = _ink(font, text, stroke)
     mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
     ImageDraw.Draw(mask).text(
@@ -354,14 +359,14 @@ def _measure(
     lines: list[str], size: int, style: TextStyle, truncated: bool, exact: bool = False
 ) -> _Layout:
     """Place ``lines``; ``exact`` trims the side bearings, which only ever makes it smaller."""
-    font = load_font(style.weight, size)
+    font = _face(style, size)
     stroke = _stroke_px(style, size)
     ascent, descent = font.getmetrics()
     # Lines are spaced by the font's ascent + descent, not by their own ink, so a Latin line
     # and a Hangul line sit at the same pitch.
     pitch = max(1, round((ascent + descent) * style.line_spacing))
     if exact:
-        inks = [_exact_ink(style.weight, size, line, stroke) for line in lines]
+        inks = [_exact_ink(style.weight, style.font, size, line, stroke) for line in lines]
     else:
         inks = [_ink(font, line, stroke) for line in lines]
     _, ref_top, _, ref_bottom = _ink(font, _REFERENCE, stroke)
@@ -428,7 +433,7 @@ def _sizes(start: int, stop: int) -> Iterator[int]:
 
 
 def _fitter(job: _Job, size: int) -> Fits:
-    font = load_font(job.style.weight, size)
+    font = _face(job.style, size)
     stroke = _stroke_px(job.style, size)
     room = _available_width(job.style, size, job.box_w)
 
@@ -448,7 +453,7 @@ def _surely_too_long(job: _Job, size: int) -> bool:
     if len(job.paragraphs) > job.style.max_lines:
         return True  # explicit line breaks alone need more lines; no size helps
     room = _available_width(job.style, size, job.box_w) + 0.75 * size
-    return load_font(job.style.weight, size).getlength(job.flat) > job.style.max_lines * room
+    return _face(job.style, size).getlength(job.flat) > job.style.max_lines * room
 
 
 def _inside(layout: _Layout, job: _Job) -> bool:
@@ -610,7 +615,7 @@ def _with_shadow(image: Image.Image, layout: _Layout) -> Image.Image:
 def _draw(layout: _Layout, style: TextStyle, emphasis: tuple[str, int, int] | None) -> Image.Image:
     if not layout.lines:
         return Image.new("RGBA", (layout.width, layout.height), (0, 0, 0, 0))
-    font = load_font(style.weight, layout.size)
+    font = _face(style, layout.size)
     image: Image.Image | None = None
     if style.background is not None:
         image = _paint(image, style.background, _background_mask(layout, style.radius))
@@ -719,7 +724,7 @@ def _file_name(
     text: str, box_w: int, box_h: int, style: TextStyle, emphasis: int | None = None
 ) -> str:
     """A hash of everything that decides the pixels: inputs, font file, Pillow and its layout."""
-    font_file, index = font_path(style.weight)
+    font_file, index = (style.font, 0) if style.font else font_path(style.weight)
     key = {
         "version": _RENDER_VERSION,
         "pillow": PIL.__version__,

@@ -166,3 +166,66 @@ def lit_pixels(
     page = np.where(near, 0, 255).astype(np.uint8)
     cut = Image.fromarray(page).crop((xs.min() - 6, ys.min() - 6, xs.max() + 7, ys.max() + 7))
     return cut
+
+
+def made_font(chars: str, family: str = "Castwork Block", *, cff: bool = False) -> bytes:
+    """A real font file (fontTools' FontBuilder) with a glyph for each of ``chars``: every glyph
+    a solid block, so text set in it is unmistakable in a rendered frame. TrueType outlines,
+    or CFF ones (an .otf) with ``cff``."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.t2CharStringPen import T2CharStringPen
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    names = [".notdef", "space", "block"]
+    cmap = {ord(" "): "space", **{ord(c): "block" for c in chars if c != " "}}
+    fb = FontBuilder(1000, isTTF=not cff)
+    fb.setupGlyphOrder(names)
+    fb.setupCharacterMap(cmap)
+
+    def draw(pen: Any, w: int) -> None:
+        if w:
+            pen.moveTo((50, 0))
+            pen.lineTo((50, 700))
+            pen.lineTo((w - 50, 700))
+            pen.lineTo((w - 50, 0))
+            pen.closePath()
+
+    widths = {".notdef": 500, "space": 300, "block": 600}
+    if cff:
+        charstrings = {}
+        for name in names:
+            pen = T2CharStringPen(widths[name], None)
+            draw(pen, 0 if name == "space" else widths[name])
+            charstrings[name] = pen.getCharString()
+        fb.setupCFF(family.replace(" ", ""), {"FullName": family}, charstrings, {})
+    else:
+        glyphs = {}
+        for name in names:
+            pen = TTGlyphPen(None)
+            draw(pen, 0 if name == "space" else widths[name])
+            glyphs[name] = pen.glyph()
+        fb.setupGlyf(glyphs)
+    fb.setupHorizontalMetrics({n: (widths[n], 50) for n in names})
+    fb.setupHorizontalHeader(ascent=900, descent=-200)
+    fb.setupNameTable({"familyName": family, "styleName": "Regular"})
+    fb.setupOS2(sTypoAscender=900, sTypoDescender=-200, usWinAscent=900, usWinDescent=200)
+    fb.setupPost()
+    buf = io.BytesIO()
+    fb.save(buf)
+    return buf.getvalue()
+
+
+def made_track(path: Path, seconds: float, *, hz: float = 440.0, volume_db: float = -6.0) -> Path:
+    """A real music file made by ffmpeg (the container from ``path``'s suffix): a chord around
+    ``hz`` at ``volume_db`` with a beat, so loudness and pitch can be checked after mixing."""
+    tones = "+".join(f"sin(2*PI*{hz * r:.2f}*t)" for r in (1.0, 1.26, 1.5))
+    expr = f"({tones})/3*(0.6+0.4*sin(2*PI*2*t))"
+    subprocess.run(
+        [
+            "ffmpeg", "-v", "error", "-y", "-f", "lavfi",
+            "-i", f"aevalsrc={expr}|{expr}:s=44100:d={seconds}",
+            "-af", f"volume={volume_db}dB", str(path),
+        ],
+        check=True,
+    )  # fmt: skip
+    return path

@@ -648,17 +648,28 @@ def test_clips_are_accepted_among_the_photos_up_to_their_own_limit(
     assert odd.status_code == 415 and "WebM clip" in odd.json()["error"]["message"]
 
 
+def _kit(api: Api, headers: dict[str, str] = AUTH_A) -> dict[str, Any]:
+    response = api.client.get("/v1/brand", headers=headers)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _spec_of(api: Api, response: Response, merchant: str = "alice") -> dict[str, Any]:
+    assert response.status_code == 201, response.text
+    paths = job_root(api.settings, merchant, response.json()["id"])
+    return dict(json.loads(paths.request_file.read_text()))
+
+
 def test_brand_colours_are_kept_and_given_to_each_job(api: Api) -> None:
-    assert api.client.get("/v1/brand", headers=AUTH_A).status_code == 404
+    assert _kit(api) == {k: None for k in ("primary", "accent", "logo", "font", "music_track")}
     brand = {"primary": "#1D3557", "accent": "#E63946"}
     assert api.client.put("/v1/brand", json=brand, headers=AUTH_A).json() == brand
     bad = api.client.put("/v1/brand", json={"primary": "red", "accent": "#E63946"}, headers=AUTH_A)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "primary"
+    assert {k: _kit(api)[k] for k in brand} == brand
 
     def spec_of(response: Response, merchant: str = "alice") -> dict[str, Any]:
-        assert response.status_code == 201, response.text
-        paths = job_root(api.settings, merchant, response.json()["id"])
-        return dict(json.loads(paths.request_file.read_text()))
+        return _spec_of(api, response, merchant)
 
     assert spec_of(api.submit(AUTH_A)).get("brand") == brand  # the kept brand
     own = {**FIELDS, "brand_primary": "#FFFFFF", "brand_accent": "#000000"}
@@ -670,5 +681,61 @@ def test_brand_colours_are_kept_and_given_to_each_job(api: Api) -> None:
     assert spec_of(api.submit(AUTH_B), "bob").get("brand") is None  # bob kept none
     odd = api.submit(AUTH_A, fields={**FIELDS, "brand_primary": "#12345"})
     assert odd.status_code == 422 and odd.json()["error"]["field"] == "brand"
+    assert api.client.delete("/v1/brand/colours", headers=AUTH_A).status_code == 204
+    assert _kit(api)["primary"] is None
+
+
+def test_brand_files_are_checked_kept_and_copied_into_each_job(
+    make_api: MakeApi, tmp_path: Path
+) -> None:
+    from media.brandkit.font import COVERAGE
+    from tests.ad_helpers import made_font, made_track
+
+    api = make_api(api={"keys": {"alice": KEY_A, "bob": KEY_B}}, media={"max_font_mb": 1})
+    font = made_font(COVERAGE["en"] + " $.,!")
+    song = made_track(tmp_path / "song.mp3", 4.0).read_bytes()
+    buf = io.BytesIO()
+    Image.new("RGBA", (240, 120), (200, 30, 60, 255)).save(buf, format="PNG")
+    logo = buf.getvalue()
+
+    def put(part: str, name: str, data: bytes, headers: dict[str, str] = AUTH_A) -> Response:
+        files = {"file": (name, data, "application/octet-stream")}
+        return api.client.put(f"/v1/brand/{part}", files=files, headers=headers)
+
+    kept = put("font", "Acme.ttf", font)
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["details"]["languages"] == ["en"]
+    assert put("music_track", "jingle.mp3", song).json()["details"]["seconds_used"] > 3.5
+    assert put("logo", "logo.png", logo).json()["details"] == {"width": 240, "height": 120}
+    kit = _kit(api)
+    assert (kit["font"]["name"], kit["font"]["bytes"]) == ("Acme.ttf", len(font))
+    assert kit["music_track"]["details"]["codec"] == "mp3"
+
+    # Refused with the reason, and nothing kept in its place.
+    broken = put("font", "half.ttf", font[: len(font) // 2])
+    assert broken.status_code == 422 and "half.ttf" in broken.json()["error"]["message"]
+    assert put("font", "big.ttf", font + bytes(1 << 20)).status_code == 413
+    assert put("music_track", "x.mp3", b"ID3" + bytes(4000)).status_code == 422
+    assert put("sticker", "s.png", logo).status_code == 422
+    assert _kit(api)["font"]["name"] == "Acme.ttf"
+
+    # Each job gets copies of the kit's files, unless it sends its own or says brand=false.
+    paths = job_root(api.settings, "alice", api.submit(AUTH_A).json()["id"])
+    spec = json.loads(paths.request_file.read_text())
+    assert (paths.root / spec["font"]).read_bytes() == font
+    assert (paths.root / spec["music_track"]).read_bytes() == song
+    assert spec["logo"] and (paths.root / spec["logo"]).read_bytes() == logo
+    other = made_font(COVERAGE["en"], "Other Block")
+    files = [*_photos(), ("font", ("own.otf", other, "font/otf"))]
+    own = _spec_of(api, api.submit(AUTH_A, files=files))
+    assert own["font"].endswith("own.otf") and own["music_track"]
+    plain = _spec_of(api, api.submit(AUTH_A, fields={**FIELDS, "brand": "false"}))
+    assert (plain["font"], plain["music_track"], plain["logo"]) == (None, None, None)
+    assert _kit(api, AUTH_B)["font"] is None  # bob's kit is his own
+    not_font = [*_photos(), ("font", ("f.ttf", b"GIF89a" + bytes(100), "font/ttf"))]
+    assert api.submit(AUTH_A, files=not_font).status_code == 415
+
+    assert api.client.delete("/v1/brand/font", headers=AUTH_A).status_code == 204
+    assert _kit(api)["font"] is None and _kit(api)["music_track"] is not None
     assert api.client.delete("/v1/brand", headers=AUTH_A).status_code == 204
-    assert api.client.get("/v1/brand", headers=AUTH_A).status_code == 404
+    assert all(v is None for v in _kit(api).values())

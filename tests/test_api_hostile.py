@@ -219,7 +219,7 @@ def test_every_route_needs_a_key(
     assert isinstance(app, FastAPI)
     job_id = api.submit(AUTH_A).json()["id"]
     api.finish(job_id, "alice")  # a real job and file: a 404 cannot hide a missing key check
-    values = {"job_id": job_id, "name": "1x1.mp4"}
+    values = {"job_id": job_id, "name": "1x1.mp4", "part": "font"}
     ops_paths = {r.path for r in ops.router.routes if isinstance(r, APIRoute)}
 
     probes: list[tuple[str, str, str]] = []  # method, URL, route path

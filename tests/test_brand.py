@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from media.brand import Brand, apply_brand, contrast, readable_on
+from media.brandkit.colours import Brand, apply_brand, contrast, readable_on
 from media.templates import get_template
 
 NAVY_RED = Brand(primary="#1D3557", accent="#E63946")

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import string
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from media.pipeline import NarrationEngines
+from tests.ad_helpers import made_font, made_track
 from workers.actors import Context, declare
 from workers.api import create_app
 from workers.broker import make_broker
@@ -231,6 +233,17 @@ def test_merchant_makes_an_ad_in_the_browser(
             )
             page.get_by_label("Call to action").fill("Order today")
             page.get_by_label("Brand colours").check()  # the page's default pair
+            # A brand kit: the font and music chosen here are checked and kept on the server.
+            font = tmp_path / "Block.ttf"
+            font.write_bytes(made_font(string.printable.strip() + "’…–"))
+            track = made_track(tmp_path / "jingle.mp3", 4.0, hz=415.3)
+            page.get_by_label("Font").set_input_files(str(font))
+            page.get_by_label("Music track").set_input_files(str(track))
+            page.get_by_role("button", name="Keep these as my brand kit").click()
+            expect(page.locator("#brand-status")).to_have_text(
+                "Kept brand kit: colours #1D3557 and #E63946, font Castwork Block (en), "
+                "music jingle.mp3 (4 s)."
+            )
             page.get_by_label("9:16").uncheck()
             page.get_by_label("16:9").uncheck()
             page.get_by_label("Product photos").set_input_files([str(p) for p in photos])
@@ -271,8 +284,11 @@ def test_merchant_makes_an_ad_in_the_browser(
             # The job was made in the brand colours picked on the page (its kept request).
             job_id = page.get_attribute("#job", "data-job-id") or ""
             request = job_root(stack.settings, "shop", job_id).request_file
-            kept = json.loads(request.read_text())["brand"]
-            assert kept == {"primary": "#1D3557", "accent": "#E63946"}, kept
+            spec = json.loads(request.read_text())
+            assert spec["brand"] == {"primary": "#1D3557", "accent": "#E63946"}, spec
+            folder = request.parent.parent
+            assert (folder / spec["font"]).read_bytes() == font.read_bytes()
+            assert (folder / spec["music_track"]).read_bytes() == track.read_bytes()
 
             page.get_by_role("button", name="Refresh").click()
             recent = page.locator("#recent-list li")

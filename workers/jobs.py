@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,20 @@ class Upload:
     data: bytes
 
 
+# The spec's fields that take one uploaded file each (JobSpec paths), beside the photos.
+FILE_FIELDS = ("logo", "font", "music_track")
+
+
 def request_hash(
-    fields: dict[str, Any], images: list[Upload], logo: Upload | None, webhook_url: str = ""
+    fields: dict[str, Any], images: list[Upload], files: Mapping[str, Upload], webhook_url: str = ""
 ) -> str:
     """Fingerprint of a request, to tell a retry from a different request under one key."""
     h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     h.update(webhook_url.encode())
-    for up in [*images, *([logo] if logo else [])]:
+    for up in images:
         h.update(hashlib.sha256(up.data).digest())
+    for name in sorted(files):
+        h.update(name.encode() + hashlib.sha256(files[name].data).digest())
     return h.hexdigest()
 
 
@@ -66,16 +73,21 @@ def submit(
     images: list[Upload],
     logo: Upload | None = None,
     *,
+    files: Mapping[str, Upload] | None = None,
     idempotency_key: str | None = None,
     storage: JobStorage | None = None,
     webhook_url: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """Create and enqueue a job; return (record, created). Raises InputError / CapacityError
     (too many active jobs, or :class:`workers.retention.QuotaExceeded`); a StorageError when
-    the uploads cannot be kept. ``storage``: where the job's files go (default: as
+    the uploads cannot be kept. ``files``: uploads for the spec's other file fields
+    (:data:`FILE_FIELDS`: font, music_track). ``storage``: where the job's files go (default: as
     ``storage.url`` says); ``webhook_url``: announced there when the job ends (checked:
     :class:`~workers.webhooks.targets.WebhookRefused`)."""
     storage = storage or open_storage(settings)
+    attached = {**(files or {}), **({"logo": logo} if logo else {})}
+    if unknown := set(attached) - set(FILE_FIELDS):
+        raise ValueError(f"not file fields of a job: {sorted(unknown)}")
     if webhook_url:
         check_url(webhook_url, allow_private=settings.webhooks.allow_private)
     check_image_count(len(images), settings.media.max_images)
@@ -83,7 +95,10 @@ def submit(
     job_id = store.new_id()
     if idempotency_key:
         known = store.reserve_idempotency(
-            merchant, idempotency_key, request_hash(fields, images, logo, webhook_url or ""), job_id
+            merchant,
+            idempotency_key,
+            request_hash(fields, images, attached, webhook_url or ""),
+            job_id,
         )
         if known is not None:
             return store.get_for(merchant, known), False
@@ -93,12 +108,12 @@ def submit(
                 f"{settings.api.max_active_jobs} jobs are already queued or running; "
                 "wait for one to finish"
             )
-        incoming = sum(len(up.data) for up in [*images, *([logo] if logo else [])])
+        incoming = sum(len(up.data) for up in [*images, *attached.values()])
         Reaper(settings, store, storage=storage).make_room(merchant, incoming)
         # Kept (uploaded, on an object store) before the record exists: a worker that takes
         # the message finds the files. A failure in between leaves an orphan for retention.
         with storage.workspace(merchant, job_id) as ws:
-            spec = _save(ws.paths, fields, images, logo)
+            spec = _save(ws.paths, fields, images, attached)
         record = store.create(
             job_id,
             merchant,
@@ -123,7 +138,7 @@ def submit(
 
 
 def _save(
-    paths: JobPaths, fields: dict[str, Any], images: list[Upload], logo: Upload | None
+    paths: JobPaths, fields: dict[str, Any], images: list[Upload], files: Mapping[str, Upload]
 ) -> JobSpec:
     paths.make()
     saved: list[Path] = []
@@ -132,12 +147,12 @@ def _save(
         target = paths.uploads / f"{i:02d}-{safe_name(up.name)}"
         target.write_bytes(up.data)
         saved.append(target)
-    logo_path = None
-    if logo is not None:
-        logo_path = paths.uploads / f"logo-{safe_name(logo.name)}"
-        logo_path.write_bytes(logo.data)
+    named: dict[str, Path] = {}
+    for field, up in files.items():
+        named[field] = paths.uploads / f"{field}-{safe_name(up.name)}"
+        named[field].write_bytes(up.data)
     try:
-        spec = JobSpec.model_validate({**fields, "images": saved, "logo": logo_path})
+        spec = JobSpec.model_validate({**fields, "images": saved, **named})
     except ValidationError as exc:
         shutil.rmtree(paths.root, ignore_errors=True)
         raise job_error(exc) from None

@@ -21,13 +21,16 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Stre
 
 from base.access import page_csp
 from base.errors import CapacityError
+from media.brandkit.font import sniff_font
+from media.brandkit.track import sniff_audio
 from media.clips import sniff_video
 from media.errors import InputError, StorageError
 from media.folder import PREVIEW_FILE
 from media.images import check_image_count, safe_name, sniff_format
 from media.templates import ASPECTS, CaptionStyle, Template, catalogue, get_template
 from workers.api import ops
-from workers.api.brand import saved_brand
+from workers.api.brand import FILES as BRAND_FILES
+from workers.api.brand import saved_brand, saved_file
 from workers.api.deps import ApiContext, Ctx, Merchant, Presented, router
 from workers.api.errors import (
     RETRY_AFTER_S,
@@ -46,6 +49,7 @@ from workers.api.schemas import (
     ErrorBody,
     Health,
     Job,
+    JobBrand,
     JobCopy,
     JobList,
     JobOutput,
@@ -181,6 +185,9 @@ def _job_view(record: JobRecord, ctx: ApiContext) -> Job:
             "preview_url": preview,
             "duration_s": manifest.duration_s,
             "captions": captions,
+            "brand": JobBrand.model_validate(manifest.brand.model_dump())
+            if manifest.brand
+            else None,
         }
     )
 
@@ -261,7 +268,20 @@ def create_job(
     ] = None,
     music: Annotated[bool | None, Form(description="Default true")] = None,
     narration: Annotated[bool | None, Form(description="Voice-over; default true")] = None,
-    logo: Annotated[UploadFile | None, File(description="Optional logo")] = None,
+    logo: Annotated[
+        UploadFile | None, File(description="Optional logo; default: the brand kit's")
+    ] = None,
+    font: Annotated[
+        UploadFile | None,
+        File(description="A TTF/OTF for every text; default: the brand kit's, else the house font"),
+    ] = None,
+    music_track: Annotated[
+        UploadFile | None,
+        File(
+            description="Music under the narration (MP3, M4A, Ogg, FLAC, WAV); default: the "
+            "brand kit's, else the template's"
+        ),
+    ] = None,
     webhook_url: Annotated[
         str | None,
         Form(description="POSTed the job, signed (Standard Webhooks), when it ends"),
@@ -285,6 +305,11 @@ def create_job(
         for i, up in enumerate(images)
     ]
     logo_upload = _read_upload(logo, "logo", "logo", media.max_image_mb) if logo else None
+    files = {
+        name: _read_brand_file(up, name, ctx)
+        for name, up in (("font", font), ("music_track", music_track))
+        if up is not None
+    }
     fields = _job_fields(
         template=template,
         headline=headline,
@@ -306,8 +331,14 @@ def create_job(
         fields["brand"] = {"primary": brand_primary, "accent": brand_accent}
     elif brand is not False and (kept := saved_brand(ctx.store, merchant)) is not None:
         fields["brand"] = kept.model_dump()
+    if logo_upload is not None:
+        files["logo"] = logo_upload
+    if brand is not False:  # the kit's files where the job sends none of its own
+        for part in BRAND_FILES:
+            if part not in files and (kit_file := saved_file(ctx.store, merchant, part)):
+                files[part] = kit_file
     record, created = _submit(
-        ctx, merchant, fields, photos, logo_upload, idempotency_key, webhook_url or None
+        ctx, merchant, fields, photos, files, idempotency_key, webhook_url or None
     )
     if not created:
         response.status_code = 200
@@ -324,12 +355,33 @@ def _check_idempotency_key(key: str | None) -> None:
         )
 
 
+def _read_brand_file(upload: UploadFile, field: str, ctx: ApiContext) -> Upload:
+    """A job's own font or music track: size here, the type by its first bytes (the rest of
+    the checks run when the job prepares its inputs, as for clips)."""
+    m = ctx.settings.media
+    limit_mb = m.max_font_mb if field == "font" else m.max_track_mb
+    name = safe_name(upload.filename or field)
+    data = upload.file.read(limit_mb * MB + 1)
+    if len(data) > limit_mb * MB:
+        raise ApiError(
+            413,
+            "file_too_large",
+            f"{field} ({name}): larger than the {limit_mb} MB limit",
+            field=field,
+        )
+    ok = sniff_font(data[:4]) if field == "font" else sniff_audio(data[:64]) is not None
+    if not ok:
+        what = "a TTF or OTF font" if field == "font" else "an MP3, M4A, Ogg, FLAC or WAV track"
+        raise ApiError(415, "unsupported_media_type", f"{field} ({name}): not {what}", field=field)
+    return Upload(name, data)
+
+
 def _submit(
     ctx: ApiContext,
     merchant: str,
     fields: dict[str, Any],
     photos: list[Upload],
-    logo: Upload | None,
+    files: dict[str, Upload],
     idempotency_key: str | None,
     webhook_url: str | None = None,
 ) -> tuple[JobRecord, bool]:
@@ -343,7 +395,7 @@ def _submit(
             merchant,
             fields,
             photos,
-            logo,
+            files=files,
             idempotency_key=idempotency_key,
             storage=ctx.storage,
             webhook_url=webhook_url,
@@ -518,6 +570,8 @@ async def client_config(ctx: Ctx) -> ClientConfig:
         max_images=ctx.settings.media.max_images,
         max_image_mb=ctx.settings.media.max_image_mb,
         max_clip_mb=ctx.settings.media.max_clip_mb,
+        max_font_mb=ctx.settings.media.max_font_mb,
+        max_track_mb=ctx.settings.media.max_track_mb,
         max_request_mb=ctx.settings.api.max_request_mb,
         formats=list(ASPECTS),
         languages=["auto", "en", "ko"],

@@ -92,6 +92,13 @@ class JobCopy(BaseModel):
     cta: str
 
 
+class JobBrand(BaseModel):
+    font: bool = Field(description="The job had a brand font")
+    font_used: bool = Field(description="It set the text (it covers every character shown)")
+    font_note: str | None = Field(default=None, description="Why the house font was used")
+    music_track: bool = Field(description="The music is the merchant's track")
+
+
 class Job(BaseModel):
     id: str
     status: Status
@@ -114,6 +121,9 @@ class Job(BaseModel):
     )
     captions: Captions | None = Field(
         default=None, description="Once done: the captions shown, timed (e.g. for subtitles)"
+    )
+    brand: JobBrand | None = Field(
+        default=None, description="Once done, with a brand font or track: how they were used"
     )
     webhook: Webhook | None = Field(
         default=None, description="Where the job is announced when it ends, and each attempt"
@@ -141,6 +151,8 @@ class ClientConfig(BaseModel):
     max_images: int
     max_image_mb: int
     max_clip_mb: int
+    max_font_mb: int
+    max_track_mb: int
     max_request_mb: int
     formats: list[str]
     languages: list[str]

@@ -81,6 +81,7 @@
     $("template").addEventListener("change", describeTemplate);
     $("cancel").addEventListener("click", onCancel);
     $("suggest").addEventListener("click", onSuggest);
+    $("keep-brand").addEventListener("click", onKeepBrand);
     $("refresh").addEventListener("click", () => loadRecent());
     $("api-key").value = apiKey();
     try {
@@ -94,7 +95,8 @@
       $("auth").hidden = false;
       if (!apiKey()) showAuth("This server needs an API key.");
     }
-    await Promise.all([loadTemplates(), loadRecent()]);
+    const kit = !state.config.auth_required || apiKey() ? showKit().catch(() => {}) : null;
+    await Promise.all([loadTemplates(), loadRecent(), kit]);
   }
 
   function showAuth(message) {
@@ -110,6 +112,7 @@
     try {
       await loadRecent(true);
       $("auth-status").textContent = "Key saved.";
+      showKit().catch(() => {});
       $("auth").open = false;
     } catch (err) {
       $("auth-status").textContent = err.message;
@@ -195,6 +198,10 @@
       return ["images", `Choose at most ${config.max_images} photos (you chose ${files.length}).`];
     }
     const logo = $("logo").files[0];
+    for (const [field, limit] of [["font", config.max_font_mb || 20], ["music_track", config.max_track_mb || 30]]) {
+      const file = $(field).files[0];
+      if (file && file.size > limit * 1024 * 1024) return [field, `${file.name} is larger than ${limit} MB.`];
+    }
     const all = logo ? [...files, logo] : files;
     const limitOf = (f) => (f.type.startsWith("video/") ? config.max_clip_mb || 100 : config.max_image_mb);
     const big = all.find((f) => f.size > limitOf(f) * 1024 * 1024);
@@ -224,9 +231,49 @@
       form.append("brand_primary", $("brand_primary").value.toUpperCase());
       form.append("brand_accent", $("brand_accent").value.toUpperCase());
     }
+    if (!$("use_kit").checked) form.append("brand", "false");
     for (const file of $("images").files) form.append("images", file, file.name);
-    if ($("logo").files[0]) form.append("logo", $("logo").files[0], $("logo").files[0].name);
+    for (const name of ["logo", "font", "music_track"]) {
+      const file = $(name).files[0];
+      if (file) form.append(name, file, file.name);
+    }
     return form;
+  }
+
+  // --- Brand kit ---------------------------------------------------------------------
+
+  async function showKit() {
+    const kit = await api("/v1/brand");
+    const parts = [];
+    if (kit.primary) parts.push(`colours ${kit.primary} and ${kit.accent}`);
+    if (kit.logo) parts.push(`logo ${kit.logo.name}`);
+    if (kit.font) parts.push(`font ${kit.font.details.family} (${kit.font.details.languages.join(", ")})`);
+    if (kit.music_track) parts.push(`music ${kit.music_track.name} (${kit.music_track.details.seconds_used} s)`);
+    $("brand-status").textContent = parts.length ? `Kept brand kit: ${parts.join(", ")}.` : "No brand kit kept yet.";
+  }
+
+  async function onKeepBrand() {
+    const button = $("keep-brand");
+    button.disabled = true;
+    $("brand-status").textContent = "Checking and keeping…";
+    try {
+      if ($("use_brand").checked) {
+        const colours = { primary: $("brand_primary").value.toUpperCase(), accent: $("brand_accent").value.toUpperCase() };
+        await api("/v1/brand", { method: "PUT", body: JSON.stringify(colours), headers: { "Content-Type": "application/json" } });
+      }
+      for (const part of ["logo", "font", "music_track"]) {
+        const file = $(part).files[0];
+        if (!file) continue;
+        const form = new FormData();
+        form.append("file", file, file.name);
+        await api(`/v1/brand/${part}`, { method: "PUT", body: form });
+      }
+      await showKit();
+    } catch (err) {
+      $("brand-status").textContent = `Not kept: ${err.message}`;
+    } finally {
+      button.disabled = false;
+    }
   }
 
   async function onSubmit(event) {
@@ -330,7 +377,16 @@
       figure.append(video, caption);
       return figure;
     });
-    $("results").replaceChildren(...figures, ...qualityReport(job));
+    $("results").replaceChildren(...figures, ...brandNote(job), ...qualityReport(job));
+  }
+
+  // Why the brand font did not set this ad's text (it lacks some of its characters).
+  function brandNote(job) {
+    if (!job.brand || !job.brand.font_note) return [];
+    const note = document.createElement("p");
+    note.className = "hint brand-note";
+    note.textContent = `Brand font not used: ${job.brand.font_note}.`;
+    return [note];
   }
 
   // Each output's quality report: what failed or needs a look, in plain words.
