@@ -179,6 +179,10 @@ class NarrationInfo:
     copy: dict[str, str] = field(default_factory=dict)
     copy_source: str = "merchant"
     copy_note: str | None = None
+    # Whether the merchant's font sets the text (decided here, where the font file is, once
+    # for every format), and why not.
+    font_used: bool = False
+    font_note: str | None = None
 
     @property
     def phrase_list(self) -> list[Phrase]:
@@ -246,6 +250,7 @@ def narrate_job(
     language = spec.resolved_language
     written = write_copy(spec, template, engines) if spec.write_copy else None
     copy = job_copy(spec, template, written)
+    font = font_for(spec, copy)
     narration: Narration | None = None
     if spec.narration and copy.narration:
         synth, fallback = engines.voice(language)
@@ -310,6 +315,8 @@ def narrate_job(
         copy=copy.model_dump(),
         copy_source=written.source if written else "merchant",
         copy_note=written.reason if written else None,
+        font_used=font.path is not None,
+        font_note=font.note,
     )
     write_json(paths.narration_file, asdict(info))
     return info
@@ -424,13 +431,13 @@ def _timeline_and_plan(
         images=spec.images,
         logo=spec.logo,
         audio=paths.soundtrack if info.soundtrack else None,
-        font=font_for(spec, copy).path,
+        font=spec.font if info.font_used else None,
     )
 
 
 def font_for(spec: JobSpec, copy: Copy) -> FontChoice:
-    """The job's font: the merchant's where it covers every text the ad draws (the same answer
-    for every format, and in the manifest)."""
+    """The job's font: the merchant's where it covers every text the ad draws (decided in the
+    narrate stage, kept in narration.json: every format and the manifest read it there)."""
     texts = [copy.headline, copy.subline, copy.price, copy.cta, copy.store, copy.narration]
     return choose_font(spec.font, texts, house_draws=has_glyph)
 
@@ -577,7 +584,7 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> Manife
         if reports
         else None,
         caption_style=timeline.caption_style if timeline.captions else "",
-        brand=_brand_summary(spec, timeline.copy),
+        brand=_brand_summary(spec, info),
         captions=[
             ManifestCaption(
                 text=c.text,
@@ -594,14 +601,13 @@ def finalize(spec: JobSpec, paths: JobPaths, settings: RenderSettings) -> Manife
     return manifest
 
 
-def _brand_summary(spec: JobSpec, copy: Copy) -> ManifestBrand | None:
+def _brand_summary(spec: JobSpec, info: NarrationInfo) -> ManifestBrand | None:
     if spec.font is None and spec.music_track is None:
         return None
-    font = font_for(spec, copy)
     return ManifestBrand(
         font=spec.font is not None,
-        font_used=font.path is not None,
-        font_note=font.note,
+        font_used=info.font_used,
+        font_note=info.font_note,
         music_track=spec.music and spec.music_track is not None,
     )
 

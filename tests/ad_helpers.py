@@ -229,3 +229,26 @@ def made_track(path: Path, seconds: float, *, hz: float = 440.0, volume_db: floa
         check=True,
     )  # fmt: skip
     return path
+
+
+def latin_house_font() -> bytes:
+    """A real, readable brand font: the house font's Bold cut down to printable ASCII by
+    fontTools' subsetter (an .otf with CFF outlines), so OCR still reads what it sets."""
+    import string
+
+    from fontTools import subset
+
+    from media.fonts import font_path
+
+    path, index = font_path("bold")
+    options = subset.Options(font_number=index, name_IDs=["*"], layout_features=["*"])
+    font = subset.load_font(str(path), options)
+    try:
+        subsetter = subset.Subsetter(options)
+        subsetter.populate(text=string.printable + "’…–")
+        subsetter.subset(font)
+        buf = io.BytesIO()
+        subset.save_font(font, buf, options)
+    finally:
+        font.close()
+    return buf.getvalue()

@@ -25,7 +25,9 @@ from standardwebhooks.webhooks import Webhook
 from media import ffmpeg
 from media.templates import FRAME_SIZES, get_template
 from tests.ad_helpers import (
+    latin_house_font,
     lit_pixels,
+    made_track,
     ocr,
     photo_bytes,
     spoken_words,
@@ -109,6 +111,14 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
         worker_process(env[0], threads=1, log=logs[0]),
         worker_process(env[1], threads=1, log=logs[1]),
     ):
+        # A brand kit with a font and a music track: kept by the API, copied into the job,
+        # read by whichever worker runs each stage (the object store carries them).
+        for part, name, data in [
+            ("font", "Clay Sans.otf", latin_house_font()),
+            ("music_track", "jingle.mp3", made_track(tmp_path / "j.mp3", 5.0).read_bytes()),
+        ]:
+            kept = client.put(f"/v1/brand/{part}", files={"file": (name, data, "audio/mpeg")})
+            assert kept.status_code == 200, kept.text
         resp = client.post(
             "/v1/jobs",
             data={**FIELDS, "webhook_url": receiver.url},
@@ -152,6 +162,8 @@ def test_api_job_to_three_checked_mp4s_rendered_by_a_farm(
             assert status[name] == "pass", (aspect, checks)
         assert status["text"] in {"pass", "warn"}, (aspect, checks)  # OCR: soft
     assert job["copy"]["source"] == "merchant"  # type: ignore[index]
+    brand = {"font": True, "font_used": True, "font_note": None, "music_track": True}
+    assert job["brand"] == brand, job["brand"]
     assert any(0 < p < 100 for p in seen_percents)  # progress was visible while it ran
     assert seen_percents == sorted(seen_percents)  # and never went backwards
 
