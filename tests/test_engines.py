@@ -60,6 +60,24 @@ def test_a_window_that_fits_the_turn_hears_the_same_words(
     assert fitted.no_speech_prob < 0.3 and fitted.avg_logprob > -1.0
 
 
+def test_a_bounded_decode_stops_at_its_token_budget(settings: Settings) -> None:
+    """``asr.max_tokens_per_s`` (Korean's guard against looping decodes): at 0.1 token per
+    second the 4.7 s clip gets the 10-token margin, a few words of its sixteen."""
+
+    def whisper(**asr: object) -> WhisperTranscriber:
+        update = {"min_window_s": 0, **asr}
+        return build_asr(
+            settings.model_copy(update={"asr": settings.asr.model_copy(update=update)}), "tiny.en"
+        )
+
+    clip = bundled_clip()
+    full = whisper().transcribe(clip)
+    bounded = whisper(max_tokens_per_s=0.1, temperatures=[0.0]).transcribe(clip)
+    assert wer(CLIP_TEXT, full.text) < 0.25, full.text
+    assert 0 < len(bounded.text.split()) < 12, bounded.text
+    assert full.text.lower().startswith(bounded.text.lower().rstrip(".,").split()[0].lower())
+
+
 @pytest.mark.parametrize(
     ("text", "seconds", "looped"),
     [

@@ -96,6 +96,9 @@ def test_language_settings_are_checked_and_built_with_their_own_phrases() -> Non
     assert ko.engines.asr.name == "whisper:base" and ko.settings.asr.language == "ko"
     assert ko.engines.tts.name == "espeak-ng" and ko.engines.apology is not None
     assert ko.policy.apology_text == KOREAN["llm.apology"]
+    # Korean decodes greedily, bounded per second of audio; English keeps Whisper's fallback.
+    assert (ko.settings.asr.temperatures, ko.settings.asr.max_tokens_per_s) == ([0.0], 15.0)
+    assert s.asr.temperatures == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] and s.asr.max_tokens_per_s == 0
 
 
 def test_korean_is_scored_per_character_with_numbers_read_out() -> None:

@@ -72,6 +72,15 @@ class AsrSettings(Section):
     # speech plus 2 s), decoding again on the full 30 s window when the result looks looped:
     # tiny.en's encoder ~410 -> ~60-120 ms on 2 cores. 0: always the 30 s window.
     min_window_s: Annotated[float, Field(ge=0, le=30)] = 8.0
+    # Whisper's temperature fallback (a decode that looks looped or unsure is tried again,
+    # hotter): each try is a whole decode. And a bound on a turn's tokens per second of audio
+    # in the full-window decode (0: Whisper's own 448 per window). Korean sets [0.0] and 15:
+    # on the Korean set its looping decodes took 12-15 s of fallbacks that did not help
+    # (CER 0.97 -> 0.84, ASR P50 1.7 s -> 0.23 s, max 14.6 -> 1.0 s).
+    temperatures: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)] = [
+        0.0, 0.2, 0.4, 0.6, 0.8, 1.0,
+    ]  # fmt: skip
+    max_tokens_per_s: Annotated[float, Field(ge=0, le=100)] = 0.0
     # Hallucination guard: a segment this likely to be silence, or this unsure, is dropped.
     no_speech_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
     min_avg_logprob: Annotated[float, Field(le=0)] = -1.0
@@ -297,6 +306,8 @@ KOREAN: dict[str, object] = {
     "asr.model": "base",
     "asr.fallback_model": None,
     "asr.language": "ko",
+    "asr.temperatures": [0.0],
+    "asr.max_tokens_per_s": 15.0,
     "tts.engine": "espeak",
     "tts.espeak_voice": "ko",
     "tts.fallback": "none",

@@ -61,7 +61,10 @@ class WhisperTranscriber:
 
     ``min_window_s`` > 0: turns shorter than the 30 s window are encoded in a window that
     fits them (at least ``min_window_s``, the speech plus 2 s), and decoded again on the full
-    window when the result looks looped (:func:`looks_looped`). 0: always the full window."""
+    window when the result looks looped (:func:`looks_looped`). 0: always the full window.
+    ``temperatures``: Whisper's fallback schedule; ``max_tokens_per_s`` > 0 bounds a turn's
+    full-window decode to that many tokens per second of audio (word-timed alignment of
+    known text is never bounded)."""
 
     def __init__(
         self,
@@ -74,9 +77,13 @@ class WhisperTranscriber:
         beam_size: int = 1,
         language: str | None = "en",
         min_window_s: float = 0.0,
+        temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        max_tokens_per_s: float = 0.0,
     ) -> None:
         self.name = name
         self._beam_size = beam_size
+        self._temperatures = temperatures
+        self._max_tokens_per_s = max_tokens_per_s
         self._language = language
         self._min_window_s = min_window_s
         self.redecoded = 0  # short-window results that looked looped and were decoded again
@@ -131,10 +138,18 @@ class WhisperTranscriber:
             # speech's end (without them it loops far more often), and a bound on tokens
             # stops a loop early.
             without_timestamps=frames is None and not word_timestamps,
-            max_new_tokens=None if frames is None else int(seconds * 6 + 10),
+            max_new_tokens=self._token_bound(frames, seconds, word_timestamps),
+            temperature=list(self._temperatures),
         )
         # The generator does the decoding: consume it here, inside the worker.
         return list(segments)
+
+    def _token_bound(self, frames: int | None, seconds: float, word_timestamps: bool) -> int | None:
+        if frames is not None:
+            return int(seconds * 6 + 10)
+        if self._max_tokens_per_s > 0 and not word_timestamps:
+            return min(int(seconds * self._max_tokens_per_s + 10), 440)
+        return None
 
     def _transcript(self, segs: list[Any]) -> Transcript:
         text = _text(segs)

@@ -45,6 +45,8 @@ def build_asr(
         beam_size=a.beam_size,
         language=language or a.language,
         min_window_s=a.min_window_s,
+        temperatures=tuple(a.temperatures),
+        max_tokens_per_s=a.max_tokens_per_s,
     )
 
 
