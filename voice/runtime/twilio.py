@@ -10,9 +10,16 @@ ways, so the session behind it is an ordinary one in ``audio/pcmu``:
   call must carry one as the custom parameter ``api_key`` (a Stream URL cannot send headers);
 - ``media`` -> ``input_audio_buffer.append``; ``dtmf`` -> a user item "[keypad 5]" the agent
   reads in its next turn; ``stop`` -> the session ends;
-- ``response.output_audio.delta`` -> ``media``; the end of an answer's audio -> a ``mark``;
-  speech that interrupts an answer (``speech_started``) -> ``clear``: the caller stops hearing
-  it at once. Everything else the session says is not for the phone and is dropped.
+- ``response.output_audio.delta`` -> ``media`` and a ``mark`` named ``<item>:<ms>`` (the
+  answer's audio up to there); Twilio echoes each mark once the caller has heard it, so the
+  link knows how much of the answer was really played (Twilio buffers seconds ahead);
+- speech that interrupts an answer (``speech_started``) -> ``clear`` (the caller stops hearing
+  it at once) and, to the session, ``conversation.item.truncate`` at the last echoed mark: the
+  conversation keeps only what the caller heard, as a browser client's truncate does. The
+  marks Twilio hands back for the audio it dropped are not counted as heard. (The truncate
+  reaches the session with the caller's next media message, 20 ms later at most.)
+
+Everything else the session says is not for the phone and is dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from websockets.exceptions import ConnectionClosedOK
 from websockets.frames import Close
 
 from base.access import is_key
+from voice.audio import base64_ms
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,10 @@ class TwilioLink:
         self.stream_sid: str | None = None
         self.call_sid: str | None = None
         self._pending: deque[str] = deque()
+        self._sent_ms: dict[str, float] = {}  # answer item -> ms of its audio sent
+        self._heard_ms: dict[str, float] = {}  # answer item -> ms the caller has heard
+        self._playing: str | None = None  # the answer whose audio went out last
+        self._cut: set[str] = set()  # answers cleared: their late marks are not "heard"
 
     async def recv(self) -> str:
         while not self._pending:
@@ -87,26 +99,60 @@ class TwilioLink:
             return [_client("conversation.item.create", item=item)]
         if kind == "stop":
             raise ConnectionClosedOK(Close(1000, "the call ended"), None)
-        return []  # connected, mark (the echo of ours), and anything Twilio adds later
+        if kind == "mark":
+            self._on_played(str(_object(msg.get("mark")).get("name", "")))
+        return []  # connected, and anything Twilio adds later
+
+    def _on_played(self, name: str) -> None:
+        item, _, ms = name.rpartition(":")
+        try:
+            played = float(ms)
+        except ValueError:
+            return  # not one of ours
+        if item in self._sent_ms and item not in self._cut:
+            self._heard_ms[item] = max(self._heard_ms.get(item, 0.0), played)
 
     async def send_event(self, event: dict[str, Any]) -> None:
-        out = self._outbound(event)
-        if out is not None:
+        for out in self._outbound(event):
             await self.ws.send(json.dumps(out))
 
-    def _outbound(self, event: dict[str, Any]) -> dict[str, Any] | None:
+    def _outbound(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         kind, sid = event.get("type"), self.stream_sid
         if sid is None:
-            return None  # nothing can be played before the stream started
+            return []  # nothing can be played before the stream started
         if kind == "response.output_audio.delta":
-            return {"event": "media", "streamSid": sid, "media": {"payload": event["delta"]}}
-        if kind == "response.output_audio.done":
-            return {"event": "mark", "streamSid": sid, "mark": {"name": event["item_id"]}}
+            item = str(event["item_id"])
+            if item != self._playing:  # a new answer: the earlier ones are history
+                self._sent_ms, self._heard_ms, self._cut = {}, {}, set()
+            sent = self._sent_ms.get(item, 0.0) + base64_ms(str(event["delta"]), "audio/pcmu")
+            self._sent_ms[item], self._playing = sent, item
+            return [
+                {"event": "media", "streamSid": sid, "media": {"payload": event["delta"]}},
+                {"event": "mark", "streamSid": sid, "mark": {"name": f"{item}:{sent:.0f}"}},
+            ]
         if kind == "input_audio_buffer.speech_started":
-            return {"event": "clear", "streamSid": sid}
+            self._cut_playing()
+            return [{"event": "clear", "streamSid": sid}]
         if kind == "error":
             log.warning("phone session: %s", event.get("error", {}).get("message"))
-        return None
+        return []
+
+    def _cut_playing(self) -> None:
+        """The caller spoke over the answer going out: tell the session how much was heard."""
+        item = self._playing
+        if item is None or item in self._cut:
+            return
+        self._cut.add(item)
+        heard = self._heard_ms.get(item, 0.0)
+        if heard < self._sent_ms.get(item, 0.0):
+            self._pending.append(
+                _client(
+                    "conversation.item.truncate",
+                    item_id=item,
+                    content_index=0,
+                    audio_end_ms=round(heard),
+                )
+            )
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.ws.close(code, reason)
