@@ -142,3 +142,18 @@ def test_no_text_is_lost_or_reordered(
     assert all(p and p == p.strip() and "  " not in p and "\n" not in p for p in pieces)
     longest_word = max(len(w) for w in text.split())
     assert all(len(p) <= limits["max_chars"] + longest_word for p in pieces[:-1])
+
+
+def test_a_first_piece_cut_at_a_space_does_not_end_on_a_word_that_leads_on() -> None:
+    text = "I'm sorry, I'm not available for a store visit tomorrow."
+    assert _whole(text, first_max_chars=32)[:2] == [
+        "I'm sorry, I'm not available",
+        "for a store visit tomorrow.",
+    ]
+    # Cut at 20 ("to the of a an the"), then back past "the" and not past "an": that would
+    # leave fewer than first_min_chars (12).
+    assert _whole("to the of a an the for with the end of it all", first_max_chars=20)[0] == (
+        "to the of a an"
+    )
+    # A short clause is the first piece once first_min_chars allows it.
+    assert _whole(text, first_min_chars=8, first_max_chars=32)[0] == "I'm sorry,"

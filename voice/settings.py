@@ -171,6 +171,14 @@ class TtsSettings(Section):
     espeak_voice: str = "en-us"
     length_scale: Annotated[float, Field(gt=0.25, le=4)] = 1.0
     threads: Annotated[int, Field(ge=1, le=64)] = 1
+    # The first piece of an answer is cut at its first clause boundary once it holds
+    # first_piece_min_chars, and at a word boundary past first_piece_max_chars (not after a
+    # word that leads on, "for", "the"): the caller hears nothing until it is synthesised,
+    # and Piper's time grows with its length (40 ms for 5 characters, 190 ms for 52).
+    # bench/voice_latency.py, 1 session, two runs each: 12/60 P50 836-1054 ms, 8/32
+    # 793-819, 8/24 677-696 (README).
+    first_piece_min_chars: Annotated[int, Field(ge=1, le=200)] = 8
+    first_piece_max_chars: Annotated[int, Field(ge=8, le=400)] = 24
     # The chain answers are spoken by, in order; empty: ``engine``, then ``fallback``.
     backends: Chain = []
 

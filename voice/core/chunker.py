@@ -25,6 +25,14 @@ _INITIALS = re.compile(r"(?:[^\W\d_]\.)+")
 _CLOSERS = "\"')]}»”’"
 _OPENERS = "\"'([{«“‘"
 _CLAUSE_MARKS = ",;:—–"
+# A first piece cut at a space (no clause boundary in time) does not end on these: "I'm not
+# available for | a visit" phrases worse than "I'm not available | for a visit".
+_LEADING_WORDS = frozenset({
+    "a", "an", "the", "to", "of", "for", "with", "at", "in", "on", "by", "from", "and", "or",
+    "but", "so", "as", "than", "that", "this", "my", "your", "our", "their", "his", "her",
+    "its", "is", "are", "was", "were", "be", "will", "would", "can", "could", "i", "you", "we",
+    "they", "it", "any", "some", "every", "all", "not", "no", "very", "more", "most",
+})  # fmt: skip
 
 
 class _Kind(Enum):
@@ -115,9 +123,22 @@ class SpeakableChunker:
             return None  # one long word so far
         if self._emitted and self._soft is not None and self._soft >= self.min_chars:
             at = self._soft  # a clause boundary phrases better than an arbitrary space
+        elif not self._emitted:
+            at = self._before_leading_words(buf, at)
         if not _speakable(buf[:at]):
             return None
         return self._cut(at)
+
+    def _before_leading_words(self, buf: str, at: int) -> int:
+        """``at`` moved back past words that lead into what follows (at most two, never
+        under ``first_min_chars``)."""
+        for _ in range(2):
+            start = max(buf.rfind(" ", 0, at), buf.rfind("\n", 0, at))
+            word = buf[start + 1 : at].strip(_CLOSERS + _OPENERS).lower()
+            if start < self.first_min_chars or word not in _LEADING_WORDS:
+                break
+            at = start
+        return at
 
     def _cut(self, at: int) -> str:
         piece = self._buf[:at].replace("\n", " ").strip()

@@ -158,4 +158,6 @@ def turn_policy(settings: VoiceSettings) -> TurnPolicy:
         filler_after_s=settings.tools.filler_after_ms / 1000,
         filler_text=settings.tools.filler_text if settings.tools.filler_after_ms else "",
         apology_text=settings.llm.apology,
+        first_piece_min_chars=settings.tts.first_piece_min_chars,
+        first_piece_max_chars=settings.tts.first_piece_max_chars,
     )

@@ -85,6 +85,9 @@ class TurnPolicy:
     filler_after_s: float = 0.7
     filler_text: str = "One moment."
     apology_text: str = APOLOGY
+    # Where the first speakable piece is cut (voice.core.chunker).
+    first_piece_min_chars: int = 8
+    first_piece_max_chars: int = 24
 
 
 @dataclass
@@ -278,7 +281,12 @@ class ResponseRunner:
         out: asyncio.Queue[_Piece | None],
     ) -> _Answer | None:
         """Stream one backend's answer into ``out``; None if it gave nothing usable in time."""
-        chunker = SpeakableChunker()
+        chunker = SpeakableChunker(
+            first_min_chars=self.policy.first_piece_min_chars,
+            first_max_chars=max(
+                self.policy.first_piece_max_chars, self.policy.first_piece_min_chars
+            ),
+        )
         max_tokens = min(
             self.policy.max_tokens, self.start.max_output_tokens or self.policy.max_tokens
         )
