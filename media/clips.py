@@ -13,8 +13,6 @@ naming the file, as a bad photo is.
 from __future__ import annotations
 
 import hashlib
-import json
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,21 +79,14 @@ def _fail(name: str, problem: str, reason: str) -> InputError:
 
 def _probe(path: Path, name: str) -> dict[str, Any]:
     try:
-        out = subprocess.run(
-            [
-                ffmpeg.binary("ffprobe"), "-v", "error", "-print_format", "json",
-                "-show_format", "-show_streams", str(path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise _fail(name, "the video takes too long to read", "video_unreadable") from None
-    if out.returncode != 0:
-        raise _fail(name, "not a video we can read (damaged or cut short?)", "video_unreadable")
-    data: dict[str, Any] = json.loads(out.stdout or "{}")
-    return data
+        return ffmpeg.describe(path, timeout_s=PROBE_TIMEOUT_S)
+    except ffmpeg.Unreadable as exc:
+        problem = (
+            "the video takes too long to read"
+            if exc.timed_out
+            else "not a video we can read (damaged or cut short?)"
+        )
+        raise _fail(name, problem, "video_unreadable") from None
 
 
 def check(info: dict[str, Any], name: str, limits: ClipLimits) -> None:

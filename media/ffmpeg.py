@@ -102,25 +102,34 @@ class Probe:
     audio_codec: str | None
 
 
-def probe(path: Path) -> Probe:
-    out = subprocess.run(
-        [
-            binary("ffprobe"),
-            "-v",
-            "error",
-            "-print_format",
-            "json",
-            "-show_format",
-            "-show_streams",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+class Unreadable(RenderError):
+    """ffprobe could not describe a file (``timed_out``: it took too long); callers that judge
+    a merchant's upload turn it into their own :class:`InputError`."""
+
+    def __init__(self, message: str, *, timed_out: bool) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+        self.transient = timed_out  # as a timed-out ffmpeg run is
+
+
+def describe(path: Path, *, timeout_s: float = 30.0) -> dict[str, Any]:
+    """ffprobe's JSON description of ``path`` (format and streams); :class:`Unreadable`."""
+    cmd = [binary("ffprobe"), "-v", "error", "-print_format", "json"]
+    cmd += ["-show_format", "-show_streams", str(path)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise Unreadable(f"ffprobe took over {timeout_s:.0f} s on {path}", timed_out=True) from None
     if out.returncode != 0:
-        raise RenderError(f"ffprobe cannot read {path}: {out.stderr.strip()[-300:]}")
-    data: dict[str, Any] = json.loads(out.stdout)
+        raise Unreadable(
+            f"ffprobe cannot read {path}: {out.stderr.strip()[-300:]}", timed_out=False
+        )
+    data: dict[str, Any] = json.loads(out.stdout or "{}")
+    return data
+
+
+def probe(path: Path) -> Probe:
+    data = describe(path)
     video = next((s for s in data["streams"] if s["codec_type"] == "video"), None)
     audio = next((s for s in data["streams"] if s["codec_type"] == "audio"), None)
     fps = None

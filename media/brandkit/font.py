@@ -78,7 +78,7 @@ def inspect_font(data: bytes, name: str, *, max_bytes: int) -> FontInfo:
             "not_a_font",
         )
     try:
-        font = TTFont(io.BytesIO(data), lazy=False, fontNumber=0)
+        font = TTFont(io.BytesIO(data), fontNumber=0)
         missing = [t for t in _REQUIRED_TABLES if t not in font]
         if missing or not any(t in font for t in _OUTLINES):
             raise _fail(name, f"a font without {', '.join(missing) or 'outlines'}", "broken")

@@ -15,7 +15,6 @@ A track shorter than the ad is looped with a crossfade (a hard cut at the loop p
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import tempfile
 import wave
@@ -87,21 +86,14 @@ def _fail(name: str, problem: str, reason: str) -> InputError:
 
 def _probe(path: Path, name: str) -> dict[str, Any]:
     try:
-        out = subprocess.run(
-            [
-                ffmpeg.binary("ffprobe"), "-v", "error", "-print_format", "json",
-                "-show_format", "-show_streams", str(path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise _fail(name, "the track takes too long to read", "audio_unreadable") from None
-    if out.returncode != 0:
-        raise _fail(name, "not audio we can read (damaged or cut short?)", "audio_unreadable")
-    data: dict[str, Any] = json.loads(out.stdout or "{}")
-    return data
+        return ffmpeg.describe(path, timeout_s=PROBE_TIMEOUT_S)
+    except ffmpeg.Unreadable as exc:
+        problem = (
+            "the track takes too long to read"
+            if exc.timed_out
+            else "not audio we can read (damaged or cut short?)"
+        )
+        raise _fail(name, problem, "audio_unreadable") from None
 
 
 def check(info: dict[str, Any], name: str, limits: TrackLimits) -> str:

@@ -52,10 +52,11 @@ class TwilioLink:
         self.stream_sid: str | None = None
         self.call_sid: str | None = None
         self._pending: deque[str] = deque()
-        self._sent_ms: dict[str, float] = {}  # answer item -> ms of its audio sent
-        self._heard_ms: dict[str, float] = {}  # answer item -> ms the caller has heard
-        self._playing: str | None = None  # the answer whose audio went out last
-        self._cut: set[str] = set()  # answers cleared: their late marks are not "heard"
+        # The answer whose audio went out last: ms of it sent, ms the caller has heard, and
+        # whether it was cleared (its late marks are then not "heard").
+        self._playing: str | None = None
+        self._sent_ms = self._heard_ms = 0.0
+        self._cut = False
 
     async def recv(self) -> str:
         while not self._pending:
@@ -109,8 +110,8 @@ class TwilioLink:
             played = float(ms)
         except ValueError:
             return  # not one of ours
-        if item in self._sent_ms and item not in self._cut:
-            self._heard_ms[item] = max(self._heard_ms.get(item, 0.0), played)
+        if item == self._playing and not self._cut:
+            self._heard_ms = max(self._heard_ms, played)
 
     async def send_event(self, event: dict[str, Any]) -> None:
         for out in self._outbound(event):
@@ -123,12 +124,15 @@ class TwilioLink:
         if kind == "response.output_audio.delta":
             item = str(event["item_id"])
             if item != self._playing:  # a new answer: the earlier ones are history
-                self._sent_ms, self._heard_ms, self._cut = {}, {}, set()
-            sent = self._sent_ms.get(item, 0.0) + base64_ms(str(event["delta"]), "audio/pcmu")
-            self._sent_ms[item], self._playing = sent, item
+                self._playing, self._sent_ms, self._heard_ms, self._cut = item, 0.0, 0.0, False
+            self._sent_ms += base64_ms(str(event["delta"]), "audio/pcmu")
             return [
                 {"event": "media", "streamSid": sid, "media": {"payload": event["delta"]}},
-                {"event": "mark", "streamSid": sid, "mark": {"name": f"{item}:{sent:.0f}"}},
+                {
+                    "event": "mark",
+                    "streamSid": sid,
+                    "mark": {"name": f"{item}:{self._sent_ms:.0f}"},
+                },
             ]
         if kind == "input_audio_buffer.speech_started":
             self._cut_playing()
@@ -139,18 +143,16 @@ class TwilioLink:
 
     def _cut_playing(self) -> None:
         """The caller spoke over the answer going out: tell the session how much was heard."""
-        item = self._playing
-        if item is None or item in self._cut:
+        if self._playing is None or self._cut:
             return
-        self._cut.add(item)
-        heard = self._heard_ms.get(item, 0.0)
-        if heard < self._sent_ms.get(item, 0.0):
+        self._cut = True
+        if self._heard_ms < self._sent_ms:
             self._pending.append(
                 _client(
                     "conversation.item.truncate",
-                    item_id=item,
+                    item_id=self._playing,
                     content_index=0,
-                    audio_end_ms=round(heard),
+                    audio_end_ms=round(self._heard_ms),
                 )
             )
 

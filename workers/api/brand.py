@@ -25,10 +25,10 @@ from media.brandkit.colours import Brand
 from media.brandkit.font import inspect_font
 from media.brandkit.track import TrackLimits, prepare_track
 from media.errors import InputError
-from media.images import ImageLimits, prepare_image, safe_name
+from media.images import ImageLimits, prepare_image
 from workers.api.deps import Ctx, Merchant, router
-from workers.api.errors import ApiError, error_responses, input_error
-from workers.api.limits import MB
+from workers.api.errors import error_responses, input_error
+from workers.api.limits import MB, read_capped
 from workers.jobs import Upload
 from workers.settings import Settings
 from workers.store import JobStore
@@ -99,22 +99,10 @@ def check_file(settings: Settings, part: BrandFile, up: Upload) -> dict[str, Any
         }
 
 
-def _limit_mb(settings: Settings, part: BrandFile) -> int:
+def limit_mb(settings: Settings, part: BrandFile) -> int:
+    """The upload limit of a kit file (and of a job's own): as the media settings say."""
     m = settings.media
     return {"logo": m.max_image_mb, "font": m.max_font_mb, "music_track": m.max_track_mb}[part]
-
-
-def _read(upload: UploadFile, part: BrandFile, limit_mb: int) -> Upload:
-    name = safe_name(upload.filename or part)
-    data = upload.file.read(limit_mb * MB + 1)
-    if len(data) > limit_mb * MB:
-        raise ApiError(
-            413,
-            "file_too_large",
-            f"{part} ({name}): larger than the {limit_mb} MB limit",
-            field=part,
-        )
-    return Upload(name, data)
 
 
 def _kept(store: JobStore, merchant: str, part: BrandFile) -> KeptFile | None:
@@ -152,7 +140,7 @@ def put_brand(ctx: Ctx, merchant: Merchant, brand: Annotated[Brand, Body()]) -> 
 def put_brand_file(
     ctx: Ctx, merchant: Merchant, part: BrandFile, file: Annotated[UploadFile, File()]
 ) -> KeptFile:
-    up = _read(file, part, _limit_mb(ctx.settings, part))
+    up = read_capped(file, part, part, limit_mb(ctx.settings, part))
     try:
         details = check_file(ctx.settings, part, up)
     except InputError as exc:

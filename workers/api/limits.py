@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import re
 
+from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from base.access import CSRF_HEADER, bearer_token, origin_allowed, trusted_host
+from media.images import safe_name
 from workers.api.auth import Keys
 from workers.api.errors import ApiError, unauthorized
+from workers.jobs import Upload
 
 MB = 1024 * 1024
 _DIGITS = re.compile(r"[0-9]+")
 # Methods that change something: what a page from another site must not be able to send.
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Without keys, a state-changing request must carry CSRF_HEADER (any value; base.access).
+
+
+def read_capped(
+    upload: UploadFile, label: str, field: str, limit_mb: int, *, unnamed: str | None = None
+) -> Upload:
+    """An uploaded file's bytes (its name made safe; ``unnamed``, else ``field``, without
+    one), or 413 past ``limit_mb``: the declared size is checked first, then at most one byte
+    past the limit is ever read."""
+    name = safe_name(upload.filename or unnamed or field)
+    limit = limit_mb * MB
+    if upload.size is None or upload.size <= limit:
+        data = upload.file.read(limit + 1)
+        if len(data) <= limit:
+            return Upload(name, data)
+    raise ApiError(
+        413, "file_too_large", f"{label} ({name}): larger than the {limit_mb} MB limit", field=field
+    )
 
 
 class _BodyTooLarge(ApiError):

@@ -26,11 +26,12 @@ from media.brandkit.track import sniff_audio
 from media.clips import sniff_video
 from media.errors import InputError, StorageError
 from media.folder import PREVIEW_FILE
-from media.images import check_image_count, safe_name, sniff_format
+from media.images import check_image_count, sniff_format
 from media.templates import ASPECTS, CaptionStyle, Template, catalogue, get_template
 from workers.api import ops
 from workers.api.brand import FILES as BRAND_FILES
-from workers.api.brand import saved_brand, saved_file
+from workers.api.brand import BrandFile, saved_brand, saved_file
+from workers.api.brand import limit_mb as brand_limit_mb
 from workers.api.deps import ApiContext, Ctx, Merchant, Presented, router
 from workers.api.errors import (
     RETRY_AFTER_S,
@@ -40,7 +41,7 @@ from workers.api.errors import (
     not_found,
     unauthorized,
 )
-from workers.api.limits import MB
+from workers.api.limits import read_capped
 from workers.api.schemas import (
     Caption,
     Captions,
@@ -93,29 +94,20 @@ def _read_upload(
 ) -> Upload:
     """The upload's bytes, after its size (413) and its real type (415) are checked.
     ``clip_mb``: video clips are welcome too, up to that size (photos stay within max_mb)."""
-    name = safe_name(upload.filename or "upload")
     head = upload.file.read(1024)
     upload.file.seek(0)
     video = clip_mb is not None and sniff_video(head) is not None
     limit_mb = clip_mb if video and clip_mb is not None else max_mb
-    limit = limit_mb * MB
-    too_big = ApiError(
-        413, "file_too_large", f"{label} ({name}): larger than the {limit_mb} MB limit", field=field
-    )
-    if upload.size is not None and upload.size > limit:
-        raise too_big
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        raise too_big
-    if not video and sniff_format(data) is None:
+    up = read_capped(upload, label, field, limit_mb, unnamed="upload")
+    if not video and sniff_format(up.data) is None:
         accepted = f"{_ACCEPTED}, or an MP4, MOV or WebM clip" if clip_mb else _ACCEPTED
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"{label} ({name}): not an image; send {accepted}",
+            f"{label} ({up.name}): not an image; send {accepted}",
             field=field,
         )
-    return Upload(name, data)
+    return up
 
 
 def _formats(values: list[str] | None) -> list[str] | None:
@@ -305,10 +297,9 @@ def create_job(
         for i, up in enumerate(images)
     ]
     logo_upload = _read_upload(logo, "logo", "logo", media.max_image_mb) if logo else None
-    files = {
-        name: _read_brand_file(up, name, ctx)
-        for name, up in (("font", font), ("music_track", music_track))
-        if up is not None
+    own: list[tuple[BrandFile, UploadFile | None]] = [("font", font), ("music_track", music_track)]
+    files: dict[str, Upload] = {
+        name: _read_brand_file(up, name, ctx) for name, up in own if up is not None
     }
     fields = _job_fields(
         template=template,
@@ -355,25 +346,17 @@ def _check_idempotency_key(key: str | None) -> None:
         )
 
 
-def _read_brand_file(upload: UploadFile, field: str, ctx: ApiContext) -> Upload:
+def _read_brand_file(upload: UploadFile, field: BrandFile, ctx: ApiContext) -> Upload:
     """A job's own font or music track: size here, the type by its first bytes (the rest of
     the checks run when the job prepares its inputs, as for clips)."""
-    m = ctx.settings.media
-    limit_mb = m.max_font_mb if field == "font" else m.max_track_mb
-    name = safe_name(upload.filename or field)
-    data = upload.file.read(limit_mb * MB + 1)
-    if len(data) > limit_mb * MB:
-        raise ApiError(
-            413,
-            "file_too_large",
-            f"{field} ({name}): larger than the {limit_mb} MB limit",
-            field=field,
-        )
-    ok = sniff_font(data[:4]) if field == "font" else sniff_audio(data[:64]) is not None
+    up = read_capped(upload, field, field, brand_limit_mb(ctx.settings, field))
+    ok = sniff_font(up.data[:4]) if field == "font" else sniff_audio(up.data[:64]) is not None
     if not ok:
         what = "a TTF or OTF font" if field == "font" else "an MP3, M4A, Ogg, FLAC or WAV track"
-        raise ApiError(415, "unsupported_media_type", f"{field} ({name}): not {what}", field=field)
-    return Upload(name, data)
+        raise ApiError(
+            415, "unsupported_media_type", f"{field} ({up.name}): not {what}", field=field
+        )
+    return up
 
 
 def _submit(
