@@ -6,11 +6,13 @@ answer to talk over. Each trial: a caller asks a question; 1 s into the answer i
 clip (Piper's voice) over it, then listens. 10 backchannels ("Uh-huh.", "Okay.") must leave
 the answer running; 10 real interruptions ("Stop.", "Wait, that's wrong.") must cancel it.
 Clips alternate dev / held-out (the backchannel word list was written before either was
-played; figures are printed for each half).
+played; figures are printed for each half); a third set, "fresh" (10 of each), was written
+after the filler prompt was chosen and nothing was tuned on it.
 
 Side by side in one run: ``vad.barge_in_min_ms`` 1000 (the default: speech interrupts once
-1000 ms of it is heard, or as soon as its words are not a backchannel) and 0 (any speech
-interrupts at once, as before). Latency: from the end of the interjection's speech to the
+1000 ms of it is heard, or as soon as its words are not a backchannel), the same with
+``vad.backchannel_prompt`` (the decode of that speech reads fillers first), and 0 (any
+speech interrupts at once, as before). Latency: from the end of the interjection's speech to the
 ``response.done`` (cancelled) the caller receives; and the server's cancel-to-done time.
 
     .venv/bin/python bench/barge_in.py
@@ -72,7 +74,38 @@ BARGE_INS = (
     "Excuse me, I have another question.",
     "No, I asked about Sunday.",
 )
-ARMS = (("barge_in_min_ms 1000 (default)", "1000"), ("barge_in_min_ms 0 (any speech)", "0"))
+# Written after vad.backchannel_prompt was chosen (on the 20 above and 10 more of each), and
+# first played by this bench: a set nothing was tuned on.
+FRESH_BACKCHANNELS = (
+    "Uh-huh, yeah.",
+    "Mm, okay.",
+    "Oh, I see.",
+    "Yeah, sure.",
+    "Right, okay.",
+    "Hmm, okay.",
+    "Ah, right.",
+    "Cool.",
+    "Oh wow.",
+    "Makes sense.",
+)
+FRESH_BARGE_INS = (
+    "Hold on, wait.",
+    "That's not what I asked.",
+    "Can I stop you there?",
+    "No, listen.",
+    "Just a moment.",
+    "Please stop.",
+    "What do you mean?",
+    "Sorry, what was that?",
+    "Wait a minute.",
+    "Skip that part.",
+)
+# (label, vad.barge_in_min_ms, vad.backchannel_prompt)
+ARMS = (
+    ("barge_in_min_ms 1000 (default)", "1000", "false"),
+    ("barge_in_min_ms 1000, backchannel_prompt", "1000", "true"),
+    ("barge_in_min_ms 0 (any speech)", "0", "false"),
+)
 
 
 @dataclass(frozen=True)
@@ -163,6 +196,10 @@ def main() -> int:
         (text, kind, "dev" if i % 2 == 0 else "held-out", _speech(tts, text))
         for kind, texts in (("backchannel", BACKCHANNELS), ("barge-in", BARGE_INS))
         for i, text in enumerate(texts)
+    ] + [
+        (text, kind, "fresh", _speech(tts, text))
+        for kind, texts in (("backchannel", FRESH_BACKCHANNELS), ("barge-in", FRESH_BARGE_INS))
+        for text in texts
     ]
     print(
         f"# castwork barge-in — {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
@@ -175,14 +212,15 @@ def main() -> int:
     ]
     with FakeOpenAIServer(Behaviour(reply=ANSWER)) as fake:
         backends = [{"kind": "openai", "url": fake.url, "model": "scripted"}]
-        for label, min_ms in ARMS:
+        for label, min_ms, prompt in ARMS:
             print(f"# {label}", flush=True)
             env = {
                 "CASTWORK_LLM__BACKENDS": json.dumps(backends),
                 "CASTWORK_VAD__BARGE_IN_MIN_MS": min_ms,
+                "CASTWORK_VAD__BACKCHANNEL_PROMPT": prompt,
             }
-            trials, server_side = run_arm(work / f"min-{min_ms}", env, question, clips)
-            for split in ("dev", "held-out"):
+            trials, server_side = run_arm(work / f"min-{min_ms}-{prompt}", env, question, clips)
+            for split in ("dev", "held-out", "fresh"):
                 mine = [t for t in trials if t.split == split]
                 back = [t for t in mine if t.kind == "backchannel"]
                 barge = [t for t in mine if t.kind == "barge-in"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,14 @@ import pytest
 import websockets
 from openai import AsyncOpenAI, AuthenticationError, BadRequestError
 
-from voice.runtime.client_secrets import ClientSecrets, SecretRefused, presented_secret
+from voice.runtime.client_secrets import (
+    ClientSecrets,
+    SecretRefused,
+    SecretStore,
+    presented_secret,
+)
 from voice.runtime.server import key_id
+from voice.runtime.shared_secrets import RedisSecrets
 from voice.testing.harness import fake_engines, serving
 
 KEY = "server-key-0123456789"
@@ -116,7 +124,7 @@ async def test_a_browser_presents_its_secret_as_a_subprotocol(tmp_path: Path) ->
 
 async def test_expired_secrets_and_secrets_as_keys_are_refused(tmp_path: Path) -> None:
     async with serving(tmp_path, fake_engines(), voice={"api_keys": [KEY]}) as (server, port):
-        stale = server.client_secrets.mint("key-test", 10, {}, now=time.time() - 11)
+        stale = await server.client_secrets.mint("key-test", 10, {}, now=time.time() - 11)
         with pytest.raises(Exception) as expired:
             async with _sdk(port, stale.value).realtime.connect(model="castwork") as conn:
                 await _first_events(conn, 1)
@@ -174,24 +182,37 @@ async def test_bad_requests_for_secrets_say_what_is_wrong(tmp_path: Path) -> Non
             assert (await http.get(f"http://127.0.0.1:{port}/healthz")).text == "ok\n"
 
 
-def test_secrets_expire_are_single_use_and_bounded() -> None:
-    store = ClientSecrets(capacity=2)
-    a = store.mint("key-a", 60, {"instructions": "x"}, now=1000.0)
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[SecretStore]:
+    """Each store, capacity 2: this server's memory, and a real Redis (a fresh namespace)."""
+    if request.param == "memory":
+        made: SecretStore = ClientSecrets(capacity=2)
+    else:
+        url = request.getfixturevalue("redis_url")
+        made = RedisSecrets(url, capacity=2, namespace=f"test:{uuid.uuid4().hex}")
+    yield made
+    await made.aclose()
+
+
+async def test_secrets_expire_are_single_use_and_bounded(store: SecretStore) -> None:
+    a = await store.mint("key-a", 60, {"instructions": "x"}, now=1000.0)
     assert (a.key, a.expires_at, a.session) == ("key-a", 1060.0, {"instructions": "x"})
-    assert store.redeem(a.value, now=1059.0) == a
+    assert await store.redeem(a.value, now=1059.0) == a
     with pytest.raises(SecretRefused) as again:
-        store.redeem(a.value, now=1059.0)
+        await store.redeem(a.value, now=1059.0)
     assert again.value.status == 401
-    b = store.mint("key-a", 10, {}, now=1000.0)
+    b = await store.mint("key-a", 10, {}, now=1000.0)
     with pytest.raises(SecretRefused):
-        store.redeem(b.value, now=1010.0)  # at its expiry: gone
-    store.mint("key-a", 10, {}, now=2000.0)
-    store.mint("key-a", 10, {}, now=2000.0)
+        await store.redeem(b.value, now=1010.0)  # at its expiry: gone
+    await store.mint("key-a", 10, {}, now=2000.0)
+    await store.mint("key-a", 10, {}, now=2000.0)
     with pytest.raises(SecretRefused) as full:
-        store.mint("key-a", 10, {}, now=2000.0)
+        await store.mint("key-a", 10, {}, now=2000.0)
     assert full.value.status == 429
-    store.mint("key-a", 10, {}, now=2011.0)  # the expired ones made room
-    assert len(store) == 1
+    await store.mint("key-a", 10, {}, now=2011.0)  # the expired ones made room
+    await store.mint("key-a", 10, {}, now=2011.0)
+    with pytest.raises(SecretRefused):  # and no more than they held
+        await store.mint("key-a", 10, {}, now=2011.0)
     assert presented_secret("Bearer ek_abc", None) == "ek_abc"
     assert presented_secret("Bearer sk-real", "realtime, openai-insecure-api-key.ek_x") == "ek_x"
     assert presented_secret(None, "realtime") is None

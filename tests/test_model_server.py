@@ -57,7 +57,8 @@ def fakes() -> Served:
 
 
 def test_the_sdk_talks_to_every_endpoint() -> None:
-    with contextlib.ExitStack() as stack, model_server(fakes()) as url:
+    served = fakes()
+    with contextlib.ExitStack() as stack, model_server(served) as url:
         client = stack.enter_context(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
         assert [m.id for m in client.models.list()] == ["fake-llm", "fake-asr", "fake-tts"]
         messages = [{"role": "user", "content": "What time is it?"}]
@@ -69,6 +70,10 @@ def test_the_sdk_talks_to_every_endpoint() -> None:
         wav = pcm.wav_bytes(tone(800), 16_000)
         heard = client.audio.transcriptions.create(model="whisper", file=("a.wav", wav))
         assert heard.text == "what time is it"
+        # A prompt reaches the model (a voice server's remote decode of speech over an answer).
+        client.audio.transcriptions.create(model="whisper", file=("a.wav", wav), prompt="Mm-hmm.")
+        assert isinstance(served.asr, FakeTranscriber)
+        assert served.asr.prompts == [None, "Mm-hmm."]
         with client.audio.speech.with_streaming_response.create(
             model="tts", voice="joe", input="Hello there", response_format="pcm"
         ) as reply:

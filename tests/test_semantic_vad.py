@@ -11,7 +11,13 @@ import pytest
 from tests.test_session import HEARD, Driver, of_type, sends, starts, transcribes, types
 from voice.core.actions import CancelResponse, FinishTurn, JudgeTurn, ReleaseResponse
 from voice.core.session import STILL_THERE
-from voice.core.turntaking import PATIENCE, is_backchannel, judge, reads_unfinished
+from voice.core.turntaking import (
+    BACKCHANNEL_PROMPTS,
+    PATIENCE,
+    is_backchannel,
+    judge,
+    reads_unfinished,
+)
 from voice.engines.contracts import Transcript
 
 GOES_ON = Transcript("I would like to book a table and", no_speech_prob=0.01, avg_logprob=-0.2)
@@ -315,6 +321,14 @@ def test_no_idle_prompt_while_the_user_speaks_or_without_the_setting() -> None:
         ("Wait, that's wrong.", False),
         ("Okay, but what about Tuesday?", False),
         ("", False),
+        # A hum Whisper spelled as letters (heard in bench/barge_in.py) is one.
+        ("M-H-N.", True),
+        ("Mm-", True),
+        ("Uh-h", True),
+        ("Mhm, okay.", True),
+        # A clipped word is not: "n" was "Hang on." without the filler prompt.
+        ("n", False),
+        ("Um, no.", False),
     ],
 )
 def test_what_counts_as_a_backchannel(text: str, backchannel: bool) -> None:
@@ -334,11 +348,28 @@ def test_a_backchannel_over_the_answer_is_let_go() -> None:
     assert d.speak(320) == []  # not announced, nothing cancelled: maybe "uh-huh"
     (spec,) = transcribes(d.pause(160))
     assert spec.turn is None  # no turn record for what may be nothing
+    assert spec.prompt is None  # vad.backchannel_prompt is off by default
     assert d.transcript(spec.request_id, Transcript("Uh-huh.", 0.01, -0.2)) == []
     assert d.session.open_turn is None and d.session.response_active
     assert len(d.sent) == sent  # the client heard of none of it
     assert start.turn.extra["backchannels"] == 1 and "barge_in" not in start.turn.recovery
     assert d.pause(2000) == []  # and no turn ends later
+
+
+def test_only_speech_over_the_answer_is_decoded_after_the_filler_prompt() -> None:
+    d = Driver(backchannel_prompt=True)
+    d.speak(320)
+    (spec,) = transcribes(d.pause(160))
+    assert spec.prompt is None  # a turn of its own: nothing to bias
+    speaking_agent(d)
+    d.speak(320)
+    (spec2,) = transcribes(d.pause(160))
+    assert spec2.prompt == BACKCHANNEL_PROMPTS["en"]  # over the answer: read first
+    d3 = Driver(backchannel_prompt=True, language="ko", languages=frozenset({"en", "ko"}))
+    speaking_agent(d3)
+    d3.speak(320)
+    (spec3,) = transcribes(d3.pause(160))
+    assert spec3.prompt is None  # no Korean fillers written: English ones would bias it
 
 
 def test_noise_over_the_answer_is_let_go() -> None:

@@ -210,6 +210,10 @@ class VadSettings(Section):
     # Speech over the agent's answer interrupts it once this much of it is speech, or sooner
     # when its transcript is not a backchannel ("uh-huh", "okay"); 0: any speech at once.
     barge_in_min_ms: Annotated[int, Field(ge=0, le=5000)] = 1000
+    # Whether that speech's decode reads fillers first ("Mm-hmm. Uh-huh.", per language: see
+    # voice/core/turntaking.py), so a hum is written as one, not as words. Off: in
+    # bench/barge_in.py it cancelled no fewer answers and made some barge-ins ~0.7 s slower.
+    backchannel_prompt: bool = False
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     # Smart Turn v3.2 from the pipecat-ai wheel, or a path to an ONNX file with its
     # interface; "" for none (semantic_vad then judges by the transcript alone).
@@ -249,6 +253,10 @@ class VoiceServerSettings(Section):
     client_secret_ttl_s: Annotated[int, Field(ge=10, le=7200)] = 60
     client_secret_max_s: Annotated[int, Field(ge=10, le=7200)] = 600
     max_client_secrets: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # Where minted secrets wait: "" in this server's memory (one server), or a redis:// URL
+    # that every server behind a balancer shares, so a page may mint on one and connect to
+    # another (voice/runtime/shared_secrets.py).
+    client_secret_store: Annotated[str, Field(pattern=r"^(rediss?://.+)?$")] = ""
     max_message_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
     # Uncommitted input audio a session keeps, in seconds (kept as 16 kHz float32: 64 KB a
     # second, 7.7 MB at the default; OpenAI's limit is 15 MiB of input, ~5 min of PCM16).

@@ -26,6 +26,9 @@ class Transcribe:
     audio: Float32Array = field(repr=False)
     purpose: Literal["partial", "speculative", "final"]
     turn: TurnRecord | None
+    # Text the decoder reads as what came before (Whisper's prompt): its spelling and style
+    # carry over, so fillers it would otherwise drop or mishear are written out.
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)

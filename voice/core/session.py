@@ -51,7 +51,13 @@ from voice.core.actions import (
 from voice.core.conversation import Item, to_messages
 from voice.core.heard import is_hallucination
 from voice.core.record import TurnRecord, digest
-from voice.core.turntaking import PATIENCE, is_backchannel, judge, sure_enough
+from voice.core.turntaking import (
+    BACKCHANNEL_PROMPTS,
+    PATIENCE,
+    is_backchannel,
+    judge,
+    sure_enough,
+)
 from voice.engines.contracts import Message, ToolChoice, ToolSpec, Transcript
 from voice.errors import ProtocolError
 
@@ -80,6 +86,8 @@ class SessionConfig:
     # Speech over the agent interrupts it once this much of it is heard, or when its words
     # are not a backchannel ("uh-huh", "okay"); 0: any speech interrupts at once.
     barge_in_min_ms: int = 1000
+    # That speech is decoded after a prompt of fillers (turntaking.BACKCHANNEL_PROMPTS).
+    backchannel_prompt: bool = False
     # The hallucination guard's thresholds (settings.asr).
     no_speech_threshold: float = 0.6
     min_avg_logprob: float = -1.0
@@ -633,7 +641,14 @@ class VoiceSession:
             if self._speculative is not None or self._silence_ms < self.config.speculative_after_ms:
                 return []
             action = self._transcribe(
-                "speculative", self._item_id, None, self._speech_start_ms, frame_end_ms
+                "speculative",
+                self._item_id,
+                None,
+                self._speech_start_ms,
+                frame_end_ms,
+                prompt=BACKCHANNEL_PROMPTS.get(self.config.language or "en")
+                if self.config.backchannel_prompt
+                else None,
             )
             self._speculative, self._spec_result = action.request_id, None
             return [action]
@@ -1083,6 +1098,7 @@ class VoiceSession:
         end_ms: float,
         *,
         audio: Float32Array | None = None,
+        prompt: str | None = None,
     ) -> Transcribe:
         request_id = p.new_id("asr")
         self._requests[request_id] = (purpose, item_id, turn)
@@ -1093,6 +1109,7 @@ class VoiceSession:
             self._buffer.slice(start_ms, end_ms) if audio is None else audio,
             purpose,
             turn,
+            prompt,
         )
 
     def _drop_speculative(self) -> list[Action]:

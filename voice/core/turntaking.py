@@ -229,9 +229,21 @@ BACKCHANNELS = frozenset(
     ]
 )
 MAX_BACKCHANNEL_WORDS = 3
+# A hummed "mm-hmm" has no vowel for Whisper to spell, so it comes out as letters ("M-H-N",
+# "Mm-", "uhh"): a word made of m, h, n and u only, with an m or an h, is a hum.
+_HUM = re.compile(r"(?=[mhnu]*[mh])[mhnu]+")
+
+# With vad.backchannel_prompt, the decode of speech over the agent reads this first
+# (Whisper's prompt), so fillers are spelled out instead of heard as words ("Mm-hmm." was "in
+# a month.", "Uh huh." "I have" on Piper's clips decoded alone; OpenAI's prompting guide gives
+# the same advice for keeping fillers). Off by default: bench/barge_in.py measured no fewer
+# cancelled answers with it and slower barge-ins. Per session language.
+BACKCHANNEL_PROMPTS = {"en": "Mm-hmm. Uh-huh. Okay. Yeah."}
 
 
 def is_backchannel(text: str) -> bool:
     """Whether words heard over the agent only acknowledge it ("uh-huh", "okay, yeah")."""
     words = re.findall(r"[a-z'-]+", text.lower())
-    return 0 < len(words) <= MAX_BACKCHANNEL_WORDS and all(w in BACKCHANNELS for w in words)
+    return 0 < len(words) <= MAX_BACKCHANNEL_WORDS and all(
+        w in BACKCHANNELS or _HUM.fullmatch(w.replace("-", "")) for w in words
+    )

@@ -100,7 +100,9 @@ class WhisperTranscriber:
         # concurrent sessions from oversubscribing the cores.
         self._lock = threading.Lock()
 
-    def transcribe(self, audio: Float32Array, *, word_timestamps: bool = False) -> Transcript:
+    def transcribe(
+        self, audio: Float32Array, *, word_timestamps: bool = False, prompt: str | None = None
+    ) -> Transcript:
         if audio.size == 0:
             return Transcript(text="", no_speech_prob=1.0, model=self.name)
         seconds = audio.size / 16_000
@@ -109,11 +111,13 @@ class WhisperTranscriber:
         try:
             with self._lock:
                 if self._min_window_s > 0 and window_s < FULL_WINDOW_S and not word_timestamps:
-                    segs = self._decode(audio, int(window_s * 100), seconds)
+                    segs = self._decode(audio, int(window_s * 100), seconds, prompt=prompt)
                     if not looks_looped(_text(segs), seconds):
                         return self._transcript(segs)
                     self.redecoded += 1
-                segs = self._decode(audio, None, seconds, word_timestamps=word_timestamps)
+                segs = self._decode(
+                    audio, None, seconds, word_timestamps=word_timestamps, prompt=prompt
+                )
         except Exception as exc:
             raise EngineError(f"Whisper failed: {exc}", stage="asr", model=self.name) from exc
         return self._transcript(segs)
@@ -125,6 +129,7 @@ class WhisperTranscriber:
         seconds: float,
         *,
         word_timestamps: bool = False,
+        prompt: str | None = None,
     ) -> list[Any]:
         self._model.frames = frames
         segments, _info = self._model.transcribe(
@@ -133,6 +138,7 @@ class WhisperTranscriber:
             beam_size=self._beam_size,
             word_timestamps=word_timestamps,
             condition_on_previous_text=False,
+            initial_prompt=prompt,
             vad_filter=False,
             # In a short window the timestamp tokens are what lets the decoder find the
             # speech's end (without them it loops far more often), and a bound on tokens

@@ -141,7 +141,12 @@ class EndOfTurn(Protocol):
 class Transcriber(Protocol):
     name: str
 
-    def transcribe(self, audio: Float32Array, *, word_timestamps: bool = False) -> Transcript: ...
+    def transcribe(
+        self, audio: Float32Array, *, word_timestamps: bool = False, prompt: str | None = None
+    ) -> Transcript:
+        """``prompt``: text the model reads as what was said before (its spelling carries
+        over); a model without prompts ignores it."""
+        ...
 
 
 class ChatModel(Protocol):

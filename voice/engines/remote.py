@@ -38,7 +38,9 @@ class RemoteTranscriber:
             base_url=url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0
         )
 
-    def transcribe(self, audio: pcm.Float32Array, *, word_timestamps: bool = False) -> Transcript:
+    def transcribe(
+        self, audio: pcm.Float32Array, *, word_timestamps: bool = False, prompt: str | None = None
+    ) -> Transcript:
         import openai
 
         wav = pcm.wav_bytes(audio, pcm.INTERNAL_RATE)
@@ -47,6 +49,7 @@ class RemoteTranscriber:
                 model=self._model,
                 file=("turn.wav", wav),
                 language=self._language or openai.omit,
+                prompt=prompt or openai.omit,
             )
         except openai.OpenAIError as exc:
             raise EngineError(f"{self.name}: {exc}", stage="asr") from exc

@@ -17,6 +17,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
@@ -128,6 +129,7 @@ def create_app(served: Served, *, keys: Sequence[str] = ()) -> FastAPI:
         model: Annotated[str, Form()],
         language: Annotated[str | None, Form()] = None,
         response_format: Annotated[str, Form()] = "json",
+        prompt: Annotated[str | None, Form(max_length=2000)] = None,
     ) -> Response | dict[str, Any]:
         if served.asr is None:
             raise ApiFailure(404, "no transcription model is served here")
@@ -145,7 +147,9 @@ def create_app(served: Served, *, keys: Sequence[str] = ()) -> FastAPI:
             raise ApiFailure(400, f"file: not a 16-bit PCM WAV ({exc})") from None
         asr = served.asr
         try:
-            result = await asyncio.to_thread(asr.transcribe, pcm.resample(audio, rate, 16_000))
+            result = await asyncio.to_thread(
+                partial(asr.transcribe, pcm.resample(audio, rate, 16_000), prompt=prompt or None)
+            )
         except EngineError as exc:
             raise ApiFailure(500, f"the model failed: {exc}", type_="server_error") from None
         if response_format == "text":

@@ -10,9 +10,10 @@ Rules, checked here once: a secret is ``ek_`` and 32 random bytes; it expires
 (``expires_after.seconds``, default ``voice.client_secret_ttl_s``), opens one session only
 (spent at the handshake), carries the id of the key that minted it (its sessions count
 against that key's limits and are logged under it), and is refused as a key for minting
-more. Secrets live in this server's memory: behind a balancer, a page connects to the server
-that minted its secret only by chance, so give each server its own address for secrets
-(or one server), until a shared store exists.
+more. Where secrets live is a :class:`SecretStore`: this server's memory
+(:class:`ClientSecrets`, the default), or a Redis every server behind a balancer shares
+(:class:`voice.runtime.shared_secrets.RedisSecrets`, ``voice.client_secret_store``), so a
+page may mint on one server and connect to another.
 
 :class:`ClientSecrets` is pure (a clock is passed in); the server parses requests with
 :func:`parse_request` and finds a presented secret with :func:`presented_secret`.
@@ -24,7 +25,7 @@ import json
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -54,6 +55,35 @@ class SecretRefused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def unusable() -> SecretRefused:
+    """One answer for unknown, used and expired secrets: nothing to learn by probing."""
+    return SecretRefused(
+        401, "the client secret is unknown, used or expired; ask your server for a new one"
+    )
+
+
+def full() -> SecretRefused:
+    return SecretRefused(429, "too many client secrets outstanding; try again shortly")
+
+
+def new_value() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+class SecretStore(Protocol):
+    """Where minted secrets wait for their one handshake."""
+
+    async def mint(self, key: str, seconds: int, session: dict[str, Any], now: float) -> Grant:
+        """A new grant; 429 (:func:`full`) when ``capacity`` secrets are outstanding."""
+        ...
+
+    async def redeem(self, value: str, now: float) -> Grant:
+        """The grant of ``value``, spent; 401 (:func:`unusable`) if unknown, used or expired."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class _ExpiresAfter(BaseModel):
@@ -116,7 +146,7 @@ def select_subprotocol(offered: list[str]) -> str | None:
 
 
 class ClientSecrets:
-    """Secrets minted and not yet used or expired, oldest first; bounded."""
+    """Secrets minted and not yet used or expired, oldest first, in this process; bounded."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -134,26 +164,26 @@ class ClientSecrets:
                 break
             self._grants.popitem(last=False)
 
-    def mint(self, key: str, seconds: int, session: dict[str, Any], now: float) -> Grant:
+    async def mint(self, key: str, seconds: int, session: dict[str, Any], now: float) -> Grant:
         self._expire(now)
         if len(self._grants) >= self.capacity:
-            raise SecretRefused(429, "too many client secrets outstanding; try again shortly")
-        grant = Grant(PREFIX + secrets.token_urlsafe(32), key, now + seconds, session)
+            raise full()
+        grant = Grant(new_value(), key, now + seconds, session)
         self._grants[grant.value] = grant
         return grant
 
-    def redeem(self, value: str, now: float) -> Grant:
-        """The grant of ``value``, spent; :class:`SecretRefused` (401) if unknown, used or
-        expired (one answer for all three: nothing to learn by probing)."""
+    async def redeem(self, value: str, now: float) -> Grant:
         grant = self._grants.pop(value, None)
         if grant is None or grant.expires_at <= now:
-            raise SecretRefused(
-                401, "the client secret is unknown, used or expired; ask your server for a new one"
-            )
+            raise unusable()
         return grant
 
-    def response(self, grant: Grant, model: str) -> dict[str, Any]:
-        """The body answered to the minting request (GA shape)."""
-        session = {"type": "realtime", "object": "realtime.session", "model": model}
-        session.update(grant.session)
-        return {"value": grant.value, "expires_at": int(grant.expires_at), "session": session}
+    async def aclose(self) -> None:
+        self._grants.clear()
+
+
+def response(grant: Grant, model: str) -> dict[str, Any]:
+    """The body answered to the minting request (GA shape)."""
+    session = {"type": "realtime", "object": "realtime.session", "model": model}
+    session.update(grant.session)
+    return {"value": grant.value, "expires_at": int(grant.expires_at), "session": session}

@@ -123,6 +123,7 @@ class Connection:
             speculative_after_ms=s.vad.speculative_after_ms,
             partial_every_ms=s.vad.partial_every_ms,
             barge_in_min_ms=s.vad.barge_in_min_ms,
+            backchannel_prompt=s.vad.backchannel_prompt,
             no_speech_threshold=s.asr.no_speech_threshold,
             min_avg_logprob=s.asr.min_avg_logprob,
             history_chars=s.llm.history_chars,
@@ -306,7 +307,7 @@ class Connection:
             return
         self.server.asr_busy += 1
         try:
-            result, retried = await transcribe(self.rt.engines, action.audio)
+            result, retried = await transcribe(self.rt.engines, action.audio, prompt=action.prompt)
         finally:
             self.server.asr_busy -= 1
         await self._do(

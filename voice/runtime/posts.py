@@ -11,8 +11,10 @@ websockets untouched, byte for byte.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import h11
@@ -41,8 +43,9 @@ class Answer:
 class PostingConnection(ServerConnection):
     """A WebSocket server connection that also answers one plain POST (see the module)."""
 
-    #: Set by the server on a subclass: answers a POST.
-    answer: Callable[[Post], Answer]
+    #: Set by the server on a subclass: answers a POST (or a coroutine that will: the
+    #: connection waits for it, reading nothing more).
+    answer: Callable[[Post], Answer | Awaitable[Answer]]
     #: The largest body read; a longer one is answered 413 unread.
     max_body: int = 64 << 10
 
@@ -54,6 +57,7 @@ class PostingConnection(ServerConnection):
         self._post: tuple[str, dict[str, str]] | None = None
         self._body = bytearray()
         self._done = False
+        self._answering: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
 
     def data_received(self, data: bytes) -> None:
         if self._done:
@@ -104,15 +108,28 @@ class PostingConnection(ServerConnection):
                     return
             elif isinstance(event, h11.EndOfMessage) and self._post is not None:
                 path, headers = self._post
+                self._done = True  # whatever else arrives is not read
                 try:
                     answer = self.answer(Post(path, headers, bytes(self._body)))
                 except Exception:  # a bug must not leave the client waiting
                     log.exception("answering POST %s failed", path.split("?", 1)[0])
                     answer = Answer(500, b'{"error": "internal error"}')
-                self._reply(answer)
+                if inspect.isawaitable(answer):
+                    self._answering = asyncio.ensure_future(self._reply_later(path, answer))
+                else:
+                    self._reply(answer)
             elif isinstance(event, h11.ConnectionClosed):
                 self._done = True
                 self.transport.close()
+
+    async def _reply_later(self, path: str, pending: Awaitable[Answer]) -> None:
+        try:
+            answer = await pending
+        except Exception:
+            log.exception("answering POST %s failed", path.split("?", 1)[0])
+            answer = Answer(500, b'{"error": "internal error"}')
+        if not self.transport.is_closing():  # the client may have hung up meanwhile
+            self._reply(answer)
 
     def _reply(self, answer: Answer) -> None:
         assert self._http is not None

@@ -46,10 +46,11 @@ from voice.learning.cases import CaseRecorder
 from voice.learning.experiments import NO_ARM, assign
 from voice.runtime import client_secrets, latency, talkpage, twilio
 from voice.runtime.assembly import EngineCache, language_runtime, load_runtimes
-from voice.runtime.client_secrets import ClientSecrets, Grant, SecretRefused
+from voice.runtime.client_secrets import ClientSecrets, Grant, SecretRefused, SecretStore
 from voice.runtime.connection import Connection
 from voice.runtime.latency import TurnLog
 from voice.runtime.posts import Answer, Post, PostingConnection
+from voice.runtime.shared_secrets import RedisSecrets
 from voice.runtime.turns import Engines, Runtime, TurnPolicy
 from voice.settings import VoiceSettings
 from voice.tools import ToolBox
@@ -134,7 +135,11 @@ class VoiceServer:
         self.draining = False
         self._all_gone = asyncio.Event()
         self.listener: Server | None = None  # once started
-        self.client_secrets = ClientSecrets(v.max_client_secrets)
+        self.client_secrets: SecretStore = (
+            RedisSecrets(v.client_secret_store, v.max_client_secrets)
+            if v.client_secret_store
+            else ClientSecrets(v.max_client_secrets)
+        )
         if languages is None:
             cache = EngineCache()
             languages = partial(language_runtime, cache=cache)
@@ -157,8 +162,8 @@ class VoiceServer:
         server = self
 
         class _Connection(_VoiceConnection):
-            def answer(self, post: Post) -> Answer:
-                return server.answer_post(post)
+            async def answer(self, post: Post) -> Answer:
+                return await server.answer_post(post)
 
         self.listener = await serve(
             self._handle,
@@ -214,7 +219,7 @@ class VoiceServer:
         if self.cases is not None:
             self.cases.offer(turn)
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":  # liveness only: says nothing but "ok"
             return conn.respond(HTTPStatus.OK, "ok\n")
@@ -255,7 +260,7 @@ class VoiceServer:
             return response
         if secret is not None:
             try:  # spent here: one handshake, one session
-                grant = self.client_secrets.redeem(secret, time.time())
+                grant = await self.client_secrets.redeem(secret, time.time())
             except SecretRefused as exc:
                 return conn.respond(HTTPStatus(exc.status), exc.message + "\n")
             assert isinstance(conn, _VoiceConnection)
@@ -279,7 +284,7 @@ class VoiceServer:
         found = talkpage.asset(path) or talkpage.config(PATH, secret_url=secret_url)
         return Response(HTTPStatus.OK, "OK", Headers(talkpage.headers(found)), found.body)
 
-    def answer_post(self, post: Post) -> Answer:
+    async def answer_post(self, post: Post) -> Answer:
         """``POST /v1/realtime/client_secrets`` (see :mod:`voice.runtime.client_secrets`);
         any other POST is not found."""
         path = post.path.split("?", 1)[0]
@@ -305,12 +310,16 @@ class VoiceServer:
             seconds, session = client_secrets.parse_request(
                 post.body, default_s=v.client_secret_ttl_s, max_s=v.client_secret_max_s
             )
-            grant = self.client_secrets.mint(key_id(authorization), seconds, session, time.time())
+            grant = await self.client_secrets.mint(
+                key_id(authorization), seconds, session, time.time()
+            )
         except SecretRefused as exc:
-            kind = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
+            kind = {429: "rate_limit_exceeded", 503: "server_error"}.get(
+                exc.status, "invalid_request_error"
+            )
             return _error(exc.status, kind, exc.message)
         log.info("client secret minted for %s, valid %d s", grant.key, seconds)
-        body = self.client_secrets.response(grant, self.runtimes[0].name or "castwork")
+        body = client_secrets.response(grant, self.runtimes[0].name or "castwork")
         return Answer(200, json.dumps(body).encode())
 
     def _foreign(self, host: str | None, origin: str | None) -> str | None:
@@ -363,6 +372,7 @@ class VoiceServer:
             )
         server.close()
         await server.wait_closed()
+        await self.client_secrets.aclose()
 
     def _known(self, presented: str) -> bool:
         return is_key(presented, self.keys)

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from voice import audio as pcm
@@ -103,16 +104,20 @@ class Runtime:
     lineage: dict[str, object] = field(default_factory=dict)
 
 
-async def transcribe(engines: Engines, audio: pcm.Float32Array) -> tuple[Transcript | None, bool]:
+async def transcribe(
+    engines: Engines, audio: pcm.Float32Array, *, prompt: str | None = None
+) -> tuple[Transcript | None, bool]:
     """Primary ASR, then the fallback model once. Returns (result or None, whether it retried)."""
     try:
-        return await asyncio.to_thread(engines.asr.transcribe, audio), False
+        return await asyncio.to_thread(partial(engines.asr.transcribe, audio, prompt=prompt)), False
     except EngineError as exc:
         log.warning("ASR %s failed: %s", engines.asr.name, exc)
     if engines.asr_fallback is None:
         return None, False
     try:
-        return await asyncio.to_thread(engines.asr_fallback.transcribe, audio), True
+        return await asyncio.to_thread(
+            partial(engines.asr_fallback.transcribe, audio, prompt=prompt)
+        ), True
     except EngineError as exc:
         log.warning("fallback ASR %s failed: %s", engines.asr_fallback.name, exc)
         return None, True

@@ -60,9 +60,13 @@ class FakeTranscriber:
     name: str = "fake-asr"
     no_speech_prob: float = 0.01
     calls: int = 0
+    prompts: list[str | None] = field(default_factory=list)  # each call's prompt
 
-    def transcribe(self, audio: Float32Array, *, word_timestamps: bool = False) -> Transcript:
+    def transcribe(
+        self, audio: Float32Array, *, word_timestamps: bool = False, prompt: str | None = None
+    ) -> Transcript:
         self.calls += 1
+        self.prompts.append(prompt)
         time.sleep(self.latency_s)
         if self.calls in self.fail or -1 in self.fail:
             raise EngineError(f"{self.name}: scripted failure", stage="asr")

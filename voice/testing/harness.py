@@ -75,6 +75,7 @@ async def serving(
     finally:
         srv.close()
         await srv.wait_closed()
+        await server.client_secrets.aclose()
         log.close()
 
 
