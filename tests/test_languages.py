@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import websockets
 
 from base.errors import ConfigError
 from base.settings import load, with_overrides
@@ -111,3 +112,24 @@ def test_korean_is_scored_per_character_with_numbers_read_out() -> None:
     assert same.edits == 0 and same.reference_words == len("이신발은이만오천원입니다")
     one_off = word_errors("배송은 3일 걸립니다", "배송은 사일 걸립니다", "ko")
     assert (one_off.substitutions, one_off.edits) == (1, 1)
+
+
+async def test_a_phone_line_names_its_language_in_the_stream_parameters(tmp_path: Path) -> None:
+    from tests.test_twilio import send_audio, start, until
+
+    async with serving(tmp_path, fake_engines(), languages=_korean) as (_, port):
+        url = f"ws://127.0.0.1:{port}/v1/twilio"
+        async with websockets.connect(url) as ws:
+            await ws.send(start(language="ko"))
+            await send_audio(ws, utterance())
+            await until(ws, "media", [])  # answered in μ-law: the phone session stands
+            await ws.send(json.dumps({"event": "stop"}))
+        # A language not served leaves the call in English, its phone audio set.
+        async with websockets.connect(url) as ws:
+            await ws.send(start(language="fr"))
+            await send_audio(ws, utterance())
+            await until(ws, "media", [])
+            await ws.send(json.dumps({"event": "stop"}))
+    turns = [json.loads(line) for line in (tmp_path / "turns.jsonl").read_text().splitlines()]
+    assert [t["models"]["asr"] for t in turns] == ["fake-asr-ko", "fake-asr"]
+    assert turns[0]["models"]["tts"] == "fake-tts-ko"

@@ -77,12 +77,20 @@ class TwilioLink:
             start = _object(msg.get("start"))
             self.stream_sid = start.get("streamSid") or msg.get("streamSid")
             self.call_sid = start.get("callSid")
-            given = str(_object(start.get("customParameters")).get("api_key", ""))
+            parameters = _object(start.get("customParameters"))
+            given = str(parameters.get("api_key", ""))
             if self.keys and not is_key(given, self.keys):
                 await self.ws.close(REFUSED, "a Castwork API key is needed (Parameter api_key)")
                 raise ConnectionClosedOK(Close(REFUSED, "no key"), None)
             log.info("phone call %s on stream %s", self.call_sid, self.stream_sid)
-            return [_client("session.update", session=_PHONE_SESSION)]
+            out = [_client("session.update", session=_PHONE_SESSION)]
+            if language := str(parameters.get("language", "")):
+                # The number's language (a Korean line), as a client's transcription.language,
+                # in an update of its own: one the server does not serve is refused alone (an
+                # error, logged) and the call goes on in English, its phone audio set.
+                audio = {"input": {"transcription": {"language": language}}}
+                out.append(_client("session.update", session={"type": "realtime", "audio": audio}))
+            return out
         if kind == "media":
             media = _object(msg.get("media"))
             if media.get("track", "inbound") != "inbound" or not media.get("payload"):
