@@ -13,13 +13,15 @@ figures are printed for each.
 1. ``signals``: at 200 ms into each pause, and 200 ms after each complete utterance, what
    each signal says: Smart Turn v3.2's probability at several thresholds, the transcript
    so far (Whisper tiny.en: does it end unfinished, on "and"/"the"/"to"... or "..."), the
-   two combined, and semantic_vad's whole rule per eagerness. Incomplete judged incomplete =
+   text model's reading of it (SmolLM2: P(the message ends here)), the signals combined,
+   and semantic_vad's whole rule per eagerness, without and with the text model; and the
+   text model alone on 20 fresh requests, cut and whole. Incomplete judged incomplete =
    a cut-in avoided; complete judged complete = an endpoint that need not wait.
 2. ``server`` (``--server``): the real server (`castwork voice`, embedded models) hears the
    set with ``server_vad`` at 200 and 500 ms of silence and ``semantic_vad`` at each
-   eagerness: the cut-in rate (one utterance committed as two turns or more), on all pauses
-   and on the 700 ms ones, and the endpoint delay (last speech frame to endpoint) on the
-   complete utterances.
+   eagerness (auto and low also with the text model): the cut-in rate (one utterance
+   committed as two turns or more), on all pauses and on the 700 ms ones, and the endpoint
+   delay (last speech frame to endpoint) on the complete utterances.
 
     .venv/bin/python bench/turn_taking.py [--server]
 """
@@ -43,13 +45,14 @@ import numpy as np
 from voice import audio as pcm
 from voice.clients.realtime import RealtimeClient
 from voice.core.turntaking import PATIENCE, judge, reads_unfinished, sure_enough
-from voice.engines.factory import build_asr, build_tts
+from voice.engines.factory import build_asr, build_text_turn, build_tts
 from voice.engines.registry import resolve_turn
 from voice.engines.smart_turn import SmartTurn
 from voice.monitoring import loadtest
 from workers.settings import load_settings
 
 RATE = 16_000
+TEXT_MODEL = "smollm2-135m"  # the text end-of-turn model measured (vad.text_turn_model)
 SENTENCES = (
     ("I would like to book a table", "for two at seven tonight."),
     ("Can you check whether my package", "has left the warehouse yet?"),
@@ -81,6 +84,31 @@ SHORT = (
     "Two people.",
     "Okay.",
     "The blue one.",
+)
+# Text only, written after vad.text_turn_model's thresholds were chosen (tuned on by
+# nothing): each request cut at a clause boundary, and whole. The text model should read the
+# first part as unfinished and the whole as finished.
+FRESH_TEXT = (
+    ("Can you tell me", "the way to the station?"),
+    ("I'd like to change", "my delivery address."),
+    ("What's the weather going to be like", "this weekend?"),
+    ("Is there a pharmacy open", "near me right now?"),
+    ("Please book me a taxi", "to the airport at six."),
+    ("How long does it take", "to get a refund?"),
+    ("I think I left my wallet", "in the taxi last night."),
+    ("Could you check if", "my order has shipped?"),
+    ("My internet has been down", "since this morning."),
+    ("Do you have any tables free", "for four people tonight?"),
+    ("Remind me to call my mother", "on Saturday afternoon."),
+    ("I want to return the shoes", "because they are too small."),
+    ("What are your opening hours", "on public holidays?"),
+    ("Can I pay with", "a credit card?"),
+    ("Set an alarm for", "seven tomorrow morning."),
+    ("How much does a ticket", "to Busan cost?"),
+    ("I'm calling about the bill", "I received yesterday."),
+    ("Where can I park", "near the stadium?"),
+    ("Play some music that", "helps me relax."),
+    ("Tell me how to reset", "my password."),
 )
 PAUSES_MS = (300, 500, 700, 900)
 THRESHOLDS = (0.5, 0.7, 0.9)
@@ -182,6 +210,8 @@ class Judged:
     unfinished: bool  # the transcript so far reads unfinished
     ms: float  # the model's inference time
     text: str = ""  # the transcript so far
+    p_text: float | None = None  # the text model's P(the message ends here)
+    text_ms: float = 0.0  # its inference time
 
 
 def _row(split: str, name: str, part: list[Judged], says_complete: Callable[[Judged], bool]) -> str:
@@ -192,21 +222,27 @@ def _row(split: str, name: str, part: list[Judged], says_complete: Callable[[Jud
     return f"| {split} | {name} | {avoided}/{len(paused)} | {right}/{len(whole)} |"
 
 
-def _rule_row(split: str, eagerness: str, part: list[Judged]) -> str:
+def _rule_row(split: str, eagerness: str, part: list[Judged], *, with_text: bool) -> str:
     """The whole semantic_vad rule: a paused sentence is not cut when the wait it chose is
     longer than its pause; a complete one counts when the turn ends at once."""
 
     def wait(x: Judged) -> int:
-        if sure_enough(x.p, eagerness):
+        if sure_enough(x.p, eagerness) and not with_text:
             return 0  # the server ends the turn before the transcript is in
         after_question = x.utterance.text in SHORT
-        return judge(x.p, x.text, eagerness, after_question=after_question).wait_ms
+        return judge(
+            x.p,
+            x.text,
+            eagerness,
+            after_question=after_question,
+            text_probability=x.p_text if with_text else None,
+        ).wait_ms
 
     paused = [x for x in part if not x.utterance.complete]
     whole = [x for x in part if x.utterance.complete]
     avoided = sum(1 for x in paused if wait(x) > x.utterance.pause_ms)
     right = sum(1 for x in whole if wait(x) == 0)
-    name = f"semantic_vad rule, {eagerness} (adaptive wait)"
+    name = f"semantic_vad rule, {eagerness}" + (" with the text model" if with_text else "")
     return f"| {split} | {name} | {avoided}/{len(paused)} | {right}/{len(whole)} |"
 
 
@@ -218,6 +254,11 @@ def signals(utterances: list[Utterance]) -> list[str]:
     settings = load_settings()
     turn = SmartTurn(resolve_turn("smart-turn-v3.2").path)
     asr = build_asr(settings)
+    reader = build_text_turn(
+        settings.model_copy(
+            update={"vad": settings.vad.model_copy(update={"text_turn_model": TEXT_MODEL})}
+        )
+    )
     rows = []
     per: list[Judged] = []
     for u in utterances:
@@ -226,10 +267,17 @@ def signals(utterances: list[Utterance]) -> list[str]:
         p = turn.probability(audio)
         ms = (time.perf_counter() - t0) * 1000
         text = asr.transcribe(audio).text
-        per.append(Judged(u, p, reads_unfinished(text), ms, text))
+        p_text, text_ms = None, 0.0
+        if reader is not None and text:
+            before = QUESTION if u.text in SHORT else None
+            t0 = time.perf_counter()
+            p_text = reader.probability(text, before)
+            text_ms = (time.perf_counter() - t0) * 1000
+        per.append(Judged(u, p, reads_unfinished(text), ms, text, p_text, text_ms))
         kind = "complete" if u.complete else f"paused {u.pause_ms}"
         print(
-            f"{u.split:8s} {kind:11s} p={p:.2f} text-unfinished={reads_unfinished(text)!s:5s} {text!r}"
+            f"{u.split:8s} {kind:11s} p={p:.2f} text-unfinished={reads_unfinished(text)!s:5s} "
+            f"p_text={'-' if p_text is None else f'{p_text:.3f}'} {text!r}"
         )
     rows.append(
         "| split | signal | paused judged incomplete (cut-ins avoided) | complete judged complete |"
@@ -240,6 +288,16 @@ def signals(utterances: list[Utterance]) -> list[str]:
         for thr in THRESHOLDS:
             rows.append(_row(split, f"Smart Turn >= {thr}", part, _above(thr)))
         rows.append(_row(split, "transcript not unfinished", part, lambda x: not x.unfinished))
+        if reader is not None:
+            for thr in (0.05, 0.1, 0.2):
+                rows.append(
+                    _row(
+                        split,
+                        f"text model >= {thr}",
+                        part,
+                        lambda x, t=thr: x.p_text is None or x.p_text >= t,  # type: ignore[misc]
+                    )
+                )
         for thr in THRESHOLDS:
             rows.append(
                 _row(
@@ -250,23 +308,47 @@ def signals(utterances: list[Utterance]) -> list[str]:
                 )
             )
         for eagerness in ("high", "medium", "low"):
-            rows.append(_rule_row(split, eagerness, part))
+            rows.append(_rule_row(split, eagerness, part, with_text=False))
+            if reader is not None:
+                rows.append(_rule_row(split, eagerness, part, with_text=True))
     times = [x.ms for x in per]
     rows.append(
         f"\nSmart Turn inference: median {statistics.median(times):.0f} ms, max {max(times):.0f} ms "
         f"(1 thread, load average {os.getloadavg()[0]:.1f})"
     )
+    if reader is not None:
+        rows.append(
+            "\n| fresh text (20 requests, text model only) | threshold | first parts judged "
+            "unfinished | whole requests judged finished |\n|---|---|---|---|"
+        )
+        firsts = [reader.probability(a) for a, _ in FRESH_TEXT]
+        wholes = [reader.probability(f"{a} {b}") for a, b in FRESH_TEXT]
+        for eagerness in ("high", "medium", "low"):
+            thr = PATIENCE[eagerness].text_threshold
+            rows.append(
+                f"| {eagerness} | {thr} | {sum(p < thr for p in firsts)}/{len(firsts)} | "
+                f"{sum(p >= thr for p in wholes)}/{len(wholes)} |"
+            )
+    text_times = [x.text_ms for x in per if x.p_text is not None]
+    if text_times:
+        rows.append(
+            f"text model ({TEXT_MODEL}): median {statistics.median(text_times):.0f} "
+            f"ms, max {max(text_times):.0f} ms"
+        )
     return rows
 
 
 QUESTION = "How many people, and which day suits you?"  # what the agent asked before a short answer
-# (mode, silence_duration_ms or eagerness) played to the server, in this order.
-MODES = (
+# (mode, silence_duration_ms or eagerness[, "text": with vad.text_turn_model = TEXT_MODEL])
+# played to the server, in this order.
+MODES: tuple[tuple[str, ...], ...] = (
     ("server_vad", "200"),
     ("server_vad", "500"),
     ("semantic_vad", "high"),
     ("semantic_vad", "auto"),
+    ("semantic_vad", "auto", "text"),
     ("semantic_vad", "low"),
+    ("semantic_vad", "low", "text"),
 )
 
 
@@ -326,7 +408,7 @@ def _pct(values: list[float], q: float) -> str:
 
 
 def server(
-    utterances: list[Utterance], work: Path, modes: tuple[tuple[str, str], ...] = MODES
+    utterances: list[Utterance], work: Path, modes: tuple[tuple[str, ...], ...] = MODES
 ) -> list[str]:
     """Each mode on one server run: cut-ins on the paused sentences (all pauses, and the
     700 ms ones) and the endpoint delay on the complete utterances, per split."""
@@ -336,8 +418,9 @@ def server(
         "split or unanswered |",
         "|---|---|---|---|---|---|",
     ]
-    for mode, knob in modes:
-        with loadtest.ServerProcess(work / f"{mode}-{knob}") as srv:
+    for mode, knob, *flags in modes:
+        env = {"CASTWORK_VAD__TEXT_TURN_MODEL": TEXT_MODEL if "text" in flags else ""}
+        with loadtest.ServerProcess(work / "-".join([mode, knob, *flags]), env=env) as srv:
             played = [(u, *asyncio.run(_play(srv.url, u, mode, knob))) for u in utterances]
             time.sleep(0.5)
             first: dict[str, float] = {}
@@ -345,6 +428,8 @@ def server(
                 if "endpointing" in t.durations_ms and t.session_id not in first:
                     first[t.session_id] = t.durations_ms["endpointing"]
         label = f"{mode} {knob}" + (" ms" if mode == "server_vad" else "")
+        if mode == "semantic_vad":
+            label += ", with the text model" if "text" in flags else ""
         for split in ("dev", "held-out"):
             mine = [(u, sid, n) for u, sid, n in played if u.split == split]
             paused = [(u, n) for u, _, n in mine if not u.complete]
@@ -369,8 +454,8 @@ def main() -> int:
     ap.add_argument(
         "--modes",
         nargs="+",
-        default=[f"{m}:{k}" for m, k in MODES],
-        help="server modes, e.g. server_vad:500 semantic_vad:auto",
+        default=[":".join(m) for m in MODES],
+        help="server modes, e.g. server_vad:500 semantic_vad:auto semantic_vad:auto:text",
     )
     args = ap.parse_args()
     settings = load_settings()
@@ -379,7 +464,7 @@ def main() -> int:
     print(f"# turn-taking set: {n_paused} paused sentences, {len(utterances) - n_paused} complete")
     lines = signals(utterances)
     if args.server:
-        modes = tuple(tuple(m.split(":", 1)) for m in args.modes)
+        modes = tuple(tuple(m.split(":")) for m in args.modes)
         work = Path(tempfile.mkdtemp(prefix="castwork-turns-"))
         lines += ["", *server(utterances, work, modes)]
     print("\n" + "\n".join(lines))

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from tests.test_session import HEARD, Driver, of_type, sends, starts, transcribes, types
-from voice.core.actions import CancelResponse, FinishTurn, JudgeTurn, ReleaseResponse
+from voice.core.actions import (
+    CancelResponse,
+    FinishTurn,
+    JudgeText,
+    JudgeTurn,
+    ReleaseResponse,
+)
 from voice.core.session import STILL_THERE
 from voice.core.turntaking import (
     BACKCHANNEL_PROMPTS,
@@ -108,6 +114,22 @@ def test_a_short_answer_to_the_agents_question_needs_less_certainty() -> None:
     assert not judge(p, long, "auto", after_question=True).finished
 
 
+def test_words_the_text_model_expects_more_of_wait_however_they_sound() -> None:
+    pat = PATIENCE["auto"]
+    low = pat.text_threshold / 2
+    verdict = judge(0.99, "I would like to book a table.", "auto", text_probability=low)
+    assert (verdict.wait_ms, verdict.why) == (pat.max_wait_ms, "text_unfinished")
+    assert judge(0.99, "I would like to book a table.", "auto", text_probability=0.5).finished
+    # Without an audio model too.
+    assert not judge(None, "What time is it", "auto", text_probability=low).finished
+    # A short answer to the agent's question needs no more words, whatever the model expects.
+    answer = judge(0.5, "Tuesday at ten.", "auto", after_question=True, text_probability=low)
+    assert answer.why == "answer"
+    for eagerness in ("high", "medium", "low"):  # each eagerness trusts the words less or more
+        assert 0 < PATIENCE[eagerness].text_threshold < 0.5
+    assert PATIENCE["high"].text_threshold < pat.text_threshold < PATIENCE["low"].text_threshold
+
+
 # --- the core ----------------------------------------------------------------------------------
 
 
@@ -173,6 +195,72 @@ def test_a_sure_model_ends_the_turn_without_waiting_for_the_transcript() -> None
     assert start.turn.extra["pauses"] == [
         {"at_ms": 160, "p": PATIENCE["auto"].sure, "verdict": "model_sure"}
     ]
+
+
+def texts_asked(actions: list[Any]) -> list[JudgeText]:
+    return of_type(actions, JudgeText)
+
+
+def test_with_a_text_model_the_words_are_read_as_soon_as_they_are_in() -> None:
+    d = Driver(text_turn=True)
+    semantic(d)
+    spec, asked = pause_asked(d)
+    # A sure sound no longer ends the turn before the words are read.
+    assert judged(d, asked.request_id, 0.99) == []
+    heard = Transcript("I would like to book a table.", 0.01, -0.2)
+    actions = d.transcript(spec.request_id, heard)
+    (read,) = texts_asked(actions)
+    assert (read.request_id, read.text, read.before) == (asked.request_id, heard.text, None)
+    assert "input_audio_buffer.speech_stopped" not in types(actions)
+    # The model expects more words: the pause waits to the eagerness's limit.
+    assert d.take(d.session.on_text_judged(read.request_id, 0.01, d.now)) == []
+    pause = d.session.open_turn.extra["pauses"][0]  # type: ignore[union-attr]
+    assert pause == {"at_ms": 160, "p": 0.99, "verdict": "text_unfinished", "p_text": 0.01}
+    # ... and the caller goes on, in one turn.
+    assert "input_audio_buffer.speech_started" not in types(d.speak(320))
+    spec2 = transcribes(d.pause(160))[0]
+    (asked2,) = of_type(d.actions, JudgeTurn)[-1:]
+    (read2,) = texts_asked(d.transcript(spec2.request_id, HEARD))
+    assert judged(d, asked2.request_id, 0.95) == []  # waits for the words' reading
+    actions = d.take(d.session.on_text_judged(read2.request_id, 0.6, d.now))
+    assert "input_audio_buffer.speech_stopped" in types(actions)
+    assert types(d.actions).count("input_audio_buffer.committed") == 1
+
+
+def test_the_text_model_reads_an_answer_after_the_agents_question() -> None:
+    d = Driver(text_turn=True)
+    semantic(d)
+    d.client(
+        type="conversation.item.create",
+        item={
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Which day suits you?"}],
+        },
+    )
+    spec, asked = pause_asked(d)
+    (read,) = texts_asked(d.transcript(spec.request_id, Transcript("Tuesday.", 0.01, -0.2)))
+    assert read.before == "Which day suits you?"
+    judged(d, asked.request_id, 0.5)
+    actions = d.take(d.session.on_text_judged(read.request_id, 0.01, d.now))
+    assert "input_audio_buffer.speech_stopped" in types(actions)  # a short answer: done
+
+
+def test_a_failed_or_stale_text_reading_leaves_the_other_signals_to_decide() -> None:
+    d = Driver(text_turn=True)
+    semantic(d)
+    spec, asked = pause_asked(d)
+    (read,) = texts_asked(d.transcript(spec.request_id, HEARD))
+    assert d.take(d.session.on_text_judged("eot_stale", 0.0, d.now)) == []
+    assert judged(d, asked.request_id, 0.95) == []
+    actions = d.take(d.session.on_text_judged(read.request_id, None, d.now))
+    assert "input_audio_buffer.speech_stopped" in types(actions)
+    # Nothing usable heard: no words to read, the sound decides at once.
+    d2 = Driver(text_turn=True)
+    semantic(d2)
+    spec2, asked2 = pause_asked(d2)
+    assert texts_asked(d2.transcript(spec2.request_id, Transcript("", no_speech_prob=0.9))) == []
+    assert "input_audio_buffer.speech_stopped" in types(judged(d2, asked2.request_id, 0.95))
 
 
 def test_goes_on_waits_to_the_eagerness_limit_then_ends_the_turn() -> None:

@@ -218,6 +218,13 @@ class VadSettings(Section):
     # Smart Turn v3.2 from the pipecat-ai wheel, or a path to an ONNX file with its
     # interface; "" for none (semantic_vad then judges by the transcript alone).
     turn_model: str = "smart-turn-v3.2"
+    # semantic_vad's third signal: a small language model reads the pause's transcript and
+    # says how likely the message ends there (voice/engines/text_turn.py). An embedded LLM
+    # ("smollm2-135m", "qwen2.5-0.5b") or a path to a ChatML GGUF; "" for none. Off by
+    # default: with "smollm2-135m", bench/turn_taking.py measured 2 cut-ins in 20 on 700 ms
+    # pauses instead of 7, but every pause waits for the words (and more turns for the longest
+    # wait): the endpoint delay's P50 went from ~330 to 660-810 ms (README, Turn-taking).
+    text_turn_model: str = ""
 
     @field_validator("model")
     @classmethod
@@ -327,6 +334,8 @@ KOREAN: dict[str, object] = {
     "tts.engine": "espeak",
     "tts.espeak_voice": "ko",
     "tts.fallback": "none",
+    # SmolLM2 reads English only: a Korean pause is judged by the sound and the last word.
+    "vad.text_turn_model": "",
     "llm.instructions": (
         "당신은 친절한 음성 비서 Castwork입니다. 항상 한국어로, 말하기 자연스러운 짧은 "
         "한두 문장으로 대답하세요."

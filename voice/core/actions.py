@@ -32,6 +32,17 @@ class Transcribe:
 
 
 @dataclass(frozen=True)
+class JudgeText:
+    """Ask the text end-of-turn model whether ``text`` (the pause's transcript) ends the
+    message, the agent having said ``before``; the answer comes back through
+    :meth:`VoiceSession.on_text_judged`."""
+
+    request_id: str
+    text: str
+    before: str | None
+
+
+@dataclass(frozen=True)
 class JudgeTurn:
     """Ask the end-of-turn model whether the speech in ``audio`` (the turn so far, ending in
     the pause) is finished; the answer comes back through :meth:`VoiceSession.on_turn_judged`."""
@@ -87,6 +98,7 @@ Action = (
     Send
     | Transcribe
     | JudgeTurn
+    | JudgeText
     | StartResponse
     | ReleaseResponse
     | CancelResponse

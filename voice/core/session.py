@@ -42,6 +42,7 @@ from voice.core.actions import (
     CancelResponse,
     Close,
     FinishTurn,
+    JudgeText,
     JudgeTurn,
     ReleaseResponse,
     Send,
@@ -86,6 +87,9 @@ class SessionConfig:
     # Speech over the agent interrupts it once this much of it is heard, or when its words
     # are not a backchannel ("uh-huh", "okay"); 0: any speech interrupts at once.
     barge_in_min_ms: int = 1000
+    # semantic_vad: a text model reads each pause's transcript (Engines.text_turn); the turn
+    # then waits for it even when the sound alone is sure.
+    text_turn: bool = False
     # That speech is decoded after a prompt of fillers (turntaking.BACKCHANNEL_PROMPTS).
     backchannel_prompt: bool = False
     # The hallucination guard's thresholds (settings.asr).
@@ -212,6 +216,9 @@ class VoiceSession:
         # semantic_vad: this pause's end-of-turn judgement (request id, then its probability)
         self._judge: str | None = None
         self._judged: tuple[float | None] | None = None
+        # ... and the text model's reading of its transcript (asked once the decode is in)
+        self._text_asked = False
+        self._text_judged: tuple[float | None] | None = None
         self._pause_limit_ms: int | None = None  # the wait the judgement chose for this pause
         # idle_timeout_ms: when the agent last finished speaking, and whether the user has
         # spoken since it last prompted them
@@ -326,6 +333,16 @@ class VoiceSession:
         if request_id != self._judge:
             return []  # speech resumed, or the pause already ended the turn
         self._judged = (probability,)
+        return self._settle_pause(now)
+
+    def on_text_judged(
+        self, request_id: str, probability: float | None, now: float
+    ) -> list[Action]:
+        """The text model's answer to a :class:`JudgeText` (None: it failed: the sound and
+        the transcript's last word decide)."""
+        if request_id != self._judge:
+            return []
+        self._text_judged = (probability,)
         return self._settle_pause(now)
 
     def on_response_done(
@@ -661,7 +678,8 @@ class VoiceSession:
             self._speculative, self._spec_result = action.request_id, None
             if td.type != "semantic_vad":
                 return [action]
-            self._judge = p.new_id("eot")
+            self._new_judgement()
+            assert self._judge is not None
             return [action, JudgeTurn(self._judge, action.audio)]
         return []
 
@@ -673,53 +691,89 @@ class VoiceSession:
             return self._pause_limit_ms
         return PATIENCE[td.eagerness].max_wait_ms
 
+    def _new_judgement(self) -> None:
+        self._judge, self._judged = p.new_id("eot"), None
+        self._text_asked, self._text_judged = False, None
+
     def _settle_pause(self, now: float) -> list[Action]:
-        """semantic_vad: once both the judgement and the speculative transcript are in, end
-        the turn now or keep listening (up to the eagerness's wait)."""
+        """semantic_vad: once the judgement, the speculative transcript and (with a text
+        model) its reading are in, end the turn now or keep listening (up to the eagerness's
+        wait). The text model is asked as soon as the transcript is in."""
         td = self.config.turn_detection
-        if td is None or self._judge is None or self._judged is None:
+        if td is None or self._judge is None:
             return []
         if self._state is TurnState.QUIET or self._turn is None:
             return []
+        out: list[Action] = []
+        text = self._spec_text() if self._spec_done else ""
+        if self._spec_done and self.config.text_turn and not self._text_asked:
+            self._text_asked = True
+            if text:
+                out.append(JudgeText(self._judge, text, self._agent_said()))
+            else:
+                self._text_judged = (None,)  # no words to read
+        if self._judged is None:
+            return out
         if not self._spec_done:
-            if not sure_enough(self._judged[0], td.eagerness):
-                return []  # the transcript decides with it
+            # A sure model ends the turn before the transcript, unless a text model is to
+            # read it: the sound of "I would like to book a table" is often sure.
+            if self.config.text_turn or not sure_enough(self._judged[0], td.eagerness):
+                return out  # the transcript decides with it
             self._record_pause(self._judged[0], "model_sure")
             return self._endpoint(td, now)  # the decode in flight becomes the final one
-        c, result = self.config, self._spec_result
-        text = (
-            result.text
-            if result is not None
-            and usable(result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob)
-            else ""
-        )
+        if self.config.text_turn and self._text_judged is None:
+            return out
         (probability,) = self._judged
-        verdict = judge(probability, text, td.eagerness, after_question=self._agent_asked())
+        text_probability = self._text_judged[0] if self._text_judged is not None else None
+        verdict = judge(
+            probability,
+            text,
+            td.eagerness,
+            after_question=self._agent_asked(),
+            text_probability=text_probability,
+        )
         self._judge = None  # one verdict a pause
-        self._record_pause(probability, verdict.why)
+        self._record_pause(probability, verdict.why, text_probability)
         if verdict.finished or self._silence_ms >= verdict.wait_ms:
-            return self._endpoint(td, now)
+            return out + self._endpoint(td, now)
         self._pause_limit_ms = verdict.wait_ms
-        return []
+        return out
 
-    def _record_pause(self, probability: float | None, why: str) -> None:
+    def _spec_text(self) -> str:
+        """The pause's speculative transcript, "" when it failed or the guard refused it."""
+        c, result = self.config, self._spec_result
+        if result is None or not usable(
+            result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob
+        ):
+            return ""
+        return result.text
+
+    def _record_pause(
+        self, probability: float | None, why: str, text_probability: float | None = None
+    ) -> None:
         assert self._turn is not None
         pauses = self._turn.extra.setdefault("pauses", [])
         assert isinstance(pauses, list)
-        pauses.append(
-            {
-                "at_ms": self._silence_ms,
-                "p": None if probability is None else round(probability, 3),
-                "verdict": why,
-            }
-        )
+        pause: dict[str, object] = {
+            "at_ms": self._silence_ms,
+            "p": None if probability is None else round(probability, 3),
+            "verdict": why,
+        }
+        if text_probability is not None:
+            pause["p_text"] = round(text_probability, 3)
+        pauses.append(pause)
+
+    def _agent_said(self) -> str | None:
+        """The agent's last words, if it has spoken."""
+        for item in reversed(self.items.values()):
+            if item.role == "assistant" and item.kind == "message":
+                return item.text
+        return None
 
     def _agent_asked(self) -> bool:
         """Whether the agent's last words were a question (its answer is then likely short)."""
-        for item in reversed(self.items.values()):
-            if item.role == "assistant" and item.kind == "message":
-                return item.text.rstrip().endswith("?")
-        return False
+        said = self._agent_said()
+        return said is not None and said.rstrip().endswith("?")
 
     def _idle_check(self, td: p.TurnDetection, frame_end_ms: float, now: float) -> list[Action]:
         """idle_timeout_ms: the agent finished and nobody spoke since: prompt the user, once."""
@@ -792,7 +846,8 @@ class VoiceSession:
         self._state = TurnState.SPEECH
         out: list[Action] = [self._announce_speech(), *self._interrupt()]
         if td.type == "semantic_vad" and self._silence_ms > 0:
-            self._judge = p.new_id("eot")
+            self._new_judgement()
+            assert self._judge is not None
             out.append(
                 JudgeTurn(
                     self._judge, self._buffer.slice(self._speech_start_ms, self._buffer.end_ms)
@@ -828,6 +883,7 @@ class VoiceSession:
     def _endpoint(self, td: p.TurnDetection, now: float) -> list[Action]:
         self._state, self._run = TurnState.QUIET, 0
         self._judge, self._judged, self._pause_limit_ms = None, None, None
+        self._text_asked, self._text_judged = False, None
         assert self._item_id is not None and self._turn is not None
         item_id, turn = self._item_id, self._turn
         turn.mark("speech_end", self._last_speech_at)
@@ -1122,6 +1178,7 @@ class VoiceSession:
                 self._response = None
         self._speculative, self._spec_result, self._spec_done = None, None, False
         self._judge, self._judged, self._pause_limit_ms = None, None, None
+        self._text_asked, self._text_judged = False, None
         return out
 
     def _drop_buffer(self) -> None:

@@ -1,15 +1,19 @@
 """When a pause ends the turn (``semantic_vad``): the rule that weighs the signals. I/O-free.
 
-Early in each pause (``judge_after_ms``) two signals are read about the speech so far:
+Early in each pause (``judge_after_ms``) these signals are read about the speech so far:
 
 * the end-of-turn model's probability that the speaker has finished (Smart Turn v3.2: how it
   sounds: falling pitch, a drawn-out last word);
 * what the speculative transcript says: a clause that reads unfinished ("..." or a last word
-  like "and", "the", "to") is not a turn's end, however it sounds.
+  like "and", "the", "to") is not a turn's end, however it sounds;
+* with a text model (``vad.text_turn_model``), how likely a language model finds the message
+  to end after those words: below ``text_threshold`` the words want more ("I would like to
+  book a table" sounds finished and Whisper writes it with a full stop; the words alone do
+  not end there).
 
-A model that is sure (``sure``) ends the turn without waiting for the transcript: on the
-benchmark's set the transcript never caught a mid-sentence pause such a verdict missed, and
-Whisper takes longer than the model. Otherwise the wait is adaptive: when both say "finished", the turn ends at once;
+Without a text model, a model that is sure (``sure``) ends the turn without waiting for the
+transcript (Whisper takes longer than the model); with one, every pause waits for the words'
+reading. Otherwise the wait is adaptive: when all say "finished", the turn ends at once;
 when the model only leans that way, the turn ends if the pause reaches ``likely_wait_ms``;
 otherwise (an unfinished transcript, or the model says the speaker goes on) at
 ``max_wait_ms``. The conversation is a third signal: a short answer to a question the agent
@@ -39,6 +43,8 @@ class Patience:
     max_wait_ms: int  # a pause this long ends the turn whatever the signals said
     # A short answer (SHORT_ANSWER_WORDS) to the agent's question ends at once from:
     answer_threshold: float
+    # The text model's P(the message ends here) below which the words read unfinished.
+    text_threshold: float = 0.1
 
 
 # "auto" is "medium", as in OpenAI's API. Chosen on the dev half of bench/turn_taking.py.
@@ -50,6 +56,7 @@ PATIENCE: dict[str, Patience] = {
         likely_wait_ms=500,
         max_wait_ms=800,
         answer_threshold=0.1,
+        text_threshold=0.05,
     ),
     "medium": Patience(
         sure=0.9,
@@ -58,6 +65,7 @@ PATIENCE: dict[str, Patience] = {
         likely_wait_ms=800,
         max_wait_ms=1500,
         answer_threshold=0.1,
+        text_threshold=0.1,
     ),
     "low": Patience(
         sure=0.95,
@@ -66,6 +74,7 @@ PATIENCE: dict[str, Patience] = {
         likely_wait_ms=1200,
         max_wait_ms=3000,
         answer_threshold=0.3,
+        text_threshold=0.2,
     ),
 }
 PATIENCE["auto"] = PATIENCE["medium"]
@@ -168,16 +177,28 @@ def judge(
     eagerness: str,
     *,
     after_question: bool = False,
+    text_probability: float | None = None,
 ) -> Verdict:
     """Whether the pause ends the turn now. ``probability`` None: no end-of-turn model (the
-    transcript alone decides); ``transcript`` None: the speculative decode failed."""
+    transcript alone decides); ``transcript`` None: the speculative decode failed;
+    ``text_probability``: the text model's P(the message ends here), None without one."""
     patience = PATIENCE[eagerness]
     text = transcript or ""
     if reads_unfinished(text):
         return Verdict(patience.max_wait_ms, "transcript_unfinished")
+    short_answer = after_question and 0 < len(_WORDS.findall(text.lower())) <= SHORT_ANSWER_WORDS
+    # Read before the sound: Whisper writes a fragment as a sentence, and Smart Turn hears a
+    # falling clause end as finished ("I would like to book a table" scored 0.58-0.98), but
+    # the words alone still want more. A short answer to a question is exempt: "Tuesday at
+    # ten" needs no more words, whatever the model expects.
+    if (
+        text_probability is not None
+        and text_probability < patience.text_threshold
+        and not short_answer
+    ):
+        return Verdict(patience.max_wait_ms, "text_unfinished")
     if probability is None:
         return Verdict(0, "transcript")
-    short_answer = after_question and 0 < len(_WORDS.findall(text.lower())) <= SHORT_ANSWER_WORDS
     if short_answer and probability >= patience.answer_threshold:
         return Verdict(0, "answer")
     if probability >= patience.threshold:

@@ -138,6 +138,15 @@ class EndOfTurn(Protocol):
     def probability(self, audio: Float32Array) -> float: ...
 
 
+class TextEndOfTurn(Protocol):
+    """Whether a speaker has finished, from the words so far (and what the agent said before
+    them)."""
+
+    name: str
+
+    def probability(self, text: str, before: str | None = None) -> float: ...
+
+
 class Transcriber(Protocol):
     name: str
 

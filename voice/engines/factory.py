@@ -11,6 +11,7 @@ from voice.engines.llm import LlamaCppChat, OpenAIChat
 from voice.engines.registry import resolve_asr, resolve_llm, resolve_tts, resolve_turn, resolve_vad
 from voice.engines.remote import RemoteSynthesizer, RemoteTranscriber
 from voice.engines.smart_turn import SmartTurn
+from voice.engines.text_turn import TextTurn
 from voice.engines.tts import EspeakSynthesizer, PiperSynthesizer
 from voice.engines.vad import SileroVad
 from voice.settings import LlmBackend, RemoteBackend, VoiceSettings
@@ -26,6 +27,12 @@ def build_turn(settings: VoiceSettings) -> SmartTurn | None:
     """semantic_vad's end-of-turn model; None when ``vad.turn_model`` is empty."""
     ref = settings.vad.turn_model
     return SmartTurn(resolve_turn(ref).path, name=ref) if ref else None
+
+
+def build_text_turn(settings: VoiceSettings) -> TextTurn | None:
+    """semantic_vad's text end-of-turn model; None when ``vad.text_turn_model`` is empty."""
+    ref = settings.vad.text_turn_model
+    return TextTurn(resolve_llm(ref, settings.model_cache).path, name=ref) if ref else None
 
 
 def build_asr(

@@ -18,6 +18,7 @@ from voice.engines.factory import (
     build_asr,
     build_asr_chain,
     build_chat_chain,
+    build_text_turn,
     build_tts_chain,
     build_turn,
     build_vad,
@@ -110,6 +111,9 @@ def _engines(s: VoiceSettings, once: Once) -> Engines:
         tts_fallback=tts_fallback,
         apology=apology,
         turn=once("turn", s.vad.turn_model, lambda: build_turn(s)),
+        text_turn=once(
+            "text_turn", [s.vad.text_turn_model, str(s.model_cache)], lambda: build_text_turn(s)
+        ),
     )
 
 

@@ -29,6 +29,7 @@ from voice.core.actions import (
     CancelResponse,
     Close,
     FinishTurn,
+    JudgeText,
     JudgeTurn,
     ReleaseResponse,
     Send,
@@ -123,6 +124,7 @@ class Connection:
             speculative_after_ms=s.vad.speculative_after_ms,
             partial_every_ms=s.vad.partial_every_ms,
             barge_in_min_ms=s.vad.barge_in_min_ms,
+            text_turn=rt.engines.text_turn is not None,
             backchannel_prompt=s.vad.backchannel_prompt,
             no_speech_threshold=s.asr.no_speech_threshold,
             min_avg_logprob=s.asr.min_avg_logprob,
@@ -265,6 +267,7 @@ class Connection:
         if c.voice == _voice_name(old):
             c.voice = _voice_name(new)
         c.still_there = new.llm.still_there
+        c.text_turn = self.rt.engines.text_turn is not None  # none reads Korean, for one
         log.info("session language %s: %s", language or "en", self.rt.engines.asr.name)
 
     def _decode(self, ev: protocol.InputAudioBufferAppend) -> pcm.Float32Array:
@@ -287,6 +290,8 @@ class Connection:
                 self._spawn(self._transcribe(action))
             elif isinstance(action, JudgeTurn):
                 self._spawn(self._judge(action))
+            elif isinstance(action, JudgeText):
+                self._spawn(self._judge_text(action))
             elif isinstance(action, StartResponse):
                 self._start_response(action)
             elif isinstance(action, ReleaseResponse):
@@ -322,6 +327,15 @@ class Connection:
             except Exception:  # a broken judge must not end the turn: the transcript decides
                 log.exception("end-of-turn model %s failed", model.name)
         await self._do(self.core.on_turn_judged(action.request_id, probability, time.monotonic()))
+
+    async def _judge_text(self, action: JudgeText) -> None:
+        model, probability = self.rt.engines.text_turn, None
+        if model is not None:
+            try:
+                probability = await asyncio.to_thread(model.probability, action.text, action.before)
+            except Exception:  # a broken reader must not end the turn: the rest decides
+                log.exception("text end-of-turn model %s failed", model.name)
+        await self._do(self.core.on_text_judged(action.request_id, probability, time.monotonic()))
 
     def _start_response(self, action: StartResponse) -> None:
         cfg = self.core.config

@@ -37,6 +37,7 @@ from voice.engines.contracts import (
     EndOfTurn,
     Message,
     Synthesizer,
+    TextEndOfTurn,
     ToolCallDelta,
     ToolSpec,
     Transcriber,
@@ -68,6 +69,8 @@ class Engines:
     tools: ToolBox | None = None
     # semantic_vad's end-of-turn model (None: the transcript alone judges a pause).
     turn: EndOfTurn | None = None
+    # ... and its reader of the pause's words (None: the transcript's last word alone).
+    text_turn: TextEndOfTurn | None = None
 
 
 @dataclass(frozen=True)

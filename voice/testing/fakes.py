@@ -77,6 +77,19 @@ class FakeTranscriber:
 
 
 @dataclass
+class FakeEndOfTurn:
+    """An end-of-turn model that always hears ``probability`` (Smart Turn's interface)."""
+
+    probability_: float = 0.99
+    name: str = "fake-turn"
+    calls: int = 0
+
+    def probability(self, audio: Float32Array) -> float:
+        self.calls += 1
+        return self.probability_
+
+
+@dataclass
 class FakeChat:
     """Streams ``reply`` word by word. Scripted misbehaviour:
 
