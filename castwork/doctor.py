@@ -19,8 +19,16 @@ from castwork.serve import persistence
 from media import ffmpeg
 from voice.audio import FRAME_SAMPLES
 from voice.engines.contracts import ChatModel, Message, Synthesizer
-from voice.engines.factory import build_asr, build_chat, build_fallback_tts, build_tts, build_vad
-from voice.engines.registry import resolve_asr, resolve_llm, resolve_tts, resolve_vad
+from voice.engines.factory import (
+    build_asr,
+    build_chat,
+    build_fallback_tts,
+    build_text_turn,
+    build_tts,
+    build_turn,
+    build_vad,
+)
+from voice.engines.registry import resolve_asr, resolve_llm, resolve_tts, resolve_turn, resolve_vad
 from voice.testing.clips import bundled_clip
 from workers.broker import broker_url, ping
 from workers.settings import Settings
@@ -61,6 +69,46 @@ def check_vad(settings: Settings) -> Result:
         load_s,
         f"{speech:.0%} of the clip's frames are speech, {per_frame_ms:.2f} ms/frame",
     )
+
+
+def check_turn(settings: Settings) -> list[Result]:
+    """semantic_vad's end-of-turn models, where configured: the sound at the end of the
+    bundled clip, and the words of a request cut short and whole."""
+    results = []
+    if settings.vad.turn_model:
+        model = resolve_turn(settings.vad.turn_model)
+        turn, load_s = _timed(lambda: build_turn(settings))
+        assert turn is not None
+        ended = np.concatenate([bundled_clip(), np.zeros(3200, np.float32)])  # + 200 ms
+        t0 = time.perf_counter()
+        p = turn.probability(ended)
+        ms = (time.perf_counter() - t0) * 1000
+        results.append(
+            Result(
+                "turn",
+                0.0 <= p <= 1.0,
+                f"{model.identity} {model.path}",
+                load_s,
+                f"P(finished) {p:.2f} at the end of a whole sentence, {ms:.0f} ms",
+            )
+        )
+    if settings.vad.text_turn_model:
+        ref = settings.vad.text_turn_model
+        model = resolve_llm(ref, settings.model_cache)
+        reader, load_s = _timed(lambda: build_text_turn(settings))
+        assert reader is not None
+        cut, whole = "Can I pay with", "Can I pay with a credit card?"
+        p_cut, p_whole = reader.probability(cut), reader.probability(whole)
+        results.append(
+            Result(
+                "turn text",
+                p_cut < p_whole,
+                f"{model.identity} {model.path}",
+                load_s,
+                f"P(ends) {p_cut:.3f} after {cut!r}, {p_whole:.3f} after {whole!r}",
+            )
+        )
+    return results
 
 
 def check_asr(settings: Settings, ref: str, label: str) -> Result:
@@ -217,6 +265,7 @@ def run_checks(settings: Settings, *, only: set[str] | None = None) -> list[Resu
         fb = settings.asr.fallback_model
         checks.append(("asr", lambda: check_asr(settings, fb, "asr fallback")))
     checks += [
+        ("turn", lambda: check_turn(settings)),
         ("llm", lambda: check_llm(settings)),
         ("tts", lambda: check_tts(settings)),
         ("ffmpeg", check_ffmpeg),

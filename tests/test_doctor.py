@@ -11,12 +11,14 @@ pytestmark = pytest.mark.models
 
 
 def test_doctor_loads_and_smoke_tests_every_engine(redis_url: str) -> None:
-    settings = load_settings(broker={"url": redis_url})
+    # The text end-of-turn model is off by default: on here, so it is checked too.
+    settings = load_settings(broker={"url": redis_url}, vad={"text_turn_model": "smollm2-135m"})
     results = run_checks(settings)
     text = report(results)
     assert all(r.ok for r in results), text
     names = {r.name.split(" ")[0].split("[")[0] for r in results}
-    assert names == {"vad", "asr", "llm", "tts", "ffmpeg", "broker"}
+    assert names == {"vad", "asr", "turn", "llm", "tts", "ffmpeg", "broker"}
+    assert [r.name for r in results if r.name.startswith("turn")] == ["turn", "turn text"]
     assert all(r.load_s is not None and r.load_s >= 0 for r in results)
     assert "failed" in text.splitlines()[-1] and text.splitlines()[-1].endswith("0 failed")
 
