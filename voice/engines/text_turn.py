@@ -18,7 +18,6 @@ it off the event loop.
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import re
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from base.errors import ModelError
+from voice.engines.llm import open_gguf
 
 # What may follow a finished message, as the tokenizer writes it.
 _ENDINGS = frozenset(
@@ -54,18 +54,14 @@ class TextTurn:
             raise ModelError(
                 "llama-cpp-python is not installed; run ./setup.sh", model=name
             ) from exc
-        try:
-            self._llm: Any = Llama(
-                model_path=str(model_path),
-                n_ctx=context_tokens,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
-        except Exception as exc:  # llama.cpp raises ValueError on a bad file
-            raise ModelError(f"cannot load GGUF model {model_path}: {exc}", model=name) from exc
-        # Free the model before interpreter teardown, when llama.cpp's own __del__ fails.
-        atexit.register(self._llm.close)
+        self._llm: Any = open_gguf(
+            Llama,
+            model_path,
+            name=name,
+            context_tokens=context_tokens,
+            n_threads=threads,
+            n_threads_batch=threads,
+        )
         template = str(self._llm.metadata.get("tokenizer.chat_template", ""))
         if "<|im_start|>" not in template:
             raise ModelError(
