@@ -403,7 +403,7 @@ async def test_warming_reads_the_prompt_into_every_context_and_changes_no_answer
     cold = LlamaCppChat(path, name="cold", n_threads=1)
     warmed.warm([SYSTEM], [ORDER])
     contexts = warmed._contexts.take_free()
-    assert len(contexts) == 2
+    assert len(contexts) == 2 and contexts[0] is not contexts[1]  # each its own llama.cpp
     held = [list(c.input_ids[: c.n_tokens]) for c in contexts]
     assert held[0] == held[1] and len(held[0]) > 50
     text = contexts[1].detokenize(held[1]).decode()

@@ -86,7 +86,6 @@ def _shared(a: Sequence[object], b: Sequence[object]) -> int:
     return n
 
 
-@functools.cache
 def open_gguf(
     llama_class: Any,
     model_path: Path,
@@ -114,6 +113,7 @@ def open_gguf(
     return llama
 
 
+@functools.cache
 def _checked_llama() -> Any:
     """llama-cpp-python's ``Llama``, sampling under a grammar the way llama.cpp's own server
     does: draw a token without the grammar, and only if the grammar refuses it draw again
