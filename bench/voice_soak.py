@@ -3,8 +3,8 @@
 The real `castwork voice` (embedded models) in its own process; for --minutes, waves of
 --concurrency callers speak Piper-spoken clips at real-time pace: plain two-turn calls,
 callers hanging up mid-turn, callers talking over the answer. Resident memory, open file
-descriptors, threads and asyncio tasks are read off the server's /metrics after a warm-up
-wave (baseline), after every wave, and once the last session has ended (after).
+descriptors, threads and asyncio tasks are read off the server's /metrics after warm-up
+waves in which each kind of caller has called once (baseline), after every wave, and once the last session has ended (after).
 
     .venv/bin/python bench/voice_soak.py [--minutes 10] [--concurrency 2] [--json FILE]
 """
@@ -52,7 +52,14 @@ def main() -> int:
           f"{report.refused} refused; server outcomes {outcomes}")  # fmt: skip
     print(f"{'':10}{'baseline':>10}{'peak':>10}{'after':>10}{'drift':>10}")
     drift = report.drift()
-    for name, unit in (("rss_mb", "MiB"), ("fds", ""), ("threads", ""), ("tasks", "")):
+    rows = (
+        ("rss_mb", "MiB"),
+        ("heap_mb", "MiB in use"),
+        ("fds", ""),
+        ("threads", ""),
+        ("tasks", ""),
+    )
+    for name, unit in rows:
         print(
             f"{name:10}{getattr(b, name):>10.0f}{getattr(p, name):>10.0f}"
             f"{getattr(a, name):>10.0f}{drift[name]:>+10.0f} {unit}"

@@ -21,10 +21,11 @@ def test_short_soak_gives_everything_back(
 ) -> None:
     clips = evalset.build(piper, settings.data_dir / "evalset")
     with loadtest.ServerProcess(tmp_path) as server:
-        # One wave after the warm-up one: three kinds of caller across the two waves.
-        report = asyncio.run(loadtest.soak(server, clips, 1.0, concurrency=2, every_s=2.0))
+        # Three callers a wave, one of each kind: the warm-up wave has each kind's first call
+        # (its lazily made pools belong in the baseline), the measured wave each kind again.
+        report = asyncio.run(loadtest.soak(server, clips, 1.0, concurrency=3, every_s=2.0))
         turns = server.turns()
-    assert report.sessions >= 2 and report.refused == 0
+    assert report.sessions >= 3 and report.refused == 0
     assert report.dropped >= 1 and report.barge_ins >= 1
     assert report.settled_s is not None, (report.baseline, report.after)
     drift = report.drift()
@@ -32,8 +33,12 @@ def test_short_soak_gives_everything_back(
     assert drift["sessions"] == 0
     # The peak saw sessions open: the samples were taken during the calls, not only between.
     assert report.peak.sessions >= 1 and report.peak.tasks > report.baseline.tasks
-    # Short runs still fill allocator pools; the 10-minute bench judges the trend.
-    assert drift["rss_mb"] < 150
+    # What was allocated comes back; resident memory need not: glibc keeps freed arena memory
+    # (-90 to +126 MiB after one wave, from run to run, while the heap in use moved -1.5 to
+    # +2.7 MiB). A model or context loaded per session would be tens of MiB here; a session's
+    # own objects left behind (~1 MiB) are below one wave's resolution: the 10-minute bench
+    # reads the trend.
+    assert drift["heap_mb"] < 8, (drift, report.baseline, report.after)
     outcomes = {t.outcome for t in turns}
     assert "abandoned" in outcomes and "spoken" in outcomes
     assert not outcomes & {"failed", "in_progress"}, outcomes

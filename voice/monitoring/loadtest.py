@@ -46,6 +46,7 @@ class Resources:
     tasks: int
     sessions: int
     cpu_s: float = 0.0  # the process's user + system CPU time so far
+    heap_mb: float = float("nan")  # the C heap in use (NaN without glibc): what a leak grows
 
     @classmethod
     def parse(cls, text: str) -> Resources:
@@ -62,6 +63,7 @@ class Resources:
             tasks=int(values["castwork_asyncio_tasks"]),
             sessions=int(values["castwork_sessions_active"]),
             cpu_s=values.get("process_cpu_seconds_total", 0.0),
+            heap_mb=values.get("castwork_heap_in_use_bytes", float("nan")) / 2**20,
         )
 
 
@@ -246,6 +248,7 @@ class SoakReport:
         b, a = self.baseline, self.after
         return {
             "rss_mb": round(a.rss_mb - b.rss_mb, 1),
+            "heap_mb": round(a.heap_mb - b.heap_mb, 1),
             "fds": a.fds - b.fds,
             "threads": a.threads - b.threads,
             "tasks": a.tasks - b.tasks,
@@ -272,7 +275,10 @@ async def soak(
 ) -> SoakReport:
     """Waves of ``concurrency`` callers for ``seconds``: plain two-turn calls, callers that hang
     up mid-turn, and callers that talk over the answer, in rotation. The baseline is read after
-    one warm-up wave, so lazily created pools (executor threads, model arenas) count in it."""
+    warm-up waves in which every kind has called once, so what each kind's first call creates
+    lazily (executor threads, model arenas sized by its inputs) counts in it: with a single
+    warm-up wave of two callers, the first talker-over came after the baseline and its pools
+    read as drift."""
     kinds = ("plain", "drop", "barge_in")
 
     async def wave(n: int) -> list[SessionResult]:
@@ -291,7 +297,9 @@ async def soak(
             )
         return list(await asyncio.gather(*calls))
 
-    await wave(0)
+    warm_up = -(-len(kinds) // concurrency)  # waves until every kind has called
+    for n in range(warm_up):
+        await wave(n)
     baseline = await _settled(server, None, 15.0)
     assert baseline is not None
     start = time.monotonic()
@@ -304,7 +312,7 @@ async def soak(
 
     sampler = asyncio.create_task(sample())
     counts = {"sessions": 0, "turns": 0, "dropped": 0, "barge_ins": 0, "refused": 0}
-    n = 1
+    n = warm_up
     while time.monotonic() - start < seconds:
         results = await wave(n)
         for i, r in enumerate(results):

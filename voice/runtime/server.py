@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import logging
@@ -24,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 from http import HTTPStatus
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -33,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from base import metrics
+from base import heap, metrics
 from base.access import CSRF_HEADER, bearer_token, is_key, is_loopback, origin_allowed, trusted_host
 from base.errors import ConfigError
 from base.threads import started_pool
@@ -60,26 +57,6 @@ PATH = "/v1/realtime"
 SECRETS_PATH = "/v1/realtime/client_secrets"
 _SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it
 _WS_QUEUE = 4
-
-
-def _libc_trim() -> Any:
-    """glibc's malloc_trim, or None (musl, macOS...)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _libc_trim()
-
-
-def give_back_heap() -> None:
-    """Return freed heap pages to the OS. The native models (llama.cpp, CTranslate2, ONNX)
-    allocate and free large buffers on every turn from many threads; glibc keeps what they free
-    in per-thread arenas, so an idle server would otherwise sit on its busiest hour's memory.
-    ctypes drops the GIL for the call."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 def key_id(authorization: str | None) -> str:
@@ -416,7 +393,7 @@ class VoiceServer:
             if self.draining and not any(self.sessions.values()):
                 self._all_gone.set()
             if not any(self.sessions.values()):  # the last caller left: give memory back
-                await asyncio.get_running_loop().run_in_executor(None, give_back_heap)
+                await asyncio.get_running_loop().run_in_executor(None, heap.trim)
 
 
 def _url_host(address: str) -> str:
