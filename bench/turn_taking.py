@@ -15,7 +15,8 @@ figures are printed for each.
    so far (Whisper tiny.en: does it end unfinished, on "and"/"the"/"to"... or "..."), the
    text model's reading of it (SmolLM2: P(the message ends here)), the signals combined,
    and semantic_vad's whole rule per eagerness, without and with the text model; and the
-   text model alone on 20 fresh requests, cut and whole. Incomplete judged incomplete =
+   text model alone on 20 fresh requests, cut and whole (also after the agent's greeting, with
+   what a reading costs then, cold and read ahead). Incomplete judged incomplete =
    a cut-in avoided; complete judged complete = an endpoint that need not wait.
 2. ``server`` (``--server``): the real server (`castwork voice`, embedded models) hears the
    set with ``server_vad`` at 200 and 500 ms of silence and ``semantic_vad`` at each
@@ -48,6 +49,7 @@ from voice.core.turntaking import PATIENCE, judge, reads_unfinished, sure_enough
 from voice.engines.factory import build_asr, build_text_turn, build_tts
 from voice.engines.registry import resolve_turn
 from voice.engines.smart_turn import SmartTurn
+from voice.engines.text_turn import TextTurn
 from voice.monitoring import loadtest
 from workers.settings import load_settings
 
@@ -321,14 +323,16 @@ def signals(utterances: list[Utterance]) -> list[str]:
             "\n| fresh text (20 requests, text model only) | threshold | first parts judged "
             "unfinished | whole requests judged finished |\n|---|---|---|---|"
         )
-        firsts = [reader.probability(a) for a, _ in FRESH_TEXT]
-        wholes = [reader.probability(f"{a} {b}") for a, b in FRESH_TEXT]
-        for eagerness in ("high", "medium", "low"):
-            thr = PATIENCE[eagerness].text_threshold
-            rows.append(
-                f"| {eagerness} | {thr} | {sum(p < thr for p in firsts)}/{len(firsts)} | "
-                f"{sum(p >= thr for p in wholes)}/{len(wholes)} |"
-            )
+        for before, label in ((None, ""), (GREETING, ", after the agent's greeting")):
+            firsts = [reader.probability(a, before) for a, _ in FRESH_TEXT]
+            wholes = [reader.probability(f"{a} {b}", before) for a, b in FRESH_TEXT]
+            for eagerness in ("high", "medium", "low"):
+                thr = PATIENCE[eagerness].text_threshold
+                rows.append(
+                    f"| {eagerness}{label} | {thr} | {sum(p < thr for p in firsts)}/{len(firsts)}"
+                    f" | {sum(p >= thr for p in wholes)}/{len(wholes)} |"
+                )
+        rows.append(_reading_times(reader))
     text_times = [x.text_ms for x in per if x.p_text is not None]
     if text_times:
         rows.append(
@@ -338,7 +342,34 @@ def signals(utterances: list[Utterance]) -> list[str]:
     return rows
 
 
+def _reading_times(reader: TextTurn) -> str:
+    """What a pause's reading costs when the agent has spoken: read cold (the context holds
+    another conversation) and read ahead (semantic_vad's PrimeText at speech start)."""
+
+    def timed(text: str, before: str | None) -> float:
+        t0 = time.perf_counter()
+        reader.probability(text, before)
+        return (time.perf_counter() - t0) * 1000
+
+    alone, cold, ahead = [], [], []
+    for first, _ in FRESH_TEXT:
+        reader.prime(QUESTION)  # another caller's conversation
+        alone.append(timed(first, None))
+        reader.prime(QUESTION)
+        cold.append(timed(first, GREETING))
+        reader.prime(QUESTION)
+        reader.prime(GREETING)
+        ahead.append(timed(first, GREETING))
+    return (
+        f"text model reading of the fresh first parts, median / max ms: no agent words "
+        f"{statistics.median(alone):.0f} / {max(alone):.0f}; after the greeting "
+        f"({len(GREETING.split())} words) read cold {statistics.median(cold):.0f} / "
+        f"{max(cold):.0f}, read ahead {statistics.median(ahead):.0f} / {max(ahead):.0f}"
+    )
+
+
 QUESTION = "How many people, and which day suits you?"  # what the agent asked before a short answer
+GREETING = "Hi, thanks for calling. How can I help you today?"  # the agent before a request
 # (mode, silence_duration_ms or eagerness[, "text": with vad.text_turn_model = TEXT_MODEL])
 # played to the server, in this order.
 MODES: tuple[tuple[str, ...], ...] = (

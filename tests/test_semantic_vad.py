@@ -14,6 +14,7 @@ from voice.core.actions import (
     FinishTurn,
     JudgeText,
     JudgeTurn,
+    PrimeText,
     ReleaseResponse,
 )
 from voice.core.session import STILL_THERE
@@ -249,6 +250,26 @@ def test_the_text_model_reads_an_answer_after_the_agents_question() -> None:
     judged(d, asked.request_id, 0.5)
     actions = d.take(d.session.on_text_judged(read.request_id, 0.01, d.now))
     assert "input_audio_buffer.speech_stopped" in types(actions)  # a short answer: done
+
+
+def test_the_agents_words_are_read_ahead_while_the_caller_speaks() -> None:
+    d = Driver(text_turn=True)
+    semantic(d)
+    assert of_type(d.speak(640), PrimeText) == []  # the agent has said nothing yet
+    d.pause(2000)
+    agent_said(d, "Which day suits you?")
+    assert of_type(d.speak(640), PrimeText) == [PrimeText("Which day suits you?")]
+    # Not without a text model, nor with server_vad (nothing reads the words then).
+    for driver in (Driver(), Driver(text_turn=True)):
+        if driver.session.config.text_turn:
+            driver.client(
+                type="session.update",
+                session={"audio": {"input": {"turn_detection": {"type": "server_vad"}}}},
+            )
+        else:
+            semantic(driver)
+        agent_said(driver, "Which day suits you?")
+        assert of_type(driver.speak(640), PrimeText) == []
 
 
 def test_a_failed_or_stale_text_reading_leaves_the_other_signals_to_decide() -> None:

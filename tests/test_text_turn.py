@@ -54,6 +54,26 @@ def test_what_the_agent_asked_is_read_too(reader: TextTurn) -> None:
     assert answering > alone  # an answer to a question is more likely complete
 
 
+def test_reading_on_from_what_the_context_holds_gives_the_same_answers(reader: TextTurn) -> None:
+    agent = "We have tables at seven and at half past eight. Which time would you like?"
+    words = [
+        "I would like",
+        "I would like to book a table",
+        "I would like to book a table for four",
+    ]
+    # Each read from only the agent's words in the context...
+    fresh = []
+    for w in words:
+        reader.prime("Hello, how can I help?")  # another conversation in the context
+        reader.prime(agent)
+        fresh.append(reader.probability(w, agent))
+    # ... and read on at each pause of one turn, the earlier words kept. llama.cpp's sums
+    # differ slightly with how the tokens were batched, never by much.
+    for w, p in zip(words, fresh, strict=True):
+        assert reader.probability(w, agent) == pytest.approx(p, rel=0.15, abs=1e-3)
+    assert fresh[0] < THRESHOLD  # the fragment still wants more words
+
+
 def test_a_file_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"GGUF" + bytes(100))
@@ -66,7 +86,7 @@ def _paused_sentence() -> np.ndarray:
     return np.concatenate([silence(200), tone(800), silence(700), tone(800), silence(2200)])
 
 
-async def _commits(tmp_path: Path, text_turn: TextTurn | None) -> int:
+async def _commits(tmp_path: Path, text_turn: TextTurn | None, agent: str | None = None) -> int:
     engines = fake_engines(
         # Whisper writes the first half as a sentence, as it does.
         asr=FakeTranscriber(
@@ -79,6 +99,17 @@ async def _commits(tmp_path: Path, text_turn: TextTurn | None) -> int:
     async with running_server(tmp_path, engines, **options) as (url, _, _):
         client = await RealtimeClient.open(url)
         try:
+            if agent:  # the agent has spoken: its words are read ahead while the caller speaks
+                await client.send(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {
+                            "type": "message",
+                            "role": "assistant",
+                            "content": [{"type": "output_text", "text": agent}],
+                        },
+                    }
+                )
             await client.stream(_paused_sentence(), 16_000)
             await asyncio.sleep(0.3)
             return client.types().count("input_audio_buffer.committed")
@@ -91,3 +122,5 @@ async def test_the_words_keep_a_paused_sentence_in_one_turn(
 ) -> None:
     assert await _commits(tmp_path / "sound", None) == 2  # the sound alone cuts in
     assert await _commits(tmp_path / "words", reader) == 1
+    greeting = "Hi! How can I help you?"
+    assert await _commits(tmp_path / "after", reader, greeting) == 1

@@ -43,6 +43,14 @@ class JudgeText:
 
 
 @dataclass(frozen=True)
+class PrimeText:
+    """Have the text end-of-turn model read the agent's last words now, while the caller
+    speaks, so that the readings at the caller's pauses start from them. Nothing comes back."""
+
+    before: str
+
+
+@dataclass(frozen=True)
 class JudgeTurn:
     """Ask the end-of-turn model whether the speech in ``audio`` (the turn so far, ending in
     the pause) is finished; the answer comes back through :meth:`VoiceSession.on_turn_judged`."""
@@ -99,6 +107,7 @@ Action = (
     | Transcribe
     | JudgeTurn
     | JudgeText
+    | PrimeText
     | StartResponse
     | ReleaseResponse
     | CancelResponse

@@ -44,6 +44,7 @@ from voice.core.actions import (
     FinishTurn,
     JudgeText,
     JudgeTurn,
+    PrimeText,
     ReleaseResponse,
     Send,
     StartResponse,
@@ -821,7 +822,11 @@ class VoiceSession:
         self._turn.mark("speech_start", now)
         if self._state is TurnState.OVERLAP:
             return out  # announced once it is an interruption (or a turn)
-        return [*out, self._announce_speech()]
+        out.append(self._announce_speech())
+        said = self._agent_said()
+        if td.type == "semantic_vad" and self.config.text_turn and said:
+            out.append(PrimeText(said))
+        return out
 
     def _announce_speech(self) -> Send:
         return Send(

@@ -146,6 +146,10 @@ class TextEndOfTurn(Protocol):
 
     def probability(self, text: str, before: str | None = None) -> float: ...
 
+    def prime(self, before: str | None) -> None:
+        """Read ``before`` ahead of time (an optimisation: may do nothing)."""
+        ...
+
 
 class Transcriber(Protocol):
     name: str

@@ -31,6 +31,7 @@ from voice.core.actions import (
     FinishTurn,
     JudgeText,
     JudgeTurn,
+    PrimeText,
     ReleaseResponse,
     Send,
     StartResponse,
@@ -292,6 +293,8 @@ class Connection:
                 self._spawn(self._judge(action))
             elif isinstance(action, JudgeText):
                 self._spawn(self._judge_text(action))
+            elif isinstance(action, PrimeText):
+                self._spawn(self._prime_text(action))
             elif isinstance(action, StartResponse):
                 self._start_response(action)
             elif isinstance(action, ReleaseResponse):
@@ -336,6 +339,14 @@ class Connection:
             except Exception:  # a broken reader must not end the turn: the rest decides
                 log.exception("text end-of-turn model %s failed", model.name)
         await self._do(self.core.on_text_judged(action.request_id, probability, time.monotonic()))
+
+    async def _prime_text(self, action: PrimeText) -> None:
+        model = self.rt.engines.text_turn
+        if model is not None:
+            try:
+                await asyncio.to_thread(model.prime, action.before)
+            except Exception:  # only an optimisation: the pause's reading reads it all
+                log.exception("text end-of-turn model %s failed to read ahead", model.name)
 
     def _start_response(self, action: StartResponse) -> None:
         cfg = self.core.config
