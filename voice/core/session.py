@@ -4,18 +4,10 @@ The shell (:mod:`voice.runtime.server`) feeds it client events, audio with its V
 transcripts and response results, each with the monotonic time ``now``; it returns actions
 (send an event, transcribe audio, start/release/cancel a response, finish a turn record).
 
-Turn detection (server VAD), in :class:`TurnState`\ s::
-
-    QUIET ──2 speech frames──▶ SPEECH ──pause ≥ speculative_ms──▶ (speculative ASR, and a
-      ▲                        ▲   │                                held response prefetched)
-      │                        └───┘ speech again: speculative work is dropped
-      └──────── pause ≥ silence_duration_ms: endpoint, commit, transcript → response released
-
-Speech that starts while the agent answers is OVERLAP until ``barge_in_min_ms`` of it, or words
-that are not a backchannel, make it an interruption (then SPEECH); a backchannel goes back to
-QUIET and the answer plays on.
-
-So when the endpoint is confirmed the transcript, and often the first audio, already exist.
+How it hears turns (the VAD state machine, semantic_vad's pause judgement, barge-ins and
+backchannels) is :mod:`voice.core.listening`. A speculative decode and a held response are
+prepared during each pause, so when the endpoint is confirmed the transcript, and often the
+first audio, already exist.
 
 What one client can make it hold is bounded (``SessionConfig.max_*``): while nobody speaks only
 the prefix padding of audio is kept; a manual buffer is refused appends past ``max_buffer_ms``
@@ -29,12 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
 
-from voice.audio import FRAME_SAMPLES, INTERNAL_RATE, AudioRateLimit, Float32Array, Timeline
+from voice.audio import INTERNAL_RATE, AudioRateLimit, Float32Array, Timeline
 from voice.core import protocol as p
 from voice.core.actions import (
     POLICY_VIOLATION,
@@ -42,28 +33,18 @@ from voice.core.actions import (
     CancelResponse,
     Close,
     FinishTurn,
-    JudgeText,
-    JudgeTurn,
-    PrimeText,
     ReleaseResponse,
     Send,
     StartResponse,
     Transcribe,
 )
 from voice.core.conversation import Item, to_messages
-from voice.core.heard import is_hallucination
+from voice.core.heard import usable
+from voice.core.listening import FRAME_MS, Listening, TurnState
 from voice.core.record import TurnRecord, digest
-from voice.core.turntaking import (
-    BACKCHANNEL_PROMPTS,
-    PATIENCE,
-    is_backchannel,
-    judge,
-    sure_enough,
-)
 from voice.engines.contracts import Message, ToolChoice, ToolSpec, Transcript
 from voice.errors import ProtocolError
 
-FRAME_MS = FRAME_SAMPLES * 1000 // INTERNAL_RATE  # 32
 SORRY_DIDNT_CATCH = "Sorry, I didn't catch that. Could you say it again?"
 STILL_THERE = "Are you still there?"
 
@@ -149,14 +130,6 @@ class SessionConfig:
         }
 
 
-class TurnState(Enum):
-    """What the input side hears; a turn is born in SPEECH and ends at its endpoint (QUIET)."""
-
-    QUIET = "quiet"  # nobody speaks: waiting for speech (the idle prompt's timer may run)
-    SPEECH = "speech"  # the caller speaks, or pauses inside a turn (its silence is counted)
-    OVERLAP = "overlap"  # speech over the agent's answer, not yet known to interrupt it
-
-
 @dataclass
 class _Response:
     id: str
@@ -170,7 +143,9 @@ class _Response:
     heard_ms: float | None = None
 
 
-class VoiceSession:
+class VoiceSession(Listening):
+    """One session's conversation, responses and bounds; how it hears turns is :class:`Listening`."""
+
     def __init__(
         self,
         session_id: str,
@@ -622,282 +597,7 @@ class VoiceSession:
             Send(p.event("output_audio_buffer.cleared", response_id=resp.id)),
         ]
 
-    # --- turn detection ----------------------------------------------------------------------
-
-    def _vad_frame(
-        self, prob: float, frame_end_ms: float, td: p.TurnDetection, now: float
-    ) -> list[Action]:
-        speech = prob >= td.threshold
-        if self._state is TurnState.QUIET:
-            self._run = self._run + 1 if speech else 0
-            if self._run >= 2:
-                return self._speech_started(frame_end_ms, td, now)
-            return self._idle_check(td, frame_end_ms, now)
-        if frame_end_ms - self._speech_start_ms >= self.config.max_buffer_ms:
-            return self._turn_too_long(td, now)
-        if speech:
-            self._last_speech_ms, self._last_speech_at, self._silence_ms = frame_end_ms, now, 0
-            out = self._drop_speculative()
-            if self._state is TurnState.OVERLAP:
-                self._overlap_speech_ms += FRAME_MS
-                if self._overlap_speech_ms >= self.config.barge_in_min_ms:
-                    out += self._overlap_confirmed(td)
-                return out
-            if (
-                frame_end_ms - self._last_partial_ms >= self.config.partial_every_ms
-                and not self._requests
-            ):
-                self._last_partial_ms = frame_end_ms
-                out.append(
-                    self._transcribe(
-                        "partial", self._item_id, self._turn, self._speech_start_ms, frame_end_ms
-                    )
-                )
-            return out
-        self._silence_ms += FRAME_MS
-        if self._state is TurnState.OVERLAP:  # short speech over the agent: its transcript decides
-            if self._speculative is not None or self._silence_ms < self.config.speculative_after_ms:
-                return []
-            action = self._transcribe(
-                "speculative",
-                self._item_id,
-                None,
-                self._speech_start_ms,
-                frame_end_ms,
-                prompt=BACKCHANNEL_PROMPTS.get(self.config.language or "en")
-                if self.config.backchannel_prompt
-                else None,
-            )
-            self._speculative, self._spec_result = action.request_id, None
-            return [action]
-        if self._silence_ms >= self._pause_limit(td):
-            return self._endpoint(td, now)
-        if self._silence_ms >= self.config.speculative_after_ms and self._speculative is None:
-            action = self._transcribe(
-                "speculative", self._item_id, self._turn, self._speech_start_ms, frame_end_ms
-            )
-            self._speculative, self._spec_result = action.request_id, None
-            if td.type != "semantic_vad":
-                return [action]
-            self._new_judgement()
-            assert self._judge is not None
-            return [action, JudgeTurn(self._judge, action.audio)]
-        return []
-
-    def _pause_limit(self, td: p.TurnDetection) -> int:
-        """The silence that ends a turn whatever else is known."""
-        if td.type == "server_vad":
-            return td.silence_duration_ms
-        if self._pause_limit_ms is not None:
-            return self._pause_limit_ms
-        return PATIENCE[td.eagerness].max_wait_ms
-
-    def _new_judgement(self) -> None:
-        self._judge, self._judged = p.new_id("eot"), None
-        self._text_asked, self._text_judged = False, None
-
-    def _settle_pause(self, now: float) -> list[Action]:
-        """semantic_vad: once the judgement, the speculative transcript and (with a text
-        model) its reading are in, end the turn now or keep listening (up to the eagerness's
-        wait). The text model is asked as soon as the transcript is in."""
-        td = self.config.turn_detection
-        if td is None or self._judge is None:
-            return []
-        if self._state is TurnState.QUIET or self._turn is None:
-            return []
-        out: list[Action] = []
-        text = self._spec_text() if self._spec_done else ""
-        if self._spec_done and self.config.text_turn and not self._text_asked:
-            self._text_asked = True
-            if text:
-                out.append(JudgeText(self._judge, text, self._agent_said()))
-            else:
-                self._text_judged = (None,)  # no words to read
-        if self._judged is None:
-            return out
-        if not self._spec_done:
-            # A sure model ends the turn before the transcript, unless a text model is to
-            # read it: the sound of "I would like to book a table" is often sure.
-            if self.config.text_turn or not sure_enough(self._judged[0], td.eagerness):
-                return out  # the transcript decides with it
-            self._record_pause(self._judged[0], "model_sure")
-            return self._endpoint(td, now)  # the decode in flight becomes the final one
-        if self.config.text_turn and self._text_judged is None:
-            return out
-        (probability,) = self._judged
-        text_probability = self._text_judged[0] if self._text_judged is not None else None
-        verdict = judge(
-            probability,
-            text,
-            td.eagerness,
-            after_question=self._agent_asked(),
-            text_probability=text_probability,
-        )
-        self._judge = None  # one verdict a pause
-        self._record_pause(probability, verdict.why, text_probability)
-        if verdict.finished or self._silence_ms >= verdict.wait_ms:
-            return out + self._endpoint(td, now)
-        self._pause_limit_ms = verdict.wait_ms
-        return out
-
-    def _spec_text(self) -> str:
-        """The pause's speculative transcript, "" when it failed or the guard refused it."""
-        c, result = self.config, self._spec_result
-        if result is None or not usable(
-            result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob
-        ):
-            return ""
-        return result.text
-
-    def _record_pause(
-        self, probability: float | None, why: str, text_probability: float | None = None
-    ) -> None:
-        assert self._turn is not None
-        pauses = self._turn.extra.setdefault("pauses", [])
-        assert isinstance(pauses, list)
-        pause: dict[str, object] = {
-            "at_ms": self._silence_ms,
-            "p": None if probability is None else round(probability, 3),
-            "verdict": why,
-        }
-        if text_probability is not None:
-            pause["p_text"] = round(text_probability, 3)
-        pauses.append(pause)
-
-    def _agent_said(self) -> str | None:
-        """The agent's last words, if it has spoken."""
-        for item in reversed(self.items.values()):
-            if item.role == "assistant" and item.kind == "message":
-                return item.text
-        return None
-
-    def _agent_asked(self) -> bool:
-        """Whether the agent's last words were a question (its answer is then likely short)."""
-        said = self._agent_said()
-        return said is not None and said.rstrip().endswith("?")
-
-    def _idle_check(self, td: p.TurnDetection, frame_end_ms: float, now: float) -> list[Action]:
-        """idle_timeout_ms: the agent finished and nobody spoke since: prompt the user, once."""
-        if td.idle_timeout_ms is None or self._idle_from is None or not self._idle_armed:
-            return []
-        if self._response is not None or now - self._idle_from < td.idle_timeout_ms / 1000:
-            return []
-        self._idle_from, self._idle_armed = None, False
-        turn = self._new_turn(now)
-        turn.mark("endpoint", now)
-        turn.extra["idle_timeout"] = True
-        out: list[Action] = [
-            Send(
-                p.event(
-                    "input_audio_buffer.timeout_triggered",
-                    audio_start_ms=int(
-                        max(self._buffer.start_ms, frame_end_ms - td.idle_timeout_ms)
-                    ),
-                    audio_end_ms=int(frame_end_ms),
-                    item_id=p.new_id("item"),
-                )
-            )
-        ]
-        return [*out, self._start_response(turn, now, canned=self.config.still_there)]
-
-    def _speech_started(self, frame_end_ms: float, td: p.TurnDetection, now: float) -> list[Action]:
-        out: list[Action] = []
-        self._silence_ms = 0
-        self._idle_from, self._idle_armed = None, True
-        onset = frame_end_ms - self._run * FRAME_MS
-        self._speech_start_ms = max(self._buffer.start_ms, onset - td.prefix_padding_ms)
-        self._last_speech_ms, self._last_speech_at = frame_end_ms, now
-        self._last_partial_ms, self._partial_text = frame_end_ms, ""
-        resp = self._response
-        interrupting = resp is not None and not resp.held and td.interrupt_response
-        # Speech over the agent is not yet an interruption: "uh-huh" must not cancel it.
-        overlap = interrupting and self.config.barge_in_min_ms > 0
-        self._state = TurnState.OVERLAP if overlap else TurnState.SPEECH
-        self._overlap_speech_ms = self._run * FRAME_MS
-        if interrupting and self._state is not TurnState.OVERLAP:
-            out += self._interrupt()
-        out += self._drop_speculative()
-        self._item_id = p.new_id("item")
-        self._turn = self._new_turn(now)
-        self._turn.mark("speech_start", now)
-        if self._state is TurnState.OVERLAP:
-            return out  # announced once it is an interruption (or a turn)
-        out.append(self._announce_speech())
-        said = self._agent_said()
-        if td.type == "semantic_vad" and self.config.text_turn and said:
-            out.append(PrimeText(said))
-        return out
-
-    def _announce_speech(self) -> Send:
-        return Send(
-            p.event(
-                "input_audio_buffer.speech_started",
-                audio_start_ms=int(self._speech_start_ms),
-                item_id=self._item_id,
-            )
-        )
-
-    def _interrupt(self) -> list[Action]:
-        """Barge-in: the active response is cancelled (its unplayed audio is dropped)."""
-        resp = self._response
-        if resp is None or resp.held:
-            return []
-        resp.turn.add_recovery("barge_in")
-        return [CancelResponse(resp.id, "turn_detected")]
-
-    def _overlap_confirmed(self, td: p.TurnDetection) -> list[Action]:
-        """Speech over the agent is a real turn: announce it and interrupt the answer (when
-        it is still going). semantic_vad then judges the pause the words ended in."""
-        self._state = TurnState.SPEECH
-        out: list[Action] = [self._announce_speech(), *self._interrupt()]
-        if td.type == "semantic_vad" and self._silence_ms > 0:
-            self._new_judgement()
-            assert self._judge is not None
-            out.append(
-                JudgeTurn(
-                    self._judge, self._buffer.slice(self._speech_start_ms, self._buffer.end_ms)
-                )
-            )
-        return out
-
-    def _overlap_heard(self, result: Transcript | None, now: float) -> list[Action]:
-        """Short speech over the agent was transcribed: a backchannel ("uh-huh", "okay") or
-        noise is let go (the agent goes on); any other words interrupt it."""
-        td = self.config.turn_detection
-        assert td is not None
-        c = self.config
-        text = (
-            result.text
-            if result is not None
-            and usable(result, no_speech=c.no_speech_threshold, min_logprob=c.min_avg_logprob)
-            else ""
-        )
-        if text and not is_backchannel(text):
-            out = self._overlap_confirmed(td)
-            if td.type == "server_vad" and self._silence_ms >= td.silence_duration_ms:
-                out += self._endpoint(td, now)  # the pause ended while the words were decoded
-            return out
-        if self._response is not None:
-            resp_extra = self._response.turn.extra
-            resp_extra["backchannels"] = int(str(resp_extra.get("backchannels", 0))) + 1
-        self._state, self._run = TurnState.QUIET, 0
-        self._item_id, self._turn = None, None
-        self._drop_speculative()
-        return []
-
-    def _endpoint(self, td: p.TurnDetection, now: float) -> list[Action]:
-        self._state, self._run = TurnState.QUIET, 0
-        self._judge, self._judged, self._pause_limit_ms = None, None, None
-        self._text_asked, self._text_judged = False, None
-        assert self._item_id is not None and self._turn is not None
-        item_id, turn = self._item_id, self._turn
-        turn.mark("speech_end", self._last_speech_at)
-        turn.mark("endpoint", now)
-        end_ms = int(min(self._buffer.end_ms, self._last_speech_ms + FRAME_MS))
-        out: list[Action] = [
-            Send(p.event("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item_id))
-        ]
-        return out + self._commit(item_id, turn, now, self._speech_start_ms)
+    # --- turns ending (the rest of turn detection is voice.core.listening) ---------------------
 
     def _turn_too_long(self, td: p.TurnDetection, now: float) -> list[Action]:
         """A spoken turn reached ``max_buffer_ms``: it is committed there (and answered), and
@@ -1291,13 +991,6 @@ def _wire_choice(choice: p.ToolChoiceIn) -> Any:
 def refusal(message: str, code: str, event_id: str | None = None) -> Send:
     """The ``error`` event that refuses a client's request (naming its event, when it has one)."""
     return Send(p.error_event(ProtocolError(message, code=code), event_id=event_id))
-
-
-def usable(result: Transcript, *, no_speech: float = 0.6, min_logprob: float = -1.0) -> bool:
-    """The hallucination guard: silence, noise and subtitle phrases never reach the LLM."""
-    if is_hallucination(result.text):
-        return False
-    return not (result.no_speech_prob > no_speech and result.avg_logprob < min_logprob)
 
 
 def spoken_text(segments: list[tuple[str, float, float]], played_ms: float) -> str:
