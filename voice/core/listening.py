@@ -94,6 +94,7 @@ class Listening:
         _overlap_speech_ms: int
         _response: _Response | None
 
+        # ... and the session's methods called from here.
         def _transcribe(
             self,
             purpose: Literal["partial", "speculative", "final"],
