@@ -7,7 +7,8 @@ clip (Piper's voice) over it, then listens. 10 backchannels ("Uh-huh.", "Okay.")
 the answer running; 10 real interruptions ("Stop.", "Wait, that's wrong.") must cancel it.
 Clips alternate dev / held-out (the backchannel word list was written before either was
 played; figures are printed for each half); a third set, "fresh" (10 of each), was written
-after the filler prompt was chosen and nothing was tuned on it.
+after the filler prompt was chosen, and a fourth, "fresh-2", by someone who had not seen the
+word list, after it grew (nothing was tuned on either before it was first played).
 
 Side by side in one run: ``vad.barge_in_min_ms`` 1000 (the default: speech interrupts once
 1000 ms of it is heard, or as soon as its words are not a backchannel), the same with
@@ -15,7 +16,7 @@ Side by side in one run: ``vad.barge_in_min_ms`` 1000 (the default: speech inter
 speech interrupts at once, as before). Latency: from the end of the interjection's speech to the
 ``response.done`` (cancelled) the caller receives; and the server's cancel-to-done time.
 
-    .venv/bin/python bench/barge_in.py
+    .venv/bin/python bench/barge_in.py [--arms default prompt any] [--out DIR]
 """
 
 from __future__ import annotations
@@ -100,12 +101,40 @@ FRESH_BARGE_INS = (
     "Wait a minute.",
     "Skip that part.",
 )
-# (label, vad.barge_in_min_ms, vad.backchannel_prompt)
-ARMS = (
-    ("barge_in_min_ms 1000 (default)", "1000", "false"),
-    ("barge_in_min_ms 1000, backchannel_prompt", "1000", "true"),
-    ("barge_in_min_ms 0 (any speech)", "0", "false"),
+# Written by a helper that had not seen the backchannel word list, after the list gained
+# acknowledgements ("perfect", "makes sense"...) because "Makes sense." had cancelled the
+# answer in the set above: a second set nothing was tuned on.
+FRESH2_BACKCHANNELS = (
+    "Mhm.",
+    "Yep.",
+    "Gotcha.",
+    "Alright.",
+    "Ah, okay.",
+    "Oh, okay.",
+    "Yeah, yeah.",
+    "Uh-huh, right.",
+    "Okay, cool.",
+    "Perfect.",
 )
+FRESH2_BARGE_INS = (
+    "Sorry, I didn't catch that.",
+    "Wait, are you open now?",
+    "Actually, never mind.",
+    "No no, just Saturdays.",
+    "Hold up.",
+    "Can you slow down?",
+    "Just tell me about tomorrow.",
+    "Sorry to interrupt, quick question.",
+    "Wait, what about the café?",
+    "Excuse me, sorry.",
+)
+SPLITS = ("dev", "held-out", "fresh", "fresh-2")
+# name: (label, vad.barge_in_min_ms, vad.backchannel_prompt)
+ARMS = {
+    "default": ("barge_in_min_ms 1000 (default)", "1000", "false"),
+    "prompt": ("barge_in_min_ms 1000, backchannel_prompt", "1000", "true"),
+    "any": ("barge_in_min_ms 0 (any speech)", "0", "false"),
+}
 
 
 @dataclass(frozen=True)
@@ -187,6 +216,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--out", type=Path, help="keep turn logs and server logs here")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="castwork-barge-in-"))
     settings = load_settings()
@@ -196,11 +226,16 @@ def main() -> int:
         (text, kind, "dev" if i % 2 == 0 else "held-out", _speech(tts, text))
         for kind, texts in (("backchannel", BACKCHANNELS), ("barge-in", BARGE_INS))
         for i, text in enumerate(texts)
-    ] + [
-        (text, kind, "fresh", _speech(tts, text))
-        for kind, texts in (("backchannel", FRESH_BACKCHANNELS), ("barge-in", FRESH_BARGE_INS))
-        for text in texts
     ]
+    for split, sets in (
+        ("fresh", (FRESH_BACKCHANNELS, FRESH_BARGE_INS)),
+        ("fresh-2", (FRESH2_BACKCHANNELS, FRESH2_BARGE_INS)),
+    ):
+        clips += [
+            (text, kind, split, _speech(tts, text))
+            for kind, texts in zip(("backchannel", "barge-in"), sets, strict=True)
+            for text in texts
+        ]
     print(
         f"# castwork barge-in — {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
         f"{len(clips)} interjections per arm"
@@ -212,7 +247,7 @@ def main() -> int:
     ]
     with FakeOpenAIServer(Behaviour(reply=ANSWER)) as fake:
         backends = [{"kind": "openai", "url": fake.url, "model": "scripted"}]
-        for label, min_ms, prompt in ARMS:
+        for label, min_ms, prompt in (ARMS[name] for name in args.arms):
             print(f"# {label}", flush=True)
             env = {
                 "CASTWORK_LLM__BACKENDS": json.dumps(backends),
@@ -220,7 +255,7 @@ def main() -> int:
                 "CASTWORK_VAD__BACKCHANNEL_PROMPT": prompt,
             }
             trials, server_side = run_arm(work / f"min-{min_ms}-{prompt}", env, question, clips)
-            for split in ("dev", "held-out", "fresh"):
+            for split in SPLITS:
                 mine = [t for t in trials if t.split == split]
                 back = [t for t in mine if t.kind == "backchannel"]
                 barge = [t for t in mine if t.kind == "barge-in"]

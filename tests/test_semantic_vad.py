@@ -436,6 +436,14 @@ def test_no_idle_prompt_while_the_user_speaks_or_without_the_setting() -> None:
         # A clipped word is not: "n" was "Hang on." without the filler prompt.
         ("n", False),
         ("Um, no.", False),
+        # Phrases count whole; their words alone may ask or object.
+        ("Makes sense.", True),
+        ("Oh, of course.", True),
+        ("That's right, yeah.", True),
+        ("Of course not.", False),
+        ("That's wrong.", False),
+        ("All of it?", False),
+        ("Go back.", False),
     ],
 )
 def test_what_counts_as_a_backchannel(text: str, backchannel: bool) -> None:

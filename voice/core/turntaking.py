@@ -247,7 +247,33 @@ BACKCHANNELS = frozenset(
         "really",
         "true",
         "exactly",
+        # Added after the fresh set of bench/barge_in.py cancelled on "Makes sense." (with
+        # the phrases below); scored on a second fresh set written by someone who had not
+        # seen this list.
+        "perfect",
+        "gotcha",
+        "absolutely",
+        "definitely",
+        "totally",
+        "interesting",
+        "awesome",
+        "excellent",
+        "fine",
+        "lovely",
+        "indeed",
     ]
+)
+# Acknowledgements whose words alone could also ask or object ("of", "that's", "go"): they
+# count only together.
+BACKCHANNEL_PHRASES = (
+    "makes sense",
+    "sounds good",
+    "fair enough",
+    "of course",
+    "that's right",
+    "that's true",
+    "go on",
+    "go ahead",
 )
 MAX_BACKCHANNEL_WORDS = 3
 # A hummed "mm-hmm" has no vowel for Whisper to spell, so it comes out as letters ("M-H-N",
@@ -264,7 +290,10 @@ BACKCHANNEL_PROMPTS = {"en": "Mm-hmm. Uh-huh. Okay. Yeah."}
 
 def is_backchannel(text: str) -> bool:
     """Whether words heard over the agent only acknowledge it ("uh-huh", "okay, yeah")."""
-    words = re.findall(r"[a-z'-]+", text.lower())
-    return 0 < len(words) <= MAX_BACKCHANNEL_WORDS and all(
-        w in BACKCHANNELS or _HUM.fullmatch(w.replace("-", "")) for w in words
-    )
+    words = re.findall(r"[a-z'-]+", text.lower().replace("’", "'"))
+    if not 0 < len(words) <= MAX_BACKCHANNEL_WORDS:
+        return False
+    rest = f" {' '.join(words)} "
+    for phrase in BACKCHANNEL_PHRASES:
+        rest = rest.replace(f" {phrase} ", " ")
+    return all(w in BACKCHANNELS or _HUM.fullmatch(w.replace("-", "")) for w in rest.split())
