@@ -89,6 +89,7 @@ def render(
         out.append(
             f"| soak drift after {soak['seconds'] / 60:.0f} min ({soak['sessions']} sessions) | "
             f"RSS {d['rss_mb']:+.1f} MiB (trend {soak['rss_slope_mb_per_min']:+.2f} MiB/min), "
+            f"C heap in use {d.get('heap_mb', float('nan')):+.1f} MiB, "
             f"fds {d['fds']:+d}, threads {d['threads']:+d}, tasks {d['tasks']:+d} |"
         )
     if burst:

@@ -64,11 +64,16 @@ def main() -> int:
             f"{name:10}{getattr(b, name):>10.0f}{getattr(p, name):>10.0f}"
             f"{getattr(a, name):>10.0f}{drift[name]:>+10.0f} {unit}"
         )
-    print(f"RSS trend over the second half: {report.rss_slope_mb_per_min():+.2f} MiB/min; "
+    print(f"trend over the second half: RSS {report.rss_slope_mb_per_min():+.2f} MiB/min, "
+          f"heap in use {report.slope_mb_per_min('heap_mb'):+.2f} MiB/min; "
           f"settled {report.settled_s} s after the last session")  # fmt: skip
     if args.json:
         data = asdict(report)
-        data.update(drift=drift, rss_slope_mb_per_min=report.rss_slope_mb_per_min())
+        data.update(
+            drift=drift,
+            rss_slope_mb_per_min=report.rss_slope_mb_per_min(),
+            heap_slope_mb_per_min=report.slope_mb_per_min("heap_mb"),
+        )
         data["outcomes"] = outcomes
         args.json.write_text(json.dumps(data, indent=1) + "\n")
     return 0

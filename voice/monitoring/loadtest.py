@@ -258,7 +258,12 @@ class SoakReport:
     def rss_slope_mb_per_min(self) -> float:
         """Least-squares RSS trend over the second half of the run: a leak keeps climbing
         after the allocator's pools have filled, a healthy server levels off."""
-        half = [(t, r.rss_mb) for t, r in self.samples if t >= self.seconds / 2]
+        return self.slope_mb_per_min("rss_mb")
+
+    def slope_mb_per_min(self, field: str) -> float:
+        """The least-squares trend of ``field`` (``rss_mb``, ``heap_mb``) over the second half
+        of the run, in MiB a minute; NaN with fewer than three samples there."""
+        half = [(t, getattr(r, field)) for t, r in self.samples if t >= self.seconds / 2]
         if len(half) < 3:
             return float("nan")
         t, mb = np.array(half).T
