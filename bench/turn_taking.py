@@ -409,16 +409,7 @@ async def _play(url: str, u: Utterance, mode: str, knob: str) -> tuple[str, int]
             }
         )
         if u.complete and u.text in SHORT:
-            await client.send(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "assistant",
-                        "content": [{"type": "output_text", "text": QUESTION}],
-                    },
-                }
-            )
+            await client.add_agent_message(QUESTION)
         await client.stream(u.audio, RATE)
         # An open microphone until the last turn has ended (or the mode's longest wait passed).
         deadline = time.monotonic() + _trailing_ms(mode, knob) / 1000

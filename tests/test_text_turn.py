@@ -100,16 +100,7 @@ async def _commits(tmp_path: Path, text_turn: TextTurn | None, agent: str | None
         client = await RealtimeClient.open(url)
         try:
             if agent:  # the agent has spoken: its words are read ahead while the caller speaks
-                await client.send(
-                    {
-                        "type": "conversation.item.create",
-                        "item": {
-                            "type": "message",
-                            "role": "assistant",
-                            "content": [{"type": "output_text", "text": agent}],
-                        },
-                    }
-                )
+                await client.add_agent_message(agent)
             await client.stream(_paused_sentence(), 16_000)
             await asyncio.sleep(0.3)
             return client.types().count("input_audio_buffer.committed")

@@ -78,6 +78,12 @@ class RealtimeClient:
     async def send(self, event: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(event))
 
+    async def add_agent_message(self, text: str) -> None:
+        """Put words in the agent's mouth (``conversation.item.create``): what it said last."""
+        item = {"type": "message", "role": "assistant"}
+        content = [{"type": "output_text", "text": text}]
+        await self.send({"type": "conversation.item.create", "item": {**item, "content": content}})
+
     async def close(self) -> None:
         await self.ws.close()
         if self._reader is not None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
-from voice.audio import FRAME_SAMPLES, INTERNAL_RATE, Float32Array, Timeline
+from voice.audio import FRAME_SAMPLES, INTERNAL_RATE, Timeline
 from voice.core import protocol as p
 from voice.core.actions import (
     Action,
@@ -94,30 +94,21 @@ class Listening:
         _overlap_speech_ms: int
         _response: _Response | None
 
-        # ... and the session's methods called from here.
+        # ... and the session's methods called from here, with the arguments used here.
         def _transcribe(
             self,
-            purpose: Literal["partial", "speculative", "final"],
+            purpose: Literal["partial", "speculative"],
             item_id: str | None,
             turn: TurnRecord | None,
             start_ms: float,
             end_ms: float,
             *,
-            audio: Float32Array | None = None,
             prompt: str | None = None,
         ) -> Transcribe: ...
         def _drop_speculative(self) -> list[Action]: ...
         def _new_turn(self, now: float) -> TurnRecord: ...
         def _start_response(
-            self,
-            turn: TurnRecord,
-            now: float,
-            *,
-            held: bool = False,
-            canned: str | None = None,
-            user_text: str | None = None,
-            from_request: str | None = None,
-            params: p.ResponseParams | None = None,
+            self, turn: TurnRecord, now: float, *, canned: str | None = None
         ) -> StartResponse: ...
         def _commit(
             self, item_id: str, turn: TurnRecord, now: float, start_ms: float
