@@ -35,7 +35,7 @@ def test_short_soak_gives_everything_back(
     assert report.peak.sessions >= 1 and report.peak.tasks > report.baseline.tasks
     # What was allocated comes back; resident memory need not: glibc keeps freed arena memory
     # (-90 to +126 MiB after one wave, from run to run, while the heap in use moved -1.5 to
-    # +2.7 MiB). A model or context loaded per session would be tens of MiB here; a session's
+    # +2.0 MiB). A model or context loaded per session would be tens of MiB here; a session's
     # own objects left behind (~1 MiB) are below one wave's resolution: the 10-minute bench
     # reads the trend.
     assert drift["heap_mb"] < 8, (drift, report.baseline, report.after)
